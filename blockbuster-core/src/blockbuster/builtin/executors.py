@@ -1,0 +1,12 @@
+"""Built-in executors: serial, threads (default) and processes."""
+
+from blockbuster.executors import ProcessExecutor, SerialExecutor, ThreadExecutor
+from blockbuster.hookspecs import hookimpl
+
+
+@hookimpl
+def register_executors(register) -> None:
+    register("threads", ThreadExecutor, aliases=("thread",), description="thread pool (default)")
+    register("processes", ProcessExecutor, aliases=("process", "multiprocessing"),
+             description="worker processes; fn sent once per worker with cloudpickle")
+    register("serial", SerialExecutor, aliases=("sync",), description="one task at a time")

@@ -1,0 +1,158 @@
+"""The ``blockbuster`` command: ``run``, ``plugins``, ``info`` and ``--version``.
+
+Exit codes: 0 on success; 1 with a one-line error on stderr for any blockbuster error (the
+full traceback only with ``--debug``); 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from typing import Any
+
+from blockbuster._version import __version__
+from blockbuster.errors import BlockbusterError, ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (BlockbusterError, OSError) as error:
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"blockbuster: error: {message}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockbuster",
+        description="Tiled segmentation of arbitrarily large images with consistent labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"blockbuster {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run the job described by a TOML config")
+    run.add_argument("config", help="path of the TOML config")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config key (value parsed as TOML, else a string)")
+    run.add_argument("--segmenter", help="override [segmenter] name")
+    run.add_argument("--tile-shape", help="override [tiling] tile_shape, e.g. 1,1024,1024 or auto")
+    run.add_argument("--overlap", type=int, help="override [tiling] overlap")
+    run.add_argument("--merge", choices=["touch", "overlap"], help="override [tiling] merge")
+    run.add_argument("--executor", help="override [executor] name")
+    run.add_argument("--workers", type=int, help="override [executor] workers")
+    run.add_argument("--output", help="override [output] path")
+    run.add_argument("--overwrite", action="store_true", help="replace existing output")
+    run.add_argument("--progress", action="store_true", help="show a progress bar")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS)
+    run.set_defaults(handler=cmd_run)
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and backends")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS)
+    plugins.set_defaults(handler=cmd_plugins)
+
+    info = commands.add_parser("info", help="describe an image and suggest a tiling")
+    info.add_argument("image", help="path of the image")
+    info.add_argument("--reader", help="reader name (chosen from the path otherwise)")
+    info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS)
+    info.set_defaults(handler=cmd_info)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from blockbuster.config import run_config
+
+    labels = run_config(args.config, overrides_from(args), progress=args.progress)
+    print(f"wrote {labels.shape} labels ({labels.dtype}) "
+          f"to {labels_path(args)}", file=sys.stderr)
+    return 0
+
+
+def labels_path(args: argparse.Namespace) -> str:
+    from blockbuster.config import load_config
+
+    return load_config(args.config, overrides_from(args)).get("output", "path") or "(temporary)"
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = dict(parse_assignment(item) for item in args.set)
+    flags = {
+        "segmenter.name": args.segmenter,
+        "tiling.overlap": args.overlap,
+        "tiling.merge": args.merge,
+        "executor.name": args.executor,
+        "executor.workers": args.workers,
+        "output.path": args.output,
+        "output.overwrite": True if args.overwrite else None,
+    }
+    if args.tile_shape:
+        flags["tiling.tile_shape"] = (
+            "auto" if args.tile_shape == "auto" else [int(v) for v in args.tile_shape.split(",")]
+        )
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set {text!r} must look like section.key=value.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from blockbuster.registry import Registry
+
+    registry = Registry()
+    plugins = [vars(p) for p in registry.plugins()]
+    failures = [vars(f) for f in registry.failures]
+    if args.json:
+        print(json.dumps({"plugins": plugins, "failures": failures}, indent=2))
+        return 0
+    for plugin in plugins:
+        where = f"{plugin['distribution']} {plugin['version']}".strip()
+        print(f"{plugin['name']}  ({where or 'registered in code'})")
+        for kind, names in sorted(plugin["backends"].items()):
+            print(f"    {kind}s: {', '.join(names)}")
+    for failure in failures:
+        print(f"FAILED {failure['name']}  ({failure['distribution']} {failure['version']}): "
+              f"{failure['error']}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from blockbuster.registry import Registry
+    from blockbuster.tiling import auto_tile_shape
+
+    reader = Registry().open_image(args.image, reader=args.reader)
+    suggestion = auto_tile_shape(reader.shape, bytes_per_voxel=reader.dtype.itemsize + 28,
+                                 overlap=(0,) * len(reader.shape), workers=2,
+                                 budget_bytes=2**30, chunks=reader.chunks)
+    print(f"shape:  {reader.shape}")
+    print(f"dtype:  {reader.dtype}")
+    print(f"chunks: {reader.chunks}")
+    print(f"axes:   {reader.axes or 'unknown'}")
+    print(f"suggested tile_shape (1 GiB for 2 workers): {list(suggestion)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

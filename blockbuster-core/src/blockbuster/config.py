@@ -1,0 +1,168 @@
+"""TOML run configuration: every stage chosen by name, options passed through to the backend.
+
+::
+
+    [input]
+    path = "image.zarr"          # relative paths are relative to the config file
+    reader = "zarr"              # optional: chosen from the path otherwise
+    channel_axis = 0             # optional; other keys are reader options
+
+    [segmenter]
+    name = "threshold"           # other keys are options of that segmenter
+    sigma = 1.0
+
+    [tiling]
+    tile_shape = [1024, 1024]    # or "auto"; omit for the input's chunks
+    overlap = 32
+    merge = "overlap"            # or "touch"
+    connectivity = 2
+
+    [executor]
+    name = "threads"             # threads | processes | serial | a plugin's
+    workers = 2                  # other keys are executor options
+
+    [output]
+    path = "labels.zarr"
+    writer = "zarr"              # other keys are writer options
+    overwrite = false
+
+    [plugins]
+    block = ["some-plugin"]      # entry points not to load
+
+Values are data only: nothing in a config is executed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blockbuster.errors import ConfigError
+
+SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "input": {"path": str, "reader": str, "channel_axis": int},
+    "segmenter": {"name": str},
+    "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
+               "connectivity": int, "memory_budget": int},
+    "executor": {"name": str, "workers": int},
+    "output": {"path": str, "writer": str, "overwrite": bool},
+    "plugins": {"block": list},
+}
+OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
+REQUIRED = {("input", "path"), ("segmenter", "name")}
+
+
+@dataclass
+class RunConfig:
+    """A parsed, validated configuration."""
+
+    source: str
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return self.sections.get(section, {}).get(key, default)
+
+    def options(self, section: str) -> dict[str, Any]:
+        """The backend options of a section: its keys that are not core keys."""
+        core = SECTIONS[section]
+        return {k: v for k, v in self.sections.get(section, {}).items() if k not in core}
+
+    def tile_process_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`blockbuster.tile_process` for this configuration."""
+        tile_shape = self.get("tiling", "tile_shape")
+        overlap = self.get("tiling", "overlap")
+        return {
+            "image": self.get("input", "path"),
+            "fn": self.get("segmenter", "name"),
+            "segmenter_options": self.options("segmenter"),
+            "reader": self.get("input", "reader"),
+            "reader_options": self.options("input"),
+            "channel_axis": self.get("input", "channel_axis"),
+            "tile_shape": tuple(tile_shape) if isinstance(tile_shape, list) else tile_shape,
+            "overlap": tuple(overlap) if isinstance(overlap, list) else overlap,
+            "merge": self.get("tiling", "merge"),
+            "connectivity": self.get("tiling", "connectivity"),
+            "memory_budget": self.get("tiling", "memory_budget"),
+            "executor": self.get("executor", "name"),
+            "workers": self.get("executor", "workers"),
+            "write_to": self.get("output", "path"),
+            "writer": self.get("output", "writer"),
+            "writer_options": self.options("output"),
+            "overwrite": bool(self.get("output", "overwrite", False)),
+        }
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a TOML config; ``overrides`` maps ``"section.key"`` to values."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}.") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r} must look like section.key=value.")
+        data.setdefault(section, {})[key] = value
+    config = RunConfig(str(path), validate(data, str(path)))
+    _resolve_paths(config, path.parent)
+    return config
+
+
+def validate(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Check sections, keys and value types; return the data unchanged when valid."""
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]; valid sections: "
+                f"{', '.join(f'[{s}]' for s in SECTIONS)}."
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of keys.")
+        for key, value in values.items():
+            _check_key(source, section, key, value)
+    for section, key in REQUIRED:
+        if key not in data.get(section, {}):
+            raise ConfigError(f"{source}: [{section}] needs the key {key!r}.")
+    return data
+
+
+def _check_key(source: str, section: str, key: str, value: Any) -> None:
+    expected = SECTIONS[section].get(key)
+    if expected is None:
+        if section in OPEN_SECTIONS:
+            return
+        raise ConfigError(
+            f"{source}: [{section}] has no key {key!r}; valid keys: "
+            f"{', '.join(SECTIONS[section])}."
+        )
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        names = expected.__name__ if isinstance(expected, type) else " or ".join(
+            t.__name__ for t in expected
+        )
+        raise ConfigError(
+            f"{source}: [{section}] {key} = {value!r} must be of type {names}."
+        )
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> None:
+    for section in ("input", "output"):
+        value = config.sections.get(section, {}).get("path")
+        if isinstance(value, str) and not Path(value).is_absolute():
+            config.sections[section]["path"] = str(base / value)
+
+
+def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
+               *, progress: bool = False):
+    """Run the job a config file describes; returns the labels as a dask array."""
+    from blockbuster.pipeline import tile_process
+    from blockbuster.registry import Registry
+
+    config = load_config(path, overrides)
+    registry = Registry(block=config.get("plugins", "block", []))
+    return tile_process(**config.tile_process_arguments(), registry=registry, progress=progress)

@@ -1,0 +1,66 @@
+"""Typed errors: every failure blockbuster reports is a :class:`BlockbusterError`.
+
+Each error names the problem and the fix. Errors that also fit a builtin category subclass
+it too (``InvalidParameterError`` is a ``ValueError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class BlockbusterError(Exception):
+    """Base class of every error raised by blockbuster."""
+
+    def __reduce__(self):  # keep subclasses picklable across worker processes
+        return (self.__class__, self.args)
+
+
+class InvalidParameterError(BlockbusterError, ValueError):
+    """A parameter has the wrong type, rank or value (tile shape, overlap, merge, ...)."""
+
+
+class ImageReadError(BlockbusterError, ValueError):
+    """The input is not an image blockbuster can read (not an array, unknown format, ...)."""
+
+
+class TileFunctionError(BlockbusterError, RuntimeError):
+    """The segmentation function failed or returned something that is not labels for a tile."""
+
+
+class OutputExistsError(BlockbusterError, FileExistsError):
+    """``write_to`` already holds data that this run would overwrite."""
+
+
+class NotPicklableError(BlockbusterError, TypeError):
+    """The function cannot be sent to worker processes."""
+
+
+class TooManyLabelsError(BlockbusterError, OverflowError):
+    """A tile produced more labels than its provisional ID budget."""
+
+
+class ModelNotFoundError(BlockbusterError, FileNotFoundError):
+    """A backend cannot find model weights locally (blockbuster never downloads at run time)."""
+
+
+class PluginError(BlockbusterError):
+    """Base class of plugin discovery and selection errors."""
+
+
+class UnknownBackendError(PluginError, LookupError):
+    """No installed plugin provides a backend of that name."""
+
+
+class BackendNotInstalledError(PluginError, LookupError):
+    """The backend is known to blockbuster but its package is not installed."""
+
+
+class BackendBrokenError(PluginError, ImportError):
+    """The backend's package is installed but failed to import."""
+
+
+class BackendOptionError(PluginError, TypeError):
+    """A backend was given an option it does not accept."""
+
+
+class ConfigError(BlockbusterError, ValueError):
+    """A configuration file is invalid; the message names the file, section and key."""

@@ -1,0 +1,133 @@
+"""Per-tile labels and the thin face layers the merge needs (pure functions, no I/O).
+
+For each tile the core keeps its *core* labels renumbered ``1..n`` (local labels) plus, at each
+face shared with another tile:
+
+- the **inner** layer: the core's outermost layer of local labels;
+- the **outer** layer (``merge="overlap"`` only): the tile's own prediction one pixel beyond its
+  core, inside its halo, widened by one pixel on the other axes, mapped to local labels (0 where
+  the predicted object does not reach into the core).
+
+The merge reads only these layers, never the label image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from blockbuster.errors import TooManyLabelsError
+from blockbuster.tiling import Tile, TileGrid
+
+LOCAL_DTYPE = np.uint32
+MAX_LOCAL_LABELS = np.iinfo(LOCAL_DTYPE).max
+
+
+@dataclass(frozen=True)
+class Face:
+    """A layer of labels located in image coordinates by ``origin``."""
+
+    origin: tuple[int, ...]
+    labels: np.ndarray
+
+    def take(self, box: tuple[slice, ...]) -> np.ndarray:
+        """The part of this layer inside ``box`` (image coordinates, must be contained)."""
+        return self.labels[
+            tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, self.origin))
+        ]
+
+
+def face_key(kind: str, axis: int, side: str) -> str:
+    return f"{kind}{axis}{side}"
+
+
+def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the labels present in the core to ``1..n`` in ascending order of raw value.
+
+    Returns the local label image and the sorted raw labels (``raw[i]`` became ``i + 1``).
+    """
+    import fastremap
+
+    present = fastremap.unique(core_raw)
+    present = present[present != 0]
+    if len(present) > MAX_LOCAL_LABELS:
+        raise TooManyLabelsError(
+            f"tile {tile.index} at {tile.bounds()} has {len(present)} labels, more than its "
+            f"provisional ID budget of {MAX_LOCAL_LABELS}; use smaller tiles."
+        )
+    return to_local(core_raw, present), present
+
+
+def to_local(raw: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Map raw labels to local labels; labels not in ``present`` (and 0) become 0."""
+    if len(present) == 0:
+        return np.zeros(raw.shape, LOCAL_DTYPE)
+    position = np.searchsorted(present, raw)
+    position = np.minimum(position, len(present) - 1)
+    found = (present[position] == raw) & (raw != 0)
+    return np.where(found, position + 1, 0).astype(LOCAL_DTYPE)
+
+
+def shared_axes(tile: Tile, grid: TileGrid) -> list[tuple[int, str]]:
+    """The (axis, side) faces of ``tile`` that border another tile."""
+    faces = []
+    for axis, (p, g) in enumerate(zip(tile.position, grid.grid_shape)):
+        if p > 0:
+            faces.append((axis, "lo"))
+        if p < g - 1:
+            faces.append((axis, "hi"))
+    return faces
+
+
+def inner_box(tile: Tile, axis: int, side: str) -> tuple[slice, ...]:
+    """The core's outermost layer on one side (image coordinates)."""
+    c = tile.core[axis]
+    layer = slice(c.stop - 1, c.stop) if side == "hi" else slice(c.start, c.start + 1)
+    return tile.core[:axis] + (layer,) + tile.core[axis + 1 :]
+
+
+def outer_box(tile: Tile, axis: int, side: str, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The layer just beyond the core on one side, widened by one pixel on the other axes."""
+    box = []
+    for a, (c, size) in enumerate(zip(tile.core, shape)):
+        if a == axis:
+            box.append(slice(c.stop, c.stop + 1) if side == "hi" else slice(c.start - 1, c.start))
+        else:
+            box.append(slice(max(c.start - 1, 0), min(c.stop + 1, size)))
+    return tuple(box)
+
+
+def inner_faces(local: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
+    """Inner layers of the core at every face shared with another tile."""
+    faces = {}
+    for axis, side in shared_axes(tile, grid):
+        box = inner_box(tile, axis, side)
+        relative = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, tile.core))
+        faces[face_key("inner", axis, side)] = Face(
+            tuple(b.start for b in box), np.ascontiguousarray(local[relative])
+        )
+    return faces
+
+
+def outer_faces(
+    raw: np.ndarray, present: np.ndarray, tile: Tile, grid: TileGrid
+) -> dict[str, Face]:
+    """The tile's own prediction one pixel beyond its core, as local labels.
+
+    Only faces across axes with a halo are kept; pixels outside the padded window are 0.
+    """
+    faces = {}
+    for axis, side in shared_axes(tile, grid):
+        if grid.overlap[axis] == 0:
+            continue
+        box = outer_box(tile, axis, side, grid.shape)
+        layer = np.zeros(tuple(b.stop - b.start for b in box), LOCAL_DTYPE)
+        inside = tuple(
+            slice(max(b.start, p.start), min(b.stop, p.stop)) for b, p in zip(box, tile.padded)
+        )
+        source = tuple(slice(i.start - p.start, i.stop - p.start) for i, p in zip(inside, tile.padded))
+        target = tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inside, box))
+        layer[target] = to_local(raw[source], present)
+        faces[face_key("outer", axis, side)] = Face(tuple(b.start for b in box), layer)
+    return faces

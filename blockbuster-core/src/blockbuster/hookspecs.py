@@ -1,0 +1,94 @@
+"""The plugin contract: pluggy hook specifications of project ``blockbuster``.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names match the
+specs below. Packages expose their plugin module through the ``blockbuster`` entry-point group::
+
+    [project.entry-points.blockbuster]
+    mybackend = "my_package._plugin"
+
+The built-in backends (:mod:`blockbuster.builtin`) register through exactly these hooks.
+
+Registration hooks (``register_*``) are **collect-all**: every plugin is called with a
+``register`` callback and calls it once per backend it provides::
+
+    register(name, factory, *, aliases=(), description="")
+
+``factory`` is a callable or a ``"module:attribute"`` string, imported only when the backend is
+first created, so discovery never imports torch, TensorFlow or cellpose. Options from a config
+file or from keyword arguments are passed to the factory as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "blockbuster"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_readers(register) -> None:
+    """Register image readers (collect-all).
+
+    Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
+    called as ``factory(source, **options)`` and returns a reader: an object with ``shape``,
+    ``dtype``, ``chunks`` (or ``None``), ``axes`` (or ``None``), ``read(region) -> ndarray``
+    and ``identity() -> str``. Returns nothing.
+    """
+
+
+@hookspec
+def register_segmenters(register) -> None:
+    """Register segmenters (collect-all).
+
+    Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
+    called as ``factory(**options)`` and returns a picklable callable ``tile -> labels``
+    (see :mod:`blockbuster.segmenter` for the optional ``blockbuster_needs``, ``prepare`` and
+    ``segment_batch`` extras). Returns nothing.
+    """
+
+
+@hookspec
+def register_executors(register) -> None:
+    """Register executors (collect-all).
+
+    Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
+    called as ``factory(workers=None, **options)`` and returns an
+    :class:`~blockbuster.executors.Executor`. Returns nothing.
+    """
+
+
+@hookspec
+def register_writers(register) -> None:
+    """Register label writers (collect-all).
+
+    Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
+    called as ``factory(path, overwrite=False, **options)`` and returns a writer with
+    ``check(fingerprint, source)``, ``create(shape, chunks, dtype, fingerprint)``,
+    ``write(region, labels)``, ``finish(**info)`` and ``open() -> dask array``
+    (see :class:`~blockbuster.writers.ZarrWriter`). Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def pick_reader(source: Any) -> str | None:
+    """Name the reader for ``source`` (first result wins).
+
+    Receives the ``image`` argument of a run (a path, an array, ...) when no reader was named.
+    Returns a registered reader name, or ``None`` to let other plugins decide. Format plugins
+    claim their paths (e.g. by suffix or metadata); the built-in implementation is ``trylast``.
+    """
+
+
+@hookspec(firstresult=True)
+def segmenter_needs(segmenter: Any) -> Any | None:
+    """Advertise what a segmenter needs from the tiling (first result wins).
+
+    Receives a segmenter (a callable). Returns a :class:`~blockbuster.segmenter.Needs` (halo
+    and bytes per voxel), or ``None`` if this plugin does not know it. The built-in
+    implementation (``trylast``) asks the segmenter's own ``blockbuster_needs()`` method, so a
+    plugin can advertise needs for callables it does not own.
+    """

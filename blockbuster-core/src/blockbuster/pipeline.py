@@ -1,0 +1,396 @@
+"""``tile_process``: the tile → segment → merge → relabel pipeline.
+
+1. **segment** — each tile is read once (core + halo), segmented once, and its core labels
+   (renumbered ``1..n``) are written once to a tile-aligned staging zarr, with its face layers.
+2. **merge** — each tile compares its face layers with those of the tiles after it and reports
+   the provisional-ID pairs that are one object (:mod:`blockbuster.merge`).
+3. **relabel** — the pairs become a small per-tile lookup table; each tile is rewritten into
+   the output with consecutive IDs ``1..N`` (:mod:`blockbuster.relabel`).
+
+Peak memory: workers × (padded tile + its labels) + O(tiles + objects crossing faces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockbuster._version import __version__
+from blockbuster.errors import InvalidParameterError
+from blockbuster.executors import Executor
+from blockbuster.faces import inner_faces, local_labels, outer_faces
+from blockbuster.merge import MERGE_MODES, no_edges, resolve_pairs, tile_edges
+from blockbuster.progress import Progress
+from blockbuster.readers import Reader
+from blockbuster.relabel import Relabeling, TileTable
+from blockbuster.segmenter import as_labels, batch_size_of, prepare, run_on_tiles
+from blockbuster.staging import Stage, TileRecord
+from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
+
+
+@dataclass
+class RunStats:
+    """Figures of one run, returned by :func:`tile_process` with ``return_stats=True``."""
+
+    n_tiles: int = 0
+    n_objects: int = 0
+    seconds_total: float = 0.0
+    seconds_in_fn: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """Everything a worker needs; sent to each worker once per run."""
+
+    reader: Reader
+    fn: Callable
+    grid: TileGrid
+    channel_axis: int | None
+    merge: str
+    connectivity: int | None
+    stage: Stage
+    writer: Any
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        if self.channel_axis is not None:
+            region = region[: self.channel_axis] + (slice(None),) + region[self.channel_axis :]
+        return self.reader.read(region)
+
+
+def tile_process(
+    image: Any,
+    fn: Callable | str | None = None,
+    *,
+    segmenter: Callable | str | None = None,
+    segmenter_options: dict | None = None,
+    tile_shape: Sequence[int] | str | None = None,
+    overlap: int | Sequence[int] | None = None,
+    merge: str | None = None,
+    connectivity: int | None = None,
+    channel_axis: int | None = None,
+    executor: Executor | str | None = None,
+    workers: int | None = None,
+    reader: str | None = None,
+    reader_options: dict | None = None,
+    writer: str | None = None,
+    writer_options: dict | None = None,
+    write_to: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    compute: bool = False,
+    progress: bool = False,
+    memory_budget: int | None = None,
+    registry: Any = None,
+    return_stats: bool = False,
+):
+    """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
+
+    Parameters
+    ----------
+    image
+        A path (zarr array or group, v2 or v3; more formats through reader plugins), a
+        ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
+    fn
+        ``tile -> labels`` (integers, 0 = background, the tile's spatial shape), or the name of
+        a registered segmenter (e.g. ``"threshold"``). ``segmenter=`` is the same argument.
+        A boolean mask is taken as foreground and its face-connected components become labels.
+    segmenter_options
+        Options for a segmenter given by name, e.g. ``{"threshold": 0.5}``.
+    tile_shape
+        Core size of a tile per spatial axis (``None``/``-1`` entries: whole axis); ``None``
+        uses the input's chunks; ``"auto"`` picks the largest tile that fits ``memory_budget``.
+    overlap
+        Halo added on every side of a tile before ``fn`` runs: an int (applied to every axis
+        whose tile is longer than 1) or one value per spatial axis. Defaults to the halo the
+        segmenter asks for, else 0.
+    merge
+        ``"overlap"`` (default when there is a halo) or ``"touch"``; see
+        :mod:`blockbuster.merge`.
+    connectivity
+        Which pixel neighbours across a face can join objects under ``merge="touch"``:
+        1 = face neighbours only, up to the number of axes (default) = edge and corner too.
+    channel_axis
+        Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole.
+    executor, workers
+        ``"threads"`` (default), ``"processes"``, ``"serial"``, a registered executor name, or
+        an :class:`~blockbuster.executors.Executor`; one worker per core by default.
+    write_to, overwrite
+        Output zarr path; refuses to replace data that is not this same job unless
+        ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
+    compute
+        ``True`` returns a numpy array (only for results that fit in RAM); ``False`` a dask
+        array over the written labels.
+    progress
+        Show one progress bar for the run.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        Labels ``1..N`` (uint32, or uint64 when N needs it), spatial shape of ``image``.
+    """
+    from blockbuster.registry import Registry
+
+    started = time.perf_counter()
+    registry = registry if registry is not None else Registry()
+    fn = _one_segmenter(fn, segmenter)
+    fn = registry.segmenter(fn, **(segmenter_options or {})) if isinstance(fn, str) else fn
+    if not callable(fn):
+        raise InvalidParameterError(
+            f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
+        )
+    source = registry.open_image(image, reader=reader, **(reader_options or {}))
+    executor = registry.executor(executor, workers=workers)
+    spatial = _spatial_shape(source.shape, channel_axis)
+    needs = registry.needs(fn)
+    halo = overlap if overlap is not None else needs.halo
+    tiles = _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs,
+                                executor.workers, memory_budget)
+    halo = validate_overlap(halo, tiles)
+    grid = TileGrid(spatial, tiles, halo)
+    merge = _resolve_merge(merge, grid)
+
+    temporary = None
+    if write_to is None:
+        temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
+        write_to = temporary / "labels.zarr"
+    out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
+    fingerprint = _fingerprint(source, fn, grid, merge, channel_axis, connectivity)
+    out.check(fingerprint, getattr(source, "source", None))
+
+    fn = prepare(fn, source)
+    stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
+    stage.create(fingerprint)
+    job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out)
+    stats = RunStats(n_tiles=len(grid))
+    bar = Progress(progress, len(grid))
+    try:
+        with executor.start(job) as pool:
+            counts = _segment_all(pool, job, bar, stats)
+            edges = _merge_all(pool, job, bar, stats)
+            relabeling = Relabeling(counts, edges)
+            out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
+            _relabel_all(pool, job, relabeling, bar, stats)
+    except BaseException:
+        bar.close()
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    bar.close()
+    out.finish(n_objects=relabeling.n_objects, version=__version__)
+    stage.remove()
+    stats.n_objects = relabeling.n_objects
+    stats.seconds_total = time.perf_counter() - started
+    result = _result(out, compute, temporary)
+    return (result, stats) if return_stats else result
+
+
+# -- stages -----------------------------------------------------------------------------------
+def _segment_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
+    bar.stage("segment")
+    t0 = time.perf_counter()
+    counts = np.zeros(len(job.grid), np.int64)
+    size = batch_size_of(job.fn)
+    batches = [list(range(i, min(i + size, len(job.grid)))) for i in range(0, len(job.grid), size)]
+    for done, seconds in pool.map_unordered(segment_task, batches):
+        for index, count in done:
+            counts[index] = count
+        stats.seconds_in_fn += seconds
+        bar.advance(len(done))
+    stats.stage_seconds["segment"] = time.perf_counter() - t0
+    return counts
+
+
+def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
+    bar.stage("merge")
+    t0 = time.perf_counter()
+    found = [no_edges()]
+    for edges in pool.map_unordered(merge_task, range(len(job.grid))):
+        found.append(edges)
+        bar.advance()
+    pairs, support, clean = (np.concatenate(parts) for parts in zip(*found))
+    pairs = resolve_pairs(pairs, support, clean)
+    stats.stage_seconds["merge"] = time.perf_counter() - t0
+    return pairs
+
+
+def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> None:
+    bar.stage("relabel")
+    t0 = time.perf_counter()
+    dtype = relabeling.dtype
+    tables = ((i, relabeling.table(i), dtype) for i in range(len(job.grid)))
+    for _ in pool.map_unordered(relabel_task, tables):
+        bar.advance()
+    stats.stage_seconds["relabel"] = time.perf_counter() - t0
+
+
+# -- tasks (run in workers) --------------------------------------------------------------------
+def segment_task(job: Job, indices: list[int]) -> tuple[list[tuple[int, int]], float]:
+    """Read, segment and stage a batch of tiles; return their label counts and time in ``fn``."""
+    tiles = [job.grid.tile(i) for i in indices]
+    images = [job.read(t.padded) for t in tiles]
+    t0 = time.perf_counter()
+    outputs = run_on_tiles(job.fn, images, tiles)
+    seconds = time.perf_counter() - t0
+    done = []
+    for tile, output in zip(tiles, outputs):
+        raw = as_labels(output, tile.padded_shape, tile)
+        local, present = local_labels(raw[tile.core_in_padded], tile)
+        faces = inner_faces(local, tile, job.grid)
+        if job.merge == "overlap":
+            faces.update(outer_faces(raw, present, tile, job.grid))
+        job.stage.write_tile(tile, local, TileRecord(len(present), faces))
+        done.append((tile.index, len(present)))
+    return done, seconds
+
+
+def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The provisional-ID pairs (with their support) across the faces after tile ``index``."""
+    return tile_edges(job.grid.tile(index), job.grid, job.merge, job.stage.read_record,
+                      job.connectivity)
+
+
+def relabel_task(job: Job, item: tuple[int, TileTable, np.dtype]) -> int:
+    """Rewrite one tile's staged labels with final IDs into the output."""
+    index, table, dtype = item
+    tile = job.grid.tile(index)
+    if table.count:
+        local = job.stage.read_local(tile)
+        job.writer.write(tile.core, table.lookup().astype(dtype)[local])
+    return index
+
+
+# -- argument resolution --------------------------------------------------------------------
+def _one_segmenter(fn, segmenter):
+    if fn is not None and segmenter is not None:
+        raise InvalidParameterError("give fn or segmenter=, not both (they are the same argument).")
+    if fn is None and segmenter is None:
+        raise InvalidParameterError(
+            "no segmenter given: pass fn (a callable tile -> labels) or a segmenter name "
+            "such as 'threshold'."
+        )
+    return fn if fn is not None else segmenter
+
+
+def _spatial_shape(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
+    if channel_axis is None:
+        return shape
+    if not -len(shape) <= channel_axis < len(shape):
+        raise InvalidParameterError(
+            f"channel_axis={channel_axis} is out of range for an image of shape {shape}."
+        )
+    channel_axis %= len(shape)
+    return shape[:channel_axis] + shape[channel_axis + 1 :]
+
+
+def _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs, workers, budget):
+    if isinstance(tile_shape, str):
+        if tile_shape != "auto":
+            raise InvalidParameterError(
+                f"tile_shape={tile_shape!r}; use a tuple, None (the input's chunks) or 'auto'."
+            )
+        return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
+    if tile_shape is None:
+        chunks = _spatial_chunks(source, channel_axis)
+        if chunks is None or tuple(chunks) == tuple(spatial):
+            return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
+        return validate_tile_shape(chunks, spatial)
+    if isinstance(tile_shape, int | np.integer):
+        tile_shape = (tile_shape,) * len(spatial)
+    return validate_tile_shape(tuple(tile_shape), spatial)
+
+
+def _spatial_chunks(source, channel_axis):
+    chunks = source.chunks
+    if chunks is None or channel_axis is None:
+        return chunks
+    channel_axis %= len(source.shape)
+    return tuple(chunks[:channel_axis]) + tuple(chunks[channel_axis + 1 :])
+
+
+def _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget):
+    channels = source.shape[channel_axis] if channel_axis is not None else 1
+    per_voxel = source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
+    if halo is None:
+        halo = 0
+    halo_per_axis = (halo,) * len(spatial) if isinstance(halo, int) else tuple(halo)
+    return auto_tile_shape(
+        spatial,
+        bytes_per_voxel=per_voxel,
+        overlap=halo_per_axis,
+        workers=workers,
+        budget_bytes=budget or _default_budget(),
+        chunks=_spatial_chunks(source, channel_axis),
+    )
+
+
+def _default_budget() -> int:
+    """A quarter of physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 * 2**30
+
+
+def _resolve_merge(merge: str | None, grid: TileGrid) -> str:
+    if merge is None:
+        return "overlap" if any(grid.overlap) else "touch"
+    if merge not in MERGE_MODES:
+        raise InvalidParameterError(f"merge={merge!r}; use one of {list(MERGE_MODES)}.")
+    if merge == "overlap" and not any(
+        o > 0 for o, g in zip(grid.overlap, grid.grid_shape) if g > 1
+    ) and len(grid) > 1:
+        raise InvalidParameterError(
+            "merge='overlap' asks each tile's halo prediction, but overlap is 0; give "
+            "overlap >= 1 (ideally 2x the object diameter) or use merge='touch'."
+        )
+    return merge
+
+
+def _fingerprint(source, fn, grid: TileGrid, merge: str, channel_axis, connectivity) -> str:
+    job = {
+        "connectivity": connectivity,
+        "input": source.identity(),
+        "fn": describe_function(fn),
+        "tile_shape": grid.tile_shape,
+        "overlap": grid.overlap,
+        "merge": merge,
+        "channel_axis": channel_axis,
+        "blockbuster": __version__,
+    }
+    return json.dumps(job, sort_keys=True)
+
+
+def describe_function(fn: Callable) -> str:
+    """A stable description of ``fn`` for job fingerprints."""
+    custom = getattr(fn, "blockbuster_fingerprint", None)
+    if callable(custom):
+        return str(custom())
+    target = getattr(fn, "__func__", fn)
+    code = getattr(target, "__code__", None)
+    name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(fn).__qualname__)}"
+    if code is not None:
+        return name + ":" + hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()
+    return f"{type(fn).__module__}.{type(fn).__qualname__}:{fn!r}"
+
+
+def _result(out, compute: bool, temporary: Path | None):
+    labels = out.open()
+    if compute:
+        array = labels.compute()
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        return array
+    if temporary is not None:
+        weakref.finalize(labels, shutil.rmtree, temporary, True)
+    return labels

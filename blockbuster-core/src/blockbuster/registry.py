@@ -1,0 +1,291 @@
+"""The registry: one pluggy plugin manager per :class:`Registry` object, never a global one.
+
+It registers the built-in backends as ordinary plugins, then loads each entry point of group
+``blockbuster`` on its own: a plugin that fails to import is recorded (distribution, version,
+error) and never takes the core down. ``BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD=1`` skips entry
+points (built-ins stay); ``block=[...]`` (config ``[plugins] block``) skips named plugins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from blockbuster import hookspecs
+from blockbuster.errors import (
+    BackendBrokenError,
+    BackendNotInstalledError,
+    BackendOptionError,
+    ImageReadError,
+    InvalidParameterError,
+    UnknownBackendError,
+)
+
+ENTRY_POINT_GROUP = "blockbuster"
+DISABLE_AUTOLOAD_ENV = "BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD"
+KINDS = ("reader", "segmenter", "executor", "writer")
+BUILTIN_PLUGINS = (
+    "blockbuster.builtin.readers",
+    "blockbuster.builtin.segmenters",
+    "blockbuster.builtin.executors",
+    "blockbuster.builtin.writers",
+)
+# Backends that live in packages of their own: name -> distribution to install.
+KNOWN_PACKAGES = {
+    ("segmenter", "cellpose"): "blockbuster-cellpose",
+    ("segmenter", "stardist"): "blockbuster-stardist",
+    ("segmenter", "torch"): "blockbuster-torch",
+    ("executor", "dask"): "blockbuster-core[distributed]",
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered reader, segmenter, executor or writer."""
+
+    kind: str
+    name: str
+    factory: Callable | str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    plugin: str = ""
+
+    def load(self) -> Callable:
+        """The factory, importing it now if it was registered as ``"module:attribute"``."""
+        if callable(self.factory):
+            return self.factory
+        module, _, attribute = self.factory.partition(":")
+        try:
+            target = importlib.import_module(module)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except Exception as error:
+            raise BackendBrokenError(
+                f"{self.kind} {self.name!r} (plugin {self.plugin}) failed to import "
+                f"{self.factory}: {type(error).__name__}: {error}. Reinstall its package or "
+                "check its dependencies."
+            ) from error
+        return target
+
+    def create(self, *args: Any, **options: Any) -> Any:
+        """Call the factory with ``options`` after checking it accepts them."""
+        factory = self.load()
+        check_options(factory, options, f"{self.kind} {self.name!r}", skip=len(args))
+        return factory(*args, **options)
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """An entry point that could not be loaded."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str
+    traceback: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """A loaded plugin and the backends it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    backends: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Registry:
+    """Discovers plugins and resolves backends by name.
+
+    Parameters
+    ----------
+    autoload
+        Load entry-point plugins (default: unless ``BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD`` is set).
+    block
+        Entry-point or distribution names not to load.
+    plugins
+        Extra plugin objects or modules to register (handy in tests).
+    """
+
+    def __init__(self, *, autoload: bool | None = None, block: Iterable[str] = (),
+                 plugins: Iterable[Any] = ()):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: list[PluginFailure] = []
+        self.blocked = set(block)
+        self._sources: dict[int, tuple[str, str, str]] = {}
+        for module in BUILTIN_PLUGINS:
+            self._register(importlib.import_module(module), module, "blockbuster-core", _core_version())
+        if autoload if autoload is not None else not os.environ.get(DISABLE_AUTOLOAD_ENV):
+            self._load_entry_points()
+        for plugin in plugins:
+            self._register(plugin, getattr(plugin, "__name__", repr(plugin)), "", "")
+        self.pm.check_pending()
+        self._backends: dict[str, dict[str, Backend]] | None = None
+
+    # -- discovery --------------------------------------------------------------------------
+    def _register(self, plugin: Any, name: str, distribution: str, version: str) -> None:
+        self.pm.register(plugin, name=name)
+        self._sources[id(plugin)] = (name, distribution, version)
+
+    def _load_entry_points(self) -> None:
+        from importlib_metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            if ep.name in self.blocked or dist in self.blocked or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as error:
+                self.failures.append(PluginFailure(
+                    ep.name, dist, version, f"{type(error).__name__}: {error}",
+                    traceback.format_exc(),
+                ))
+                continue
+            self._register(plugin, ep.name, dist, version)
+
+    def _collect(self) -> dict[str, dict[str, Backend]]:
+        if self._backends is not None:
+            return self._backends
+        backends: dict[str, dict[str, Backend]] = {kind: {} for kind in KINDS}
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"register_{kind}s")
+            for impl in hook.get_hookimpls():  # registration order: built-ins first
+                plugin_name = self._sources.get(id(impl.plugin), (impl.plugin_name,))[0]
+
+                def register(name, factory, *, aliases=(), description="", _kind=kind,
+                             _plugin=plugin_name):
+                    backend = Backend(_kind, name, factory, tuple(aliases), description, _plugin)
+                    for key in (name, *aliases):
+                        backends[_kind].setdefault(key, backend)
+
+                impl.function(register)
+        self._backends = backends
+        return backends
+
+    # -- lookup -----------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        """Primary names of the installed backends of ``kind``."""
+        return sorted({b.name for b in self._collect()[kind].values()})
+
+    def get(self, kind: str, name: str) -> Backend:
+        """The backend called ``name`` (or an alias), or a precise error."""
+        table = self._collect()[kind]
+        if name in table:
+            return table[name]
+        for failure in self.failures:
+            if name in (failure.name,) or KNOWN_PACKAGES.get((kind, name)) == failure.distribution:
+                raise BackendBrokenError(
+                    f"{kind} {name!r} is installed ({failure.distribution} {failure.version}) but "
+                    f"failed to import: {failure.error}. Fix or reinstall that package."
+                )
+        if (kind, name) in KNOWN_PACKAGES:
+            raise BackendNotInstalledError(
+                f"{kind} {name!r} is not installed; install it with "
+                f"`pip install {KNOWN_PACKAGES[(kind, name)]}`."
+            )
+        installed = self.names(kind)
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownBackendError(
+            f"unknown {kind} {name!r}.{hint} Installed {kind}s: {', '.join(installed) or 'none'}."
+        )
+
+    # -- creation ---------------------------------------------------------------------------
+    def segmenter(self, spec: Callable | str, **options: Any) -> Callable:
+        """A segmenter from a name (with options) or a callable (returned as is)."""
+        if callable(spec):
+            if options:
+                raise InvalidParameterError(
+                    "segmenter options were given with a callable; options apply only to a "
+                    "segmenter chosen by name."
+                )
+            return spec
+        return self.get("segmenter", spec).create(**options)
+
+    def executor(self, spec: Any = None, *, workers: int | None = None, **options: Any):
+        from blockbuster.executors import Executor
+
+        if isinstance(spec, Executor):
+            return spec
+        return self.get("executor", spec or "threads").create(workers=workers, **options)
+
+    def writer(self, spec: str | None, path: Any, *, overwrite: bool = False, **options: Any):
+        return self.get("writer", spec or "zarr").create(path, overwrite=overwrite, **options)
+
+    def open_image(self, source: Any, *, reader: str | None = None, **options: Any):
+        """A reader for ``source``: the named one, or the one the ``pick_reader`` hook picks."""
+        name = reader or self.pm.hook.pick_reader(source=source)
+        if name is None:
+            tried = ", ".join(
+                f"{b.name} ({b.description})" for b in self._unique("reader")
+            )
+            raise ImageReadError(
+                f"no reader accepts {source!r}. Readers tried: {tried}. Convert the image to one "
+                "of these formats or install a reader plugin."
+            )
+        return self.get("reader", name).create(source, **options)
+
+    def needs(self, segmenter: Callable):
+        """What ``segmenter`` needs from the tiling, through the ``segmenter_needs`` hook."""
+        from blockbuster.segmenter import Needs
+
+        return self.pm.hook.segmenter_needs(segmenter=segmenter) or Needs()
+
+    # -- reporting --------------------------------------------------------------------------
+    def _unique(self, kind: str) -> list[Backend]:
+        seen, unique = set(), []
+        for backend in self._collect()[kind].values():
+            if backend.name not in seen:
+                seen.add(backend.name)
+                unique.append(backend)
+        return unique
+
+    def plugins(self) -> list[PluginInfo]:
+        """Loaded plugins with the backends each registered."""
+        infos: dict[str, PluginInfo] = {}
+        for plugin in self.pm.get_plugins():
+            name, dist, version = self._sources.get(id(plugin), (self.pm.get_name(plugin), "", ""))
+            infos[name] = PluginInfo(name, dist, version)
+        for kind in KINDS:
+            for backend in self._unique(kind):
+                if backend.plugin in infos:
+                    infos[backend.plugin].backends.setdefault(kind, []).append(backend.name)
+        return list(infos.values())
+
+
+def check_options(factory: Callable, options: dict, what: str, skip: int = 0) -> None:
+    """Raise :class:`BackendOptionError` for an option ``factory`` does not accept."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = list(signature.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    valid = [
+        p.name for p in params[skip:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise BackendOptionError(
+            f"{what} has no option {', '.join(map(repr, unknown))}; valid options: "
+            f"{', '.join(valid) or 'none'}."
+        )
+
+
+def _core_version() -> str:
+    from blockbuster._version import __version__
+
+    return __version__

@@ -1,0 +1,114 @@
+"""The staging area of a run: per-tile local labels in a tile-aligned zarr, plus per-tile records.
+
+Layout of ``<stage>/``::
+
+    labels.zarr        local labels (uint32), one chunk per tile core
+    tiles/<i>.npz      tile i's record: label count and face layers; written last, atomically,
+                       so its presence marks the tile as done
+    job.json           the job fingerprint
+
+Each worker writes only its own tile's chunk and record, so no locking is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from blockbuster.faces import LOCAL_DTYPE, Face
+from blockbuster.tiling import Tile, TileGrid
+
+
+@dataclass
+class TileRecord:
+    """What the merge needs to know about one segmented tile."""
+
+    count: int
+    faces: dict[str, Face]
+
+
+class Stage:
+    """Reads and writes the staging area rooted at ``root``."""
+
+    def __init__(self, root: str | os.PathLike, grid: TileGrid):
+        self.root = Path(root)
+        self.grid = grid
+        self._labels = None
+
+    # -- creation -----------------------------------------------------------------------
+    def create(self, fingerprint: str) -> None:
+        import zarr
+
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        (self.root / "tiles").mkdir(parents=True)
+        zarr.create_array(
+            store=str(self.root / "labels.zarr"),
+            shape=self.grid.shape,
+            chunks=self.grid.chunks,
+            dtype=LOCAL_DTYPE,
+            fill_value=0,
+            compressors=label_compressors(),
+        )
+        (self.root / "job.json").write_text(fingerprint)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- per tile -------------------------------------------------------------------------
+    @property
+    def labels(self):
+        if self._labels is None:
+            import zarr
+
+            self._labels = zarr.open_array(store=str(self.root / "labels.zarr"), mode="r+")
+        return self._labels
+
+    def write_tile(self, tile: Tile, local: np.ndarray, record: TileRecord) -> None:
+        """Write the tile's core labels, then its record (the done-marker)."""
+        if record.count:
+            self.labels[tile.core] = local
+        arrays = {"count": np.array(record.count, np.int64)}
+        for key, face in record.faces.items():
+            arrays[key] = face.labels
+            arrays[key + "_origin"] = np.array(face.origin, np.int64)
+        final = self._record_path(tile.index)
+        partial = final.with_suffix(".partial.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, final)
+
+    def read_record(self, index: int) -> TileRecord:
+        with np.load(self._record_path(index)) as data:
+            count = int(data["count"])
+            faces = {
+                key: Face(tuple(int(v) for v in data[key + "_origin"]), data[key])
+                for key in data.files
+                if key != "count" and not key.endswith("_origin")
+            }
+        return TileRecord(count, faces)
+
+    def read_local(self, tile: Tile) -> np.ndarray:
+        return self.labels[tile.core]
+
+    def _record_path(self, index: int) -> Path:
+        return self.root / "tiles" / f"{index}.npz"
+
+    def __getstate__(self):
+        return {"root": self.root, "grid": self.grid, "_labels": None}
+
+
+def label_compressors():
+    """A fast compressor for label images (long runs of equal values)."""
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+
+def read_fingerprint(root: str | os.PathLike) -> dict | None:
+    path = Path(root) / "job.json"
+    return json.loads(path.read_text()) if path.exists() else None

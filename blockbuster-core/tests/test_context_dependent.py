@@ -1,0 +1,42 @@
+"""A context-dependent fn (watershed splitting touching disks): overlap merging vs touch merging."""
+
+import numpy as np
+import pytest
+
+from blockbuster import tile_process
+from blockbuster.metrics import match_objects
+from blockbuster.segmenters import Watershed
+
+from blockbuster.synthetic import touching_disks
+
+
+@pytest.fixture(scope="module")
+def dense_disks():
+    image = touching_disks((768, 768), radius=9, spacing=17, seed=3)
+    fn = Watershed(threshold=0.5, min_distance=5, diameter=20)
+    return image, fn, fn(image)
+
+
+def test_overlap_merge_matches_whole_image(dense_disks):
+    image, fn, whole = dense_disks
+    tiled = tile_process(image, fn, tile_shape=(128, 128), overlap=40, merge="overlap",
+                         compute=True)
+    score = match_objects(whole, tiled)
+    n = whole.max()
+    print(f"overlap merge on {n} disks: F1={score.f1:.4f} merges={score.false_merges} "
+          f"splits={score.false_splits}")
+    assert score.f1 >= 0.995
+    assert score.false_merges <= 0.001 * n
+
+
+def test_touch_merge_over_merges_where_overlap_does_not(dense_disks):
+    image, fn, whole = dense_disks
+    touched = tile_process(image, fn, tile_shape=(128, 128), overlap=40, merge="touch",
+                           compute=True)
+    overlapped = tile_process(image, fn, tile_shape=(128, 128), overlap=40, merge="overlap",
+                              compute=True)
+    touch_score = match_objects(whole, touched)
+    overlap_score = match_objects(whole, overlapped)
+    print(f"false merges: touch={touch_score.false_merges} overlap={overlap_score.false_merges}")
+    assert touch_score.false_merges > 0
+    assert overlap_score.false_merges < touch_score.false_merges

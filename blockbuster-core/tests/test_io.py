@@ -1,0 +1,124 @@
+"""Inputs (zarr v2/v3 paths and groups, zarr, dask, numpy), outputs and axes."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from blockbuster import merge_tile_labels, tile_process
+from blockbuster.synthetic import nuclei
+from blockbuster.testing import assert_same_labels
+
+
+def components(tile):
+    return ndimage.label(tile > 0.5)[0]
+
+
+@pytest.fixture
+def image():
+    return ndimage.gaussian_filter(np.random.default_rng(4).random((60, 70)), 2).astype(
+        np.float32) * 2 - 0.5
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_paths_and_groups(tmp_path, image, zarr_format):
+    array_path = tmp_path / "image.zarr"
+    zarr.create_array(store=str(array_path), data=image, chunks=(16, 16), zarr_format=zarr_format)
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w", zarr_format=zarr_format)
+    group.create_array("raw", data=image, chunks=(20, 20))
+    whole = components(image)
+    for source in (str(array_path), array_path, str(tmp_path / "group.zarr"),
+                   zarr.open_array(str(array_path))):
+        assert_same_labels(whole, tile_process(source, components, overlap=2, compute=True))
+
+
+def test_tile_shape_none_uses_the_input_chunks(tmp_path, image):
+    path = tmp_path / "image.zarr"
+    zarr.create_array(store=str(path), data=image, chunks=(16, 32))
+    out = tmp_path / "labels.zarr"
+    tile_process(str(path), components, write_to=out)
+    assert zarr.open_array(str(out)).chunks == (16, 32)
+
+
+def test_dask_input_and_lazy_output(tmp_path, image):
+    out = tmp_path / "labels.zarr"
+    result = tile_process(da.from_array(image, chunks=(25, 25)), components, write_to=out,
+                          overlap=1)
+    assert isinstance(result, da.Array)
+    assert_same_labels(components(image), result.compute())
+    assert_same_labels(components(image), zarr.open_array(str(out))[:])
+    assert not (tmp_path / "labels.zarr.stage").exists()  # staging removed after success
+
+
+def test_temporary_store_is_removed(image, tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tile_process(image, components, tile_shape=(20, 20), compute=True)
+    assert list(tmp_path.iterdir()) == []  # compute=True: gone at once
+    lazy = tile_process(image, components, tile_shape=(20, 20))
+    assert len(list(tmp_path.iterdir())) == 1
+    assert lazy.compute().max() > 0
+    del lazy
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []  # compute=False: gone with the array
+
+
+def test_channel_axis_is_handed_over_whole():
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((3, 20, 40, 40)), (0, 1, 2, 2)).astype(np.float32)
+    seen = []
+
+    def fn(tile):
+        seen.append(tile.shape[0])
+        return ndimage.label(tile.mean(axis=0) > 0.5)[0]
+
+    labels = tile_process(image, fn, channel_axis=0, tile_shape=(10, 16, 16), overlap=2,
+                          executor="serial", compute=True)
+    assert set(seen) == {3} and labels.shape == (20, 40, 40)
+    assert_same_labels(fn(image), labels)
+
+
+def test_per_slice_processing_of_a_stack():
+    image = np.stack([nuclei((64, 64), seed=s, dtype=np.float32) for s in range(4)])
+    slices = []
+
+    def fn(tile):
+        slices.append(tile.shape[0])
+        return ndimage.label(tile > 0.3)[0]
+
+    labels = tile_process(image, fn, tile_shape=(1, 64, 64), overlap=20, executor="serial",
+                          compute=True)
+    assert set(slices) == {1}  # int overlap gives the size-1 axis no halo
+    assert_same_labels(ndimage.label(image > 0.3)[0], labels)  # slices join where they touch
+
+
+def test_uint64_output_when_needed(monkeypatch):
+    import blockbuster.relabel as relabel
+
+    monkeypatch.setattr(relabel.Relabeling, "dtype", property(lambda self: np.dtype(np.uint64)))
+    labels = tile_process(np.eye(8, dtype=np.float32), components, tile_shape=(4, 4),
+                          compute=True)
+    assert labels.dtype == np.uint64
+
+
+def test_merge_tile_labels(tmp_path):
+    per_tile = np.zeros((6, 12), np.int32)
+    per_tile[2, 1:4] = 5         # tile 0
+    per_tile[2, 4:8] = 5         # tile 1, touching tile 0's object
+    per_tile[2, 9:11] = 5        # tile 2, separate
+    per_tile[4, 6:8] = 9         # tile 1, touching tile 2's diagonal neighbour
+    per_tile[5, 8] = 1           # tile 2
+    path = tmp_path / "tiles.zarr"
+    zarr.create_array(store=str(path), data=per_tile, chunks=(6, 4))
+    merged = merge_tile_labels(str(path), compute=True)
+    expected = ndimage.label(per_tile > 0, structure=np.ones((3, 3)))[0]
+    assert_same_labels(expected, merged)
+
+
+def test_progress_bar_names_the_stages(capsys, image):
+    tile_process(image, components, tile_shape=(20, 20), progress=True, compute=True)
+    err = capsys.readouterr().err
+    assert "segment" in err and "merge" in err and "relabel" in err

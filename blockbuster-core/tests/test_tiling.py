@@ -1,0 +1,48 @@
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blockbuster.tiling import TileGrid, auto_tile_shape
+
+
+@st.composite
+def grids(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = draw(st.lists(st.integers(1, 12), min_size=ndim, max_size=ndim))
+    tiles = draw(st.lists(st.integers(1, 14), min_size=ndim, max_size=ndim))
+    overlap = [draw(st.integers(0, t - 1)) for t in tiles]
+    return TileGrid(shape, tiles, overlap)
+
+
+@given(grids())
+def test_cores_partition_the_image_and_halos_are_clipped(grid):
+    cover = np.zeros(grid.shape, int)
+    for tile in grid:
+        cover[tile.core] += 1
+        for c, p, o, s in zip(tile.core, tile.padded, grid.overlap, grid.shape):
+            assert p.start == max(c.start - o, 0) and p.stop == min(c.stop + o, s)
+        assert grid.tile(grid.index(tile.position)) == tile
+    assert (cover == 1).all()
+
+
+@given(grids())
+def test_neighbours_after_are_adjacent_tiles(grid):
+    for tile in grid:
+        for axis in range(grid.ndim):
+            for other in grid.neighbours_after(tile, axis):
+                assert other.position[axis] == tile.position[axis] + 1
+                assert all(abs(a - b) <= 1 for a, b in zip(other.position, tile.position))
+
+
+def test_auto_tile_shape_fits_budget_and_aligns_to_chunks():
+    tile = auto_tile_shape((20000, 20000), bytes_per_voxel=32, overlap=(20, 20), workers=2,
+                           budget_bytes=2**30, chunks=(512, 512))
+    padded = np.prod([t + 40 for t in tile])
+    assert padded * 32 * 2 <= 2**30
+    assert all(t % 512 == 0 for t in tile)
+    assert tile[0] >= 2048  # uses the budget, not a tiny default
+
+
+def test_auto_tile_shape_of_small_image_is_the_image():
+    assert auto_tile_shape((50, 60), bytes_per_voxel=32, overlap=(0, 0), workers=2,
+                           budget_bytes=2**30) == (50, 60)
