@@ -43,30 +43,33 @@ def face_key(kind: str, axis: int, side: str) -> str:
 
 
 def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber the labels present in the core to ``1..n`` in ascending order of raw value.
+    """Renumber the labels present in the core to ``1..n`` in order of first appearance.
 
-    Returns the local label image and the sorted raw labels (``raw[i]`` became ``i + 1``).
+    Returns the local label image and the raw labels sorted by value with, for each, its local
+    label (``present``: shape ``(n, 2)``, columns raw and local).
     """
     import fastremap
 
-    present = fastremap.unique(core_raw)
-    present = present[present != 0]
-    if len(present) > MAX_LOCAL_LABELS:
+    local, remap = fastremap.renumber(np.ascontiguousarray(core_raw), preserve_zero=True,
+                                      in_place=False)
+    remap.pop(0, None)
+    if len(remap) > MAX_LOCAL_LABELS:
         raise TooManyLabelsError(
-            f"tile {tile.index} at {tile.bounds()} has {len(present)} labels, more than its "
+            f"tile {tile.index} at {tile.bounds()} has {len(remap)} labels, more than its "
             f"provisional ID budget of {MAX_LOCAL_LABELS}; use smaller tiles."
         )
-    return to_local(core_raw, present), present
+    present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
+    return local.astype(LOCAL_DTYPE, copy=False), present
 
 
 def to_local(raw: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Map raw labels to local labels; labels not in ``present`` (and 0) become 0."""
     if len(present) == 0:
         return np.zeros(raw.shape, LOCAL_DTYPE)
-    position = np.searchsorted(present, raw)
-    position = np.minimum(position, len(present) - 1)
-    found = (present[position] == raw) & (raw != 0)
-    return np.where(found, position + 1, 0).astype(LOCAL_DTYPE)
+    keys = present[:, 0]
+    position = np.minimum(np.searchsorted(keys, raw), len(keys) - 1)
+    found = (keys[position] == raw) & (raw != 0)
+    return np.where(found, present[position, 1], 0).astype(LOCAL_DTYPE)
 
 
 def shared_axes(tile: Tile, grid: TileGrid) -> list[tuple[int, str]]:

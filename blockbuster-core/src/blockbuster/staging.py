@@ -3,8 +3,8 @@
 Layout of ``<stage>/``::
 
     labels.zarr        local labels (uint32), one chunk per tile core
-    tiles/<i>.npz      tile i's record: label count and face layers; written last, atomically,
-                       so its presence marks the tile as done
+    tiles/<i>.pickle   tile i's record: label count and face layers; written last, atomically,
+                       so its presence marks the tile as done (our own format, read only by us)
     job.json           the job fingerprint
 
 Each worker writes only its own tile's chunk and record, so no locking is needed.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,30 +74,21 @@ class Stage:
         """Write the tile's core labels, then its record (the done-marker)."""
         if record.count:
             self.labels[tile.core] = local
-        arrays = {"count": np.array(record.count, np.int64)}
-        for key, face in record.faces.items():
-            arrays[key] = face.labels
-            arrays[key + "_origin"] = np.array(face.origin, np.int64)
         final = self._record_path(tile.index)
-        partial = final.with_suffix(".partial.npz")
-        np.savez(partial, **arrays)
+        partial = final.with_suffix(".partial")
+        with open(partial, "wb") as file:
+            pickle.dump(record, file, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(partial, final)
 
     def read_record(self, index: int) -> TileRecord:
-        with np.load(self._record_path(index)) as data:
-            count = int(data["count"])
-            faces = {
-                key: Face(tuple(int(v) for v in data[key + "_origin"]), data[key])
-                for key in data.files
-                if key != "count" and not key.endswith("_origin")
-            }
-        return TileRecord(count, faces)
+        with open(self._record_path(index), "rb") as file:
+            return pickle.load(file)
 
     def read_local(self, tile: Tile) -> np.ndarray:
         return self.labels[tile.core]
 
     def _record_path(self, index: int) -> Path:
-        return self.root / "tiles" / f"{index}.npz"
+        return self.root / "tiles" / f"{index}.pickle"
 
     def __getstate__(self):
         return {"root": self.root, "grid": self.grid, "_labels": None}

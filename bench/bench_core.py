@@ -1,0 +1,143 @@
+"""Core engine benchmark: threshold + connected components with 1024² tiles.
+
+Builds synthetic nuclei-like uint16 zarr images (8192² and 16384², tile by tile so building them
+never holds the image), then for each size runs ``tile_process`` in a fresh process and reports:
+
+- total wall time and time inside ``fn`` (summed over workers),
+- time outside ``fn`` vs a plain zarr read + write of the same data (target: <= 1.5x),
+- peak RSS of the run (target: the 16384² run <= 1.2x the 8192² run),
+- the 1 -> 2 worker speed-up.
+
+Usage: python bench/bench_core.py [--quick] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TILE = 1024
+THRESHOLD = 20000  # the synthetic nuclei are ~0.6-0.8 of 52428; background ~2600
+
+
+def build_image(path: Path, side: int) -> None:
+    import numpy as np
+    import zarr
+
+    from blockbuster.synthetic import nuclei
+
+    if (path / "zarr.json").exists():
+        return
+    array = zarr.create_array(store=str(path), shape=(side, side), chunks=(TILE, TILE),
+                              dtype=np.uint16)
+    n = side // TILE
+    for i in range(n):
+        for j in range(n):
+            array[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = nuclei(
+                (TILE, TILE), density=0.003, seed=i * n + j)
+
+
+def run_case(image: str, workers: int, executor: str) -> dict:
+    """Run in this process (called in a child): one tile_process, its stats and peak RSS."""
+    from blockbuster import tile_process
+    from blockbuster.segmenters import Threshold
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        _, stats = tile_process(image, Threshold(threshold=THRESHOLD), tile_shape=(TILE, TILE),
+                                overlap=0, executor=executor, workers=workers,
+                                write_to=Path(tmp) / "labels.zarr", return_stats=True)
+        wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall_s": wall, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
+            "stages_s": stats.stage_seconds, "peak_rss_mb": rss,
+            "peak_rss_worker_mb": rss_children, "tiles": stats.n_tiles}
+
+
+def plain_read_write(image: str) -> dict:
+    """Read every chunk and write a uint32 array of the same shape and chunks (one thread)."""
+    import numpy as np
+    import zarr
+
+    from blockbuster.staging import label_compressors
+
+    source = zarr.open_array(image, mode="r")
+    with tempfile.TemporaryDirectory() as tmp:
+        target = zarr.create_array(store=f"{tmp}/copy.zarr", shape=source.shape,
+                                   chunks=source.chunks, dtype=np.uint32,
+                                   compressors=label_compressors())
+        t0 = time.perf_counter()
+        for i in range(0, source.shape[0], TILE):
+            for j in range(0, source.shape[1], TILE):
+                block = source[i:i + TILE, j:j + TILE]
+                target[i:i + TILE, j:j + TILE] = (block > THRESHOLD).astype(np.uint32)
+        return {"wall_s": time.perf_counter() - t0}
+
+
+def in_child(function: str, *args) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench_core as b; print(json.dumps(b.{function}(*{args!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2048² and 4096² only")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--data", default=None, help="where to keep the synthetic images")
+    args = parser.parse_args()
+    sides = [2048, 4096] if args.quick else [8192, 16384]
+    data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
+    data.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for side in sides:
+        image = data / f"nuclei-{side}.zarr"
+        build_image(image, side)
+        plain = in_child("plain_read_write", str(image))
+        one = in_child("run_case", str(image), 1, "threads")
+        two = in_child("run_case", str(image), 2, "threads")
+        two_p = in_child("run_case", str(image), 2, "processes")
+        outside = one["wall_s"] - one["in_fn_s"]
+        rows.append({
+            "side": side, "tiles": one["tiles"], "objects": one["objects"],
+            "plain_read_write_s": plain["wall_s"],
+            "total_1_worker_s": one["wall_s"], "in_fn_1_worker_s": one["in_fn_s"],
+            "outside_fn_s": outside, "outside_vs_plain": outside / plain["wall_s"],
+            "total_2_threads_s": two["wall_s"], "speedup_threads": one["wall_s"] / two["wall_s"],
+            "total_2_processes_s": two_p["wall_s"],
+            "speedup_processes": one["wall_s"] / two_p["wall_s"],
+            "peak_rss_mb_1_worker": one["peak_rss_mb"], "peak_rss_mb_2_threads": two["peak_rss_mb"],
+            "peak_rss_mb_2_processes_parent": two_p["peak_rss_mb"],
+            "peak_rss_mb_2_processes_worker": two_p["peak_rss_worker_mb"],
+            "stages_1_worker_s": one["stages_s"],
+        })
+        print(json.dumps(rows[-1], indent=1), flush=True)
+    rss_ratio = rows[1]["peak_rss_mb_2_threads"] / rows[0]["peak_rss_mb_2_threads"]
+    summary = {"rows": rows, "rss_ratio_large_vs_small": rss_ratio}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "core.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| side | tiles | plain r+w s | total 1w s | in fn s | outside/plain | 2 threads s | "
+             "speed-up thr | 2 procs s | speed-up proc | RSS MB (2 thr) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['side']} | {r['tiles']} | {r['plain_read_write_s']:.1f} | "
+                     f"{r['total_1_worker_s']:.1f} | {r['in_fn_1_worker_s']:.1f} | "
+                     f"{r['outside_vs_plain']:.2f} | {r['total_2_threads_s']:.1f} | "
+                     f"{r['speedup_threads']:.2f} | {r['total_2_processes_s']:.1f} | "
+                     f"{r['speedup_processes']:.2f} | {r['peak_rss_mb_2_threads']:.0f} |")
+    lines.append(f"\nRSS ratio largest/smallest (2 threads): {rss_ratio:.2f} (target <= 1.2)")
+    (out / "core.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Self-check: every hook spec is documented and exercised by a test (as datasette does)."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from blockbuster import hookspecs
+
+SPECS = [name for name, f in vars(hookspecs).items()
+         if inspect.isfunction(f) and hasattr(f, "blockbuster_spec")]
+TESTS = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py")
+                  if p.name != Path(__file__).name)
+DOCS = (Path(__file__).parents[2] / "docs" / "hookspecs.md").read_text()
+
+
+def test_there_are_hook_specs():
+    assert {"register_readers", "register_segmenters", "register_executors",
+            "register_writers", "pick_reader", "segmenter_needs"} <= set(SPECS)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_hook_spec_is_documented(name):
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    assert len(doc) > 80, f"hook spec {name} needs a docstring saying what it receives and returns"
+    assert "Receives" in doc and "Return" in doc, f"{name}: say what it receives and returns"
+    assert "::: blockbuster.hookspecs" in DOCS  # the reference page renders every spec
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_hook_spec_has_a_test(name):
+    assert f"def {name}(" in TESTS, f"no test implements hook {name}"

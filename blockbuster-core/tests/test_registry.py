@@ -1,0 +1,208 @@
+"""Plugin discovery and selection by name: built-ins, aliases, the three errors, options."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from blockbuster import hookimpl, tile_process
+from blockbuster.errors import (
+    BackendBrokenError,
+    BackendNotInstalledError,
+    BackendOptionError,
+    ImageReadError,
+    UnknownBackendError,
+)
+from blockbuster.registry import Registry
+from blockbuster.segmenter import Needs
+
+
+def test_builtins_register_through_the_hooks():
+    registry = Registry(autoload=False)
+    assert registry.names("segmenter") == ["threshold", "watershed"]
+    assert registry.names("executor") == ["processes", "serial", "threads"]
+    assert registry.names("reader") == ["array", "zarr"]
+    assert registry.names("writer") == ["zarr"]
+    assert registry.get("segmenter", "otsu").name == "threshold"  # alias
+
+
+def test_unknown_name_lists_installed_and_suggests():
+    with pytest.raises(UnknownBackendError) as error:
+        Registry(autoload=False).get("segmenter", "treshold")
+    message = str(error.value)
+    assert "Did you mean 'threshold'?" in message and "watershed" in message
+
+
+def test_known_but_not_installed_says_which_package(monkeypatch):
+    registry = Registry(autoload=False)
+    with pytest.raises(BackendNotInstalledError, match="pip install blockbuster-stardist"):
+        registry.get("segmenter", "stardist")
+
+
+class BrokenEntryPoint:
+    name = "broken"
+    group = "blockbuster"
+    dist = types.SimpleNamespace(name="blockbuster-broken", version="9.9")
+
+    def load(self):
+        raise ImportError("No module named 'tensorflow_magic'")
+
+
+def test_broken_plugin_is_recorded_and_never_takes_the_core_down(monkeypatch):
+    import importlib_metadata
+
+    monkeypatch.setattr(importlib_metadata, "entry_points", lambda group: [BrokenEntryPoint()])
+    registry = Registry(autoload=True)
+    assert registry.names("segmenter") == ["threshold", "watershed"]
+    failure = registry.failures[0]
+    assert (failure.name, failure.distribution, failure.version) == (
+        "broken", "blockbuster-broken", "9.9")
+    assert "tensorflow_magic" in failure.error
+    with pytest.raises(BackendBrokenError, match="tensorflow_magic"):
+        registry.get("segmenter", "broken")
+
+
+def test_factory_that_fails_to_import_is_broken():
+    class Plugin:
+        @hookimpl
+        def register_segmenters(self, register):
+            register("ghost", "blockbuster_no_such_module:Factory")
+
+    registry = Registry(autoload=False, plugins=[Plugin()])
+    assert "ghost" in registry.names("segmenter")  # discovery imports nothing
+    with pytest.raises(BackendBrokenError, match="blockbuster_no_such_module"):
+        registry.segmenter("ghost")
+
+
+def test_autoload_env_var_and_block(monkeypatch):
+    import importlib_metadata
+
+    calls = []
+    monkeypatch.setattr(importlib_metadata, "entry_points",
+                        lambda group: calls.append(group) or [BrokenEntryPoint()])
+    monkeypatch.setenv("BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert Registry().failures == [] and calls == []
+    monkeypatch.delenv("BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD")
+    assert Registry(block=["broken"]).failures == []
+    assert Registry(block=["blockbuster-broken"]).failures == []
+    assert len(Registry().failures) == 1
+
+
+def test_options_are_validated():
+    registry = Registry(autoload=False)
+    with pytest.raises(BackendOptionError, match="valid options: threshold, sigma, min_size"):
+        registry.segmenter("threshold", sigmaa=2)
+    assert registry.segmenter("threshold", sigma=2).sigma == 2
+
+
+def test_names_and_callables_are_interchangeable():
+    image = np.zeros((40, 40), np.float32)
+    image[5:10, 5:30] = 1
+    by_name = tile_process(image, "threshold", segmenter_options={"threshold": 0.5},
+                           tile_shape=(16, 16), compute=True)
+    by_keyword = tile_process(image, segmenter="threshold", tile_shape=(16, 16), compute=True)
+    from blockbuster.segmenters import Threshold
+
+    by_callable = tile_process(image, Threshold(threshold=0.5), tile_shape=(16, 16), compute=True)
+    assert by_name.max() == by_keyword.max() == by_callable.max() == 1
+    assert tile_process(image, Threshold(0.5), executor="serial", tile_shape=(16, 16),
+                        compute=True).max() == 1
+
+
+def test_pick_reader_hook_lets_a_plugin_claim_a_path(tmp_path):
+    path = tmp_path / "image.npy"
+    np.save(path, np.eye(6, dtype=np.float32))
+
+    class NpyPlugin:
+        @hookimpl
+        def register_readers(self, register):
+            from blockbuster.readers import ArrayReader
+
+            register("npy", lambda source: ArrayReader(np.load(source, mmap_mode="r")))
+
+        @hookimpl
+        def pick_reader(self, source):
+            return "npy" if str(source).endswith(".npy") else None
+
+    with pytest.raises(ImageReadError, match="Readers tried: zarr"):
+        tile_process(str(path), "threshold", compute=True)
+    registry = Registry(autoload=False, plugins=[NpyPlugin()])
+    labels = tile_process(str(path), "threshold", segmenter_options={"threshold": 0.5},
+                          registry=registry, compute=True)
+    assert labels.max() == 6
+
+
+def test_segmenter_needs_hook_sets_the_default_overlap():
+    seen = []
+
+    def fn(tile):
+        seen.append(tile.shape)
+        return (tile > 0.5).astype(np.int32)
+
+    class Advertiser:
+        @hookimpl
+        def segmenter_needs(self, segmenter):
+            return Needs(halo=3) if segmenter is fn else None
+
+    registry = Registry(autoload=False, plugins=[Advertiser()])
+    tile_process(np.zeros((20, 20), np.float32), fn, tile_shape=(10, 10), registry=registry,
+                 executor="serial", compute=True)
+    assert (13, 13) in seen  # 10 + 3 halo on the inner side
+
+
+def test_a_plugin_executor_is_used_by_name():
+    from blockbuster.executors import SerialExecutor
+
+    started = []
+
+    class Recording(SerialExecutor):
+        def start(self, context):
+            started.append(True)
+            return super().start(context)
+
+    class Plugin:
+        @hookimpl
+        def register_executors(self, register):
+            register("recording", Recording)
+
+    registry = Registry(autoload=False, plugins=[Plugin()])
+    tile_process(np.eye(8, dtype=np.float32), "threshold", executor="recording",
+                 registry=registry, compute=True)
+    assert started == [True]
+
+
+def test_plugins_report_lists_backends_by_kind():
+    infos = {p.name: p for p in Registry(autoload=False).plugins()}
+    assert infos["blockbuster.builtin.segmenters"].backends == {
+        "segmenter": ["threshold", "watershed"]}
+    assert infos["blockbuster.builtin.segmenters"].distribution == "blockbuster-core"
+
+
+def test_discovery_imports_no_heavy_library():
+    import subprocess
+
+    code = ("import sys; from blockbuster.registry import Registry; r = Registry(); "
+            "r.names('segmenter'); heavy = {'torch', 'tensorflow', 'cellpose', 'stardist'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_plugin_writer_is_used_by_name(tmp_path):
+    import zarr
+
+    from blockbuster.writers import ZarrWriter
+
+    class ZarrV2Plugin:
+        @hookimpl
+        def register_writers(self, register):
+            register("zarr2", lambda path, overwrite=False: ZarrWriter(
+                path, zarr_format=2, overwrite=overwrite))
+
+    registry = Registry(autoload=False, plugins=[ZarrV2Plugin()])
+    out = tmp_path / "labels.zarr"
+    tile_process(np.eye(8, dtype=np.float32), "threshold", writer="zarr2", write_to=out,
+                 registry=registry)
+    assert (out / ".zarray").exists()
+    assert zarr.open_array(str(out))[:].max() == 8
