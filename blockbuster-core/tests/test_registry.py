@@ -21,7 +21,7 @@ from blockbuster.segmenter import Needs
 def test_builtins_register_through_the_hooks():
     registry = Registry(autoload=False)
     assert registry.names("segmenter") == ["threshold", "watershed"]
-    assert registry.names("executor") == ["processes", "serial", "threads"]
+    assert registry.names("executor") == ["dask", "processes", "serial", "threads"]
     assert registry.names("reader") == ["array", "zarr"]
     assert registry.names("writer") == ["zarr"]
     assert registry.get("segmenter", "otsu").name == "threshold"  # alias

@@ -26,6 +26,12 @@
     writer = "zarr"              # other keys are writer options
     overwrite = false
 
+    [run]
+    retries = 2                  # retries of a tile whose segmenter raises
+    keep_going = false           # finish the other tiles, then report the failed ones
+    skip_empty = 0               # skip tiles whose maximum is at most this
+    resume = true                # rerunning after a crash skips finished tiles
+
     [plugins]
     block = ["some-plugin"]      # entry points not to load
 
@@ -49,6 +55,8 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
                "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
     "output": {"path": str, "writer": str, "overwrite": bool},
+    "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
+            "progress": bool},
     "plugins": {"block": list},
 }
 OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
@@ -88,6 +96,11 @@ class RunConfig:
             "memory_budget": self.get("tiling", "memory_budget"),
             "executor": self.get("executor", "name"),
             "workers": self.get("executor", "workers"),
+            "executor_options": self.options("executor"),
+            "retries": self.get("run", "retries", 2),
+            "keep_going": self.get("run", "keep_going", False),
+            "skip_empty": self.get("run", "skip_empty"),
+            "resume": self.get("run", "resume", True),
             "write_to": self.get("output", "path"),
             "writer": self.get("output", "writer"),
             "writer_options": self.options("output"),
@@ -165,4 +178,5 @@ def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
 
     config = load_config(path, overrides)
     registry = Registry(block=config.get("plugins", "block", []))
+    progress = progress or bool(config.get("run", "progress", False))
     return tile_process(**config.tile_process_arguments(), registry=registry, progress=progress)

@@ -30,6 +30,14 @@ class OutputExistsError(BlockbusterError, FileExistsError):
     """``write_to`` already holds data that this run would overwrite."""
 
 
+class StageMismatchError(BlockbusterError, FileExistsError):
+    """The staging area left by a crashed run belongs to a different job; it cannot resume."""
+
+
+class TilesFailedError(BlockbusterError, RuntimeError):
+    """With ``keep_going=True``: some tiles failed after their retries; the rest are staged."""
+
+
 class NotPicklableError(BlockbusterError, TypeError):
     """The function cannot be sent to worker processes."""
 

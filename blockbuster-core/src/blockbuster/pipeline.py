@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster._version import __version__
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, TileFunctionError, TilesFailedError
 from blockbuster.executors import Executor
 from blockbuster.faces import inner_faces, local_labels, outer_faces
 from blockbuster.merge import MERGE_MODES, no_edges, resolve_pairs, tile_edges
@@ -45,6 +45,8 @@ class RunStats:
 
     n_tiles: int = 0
     n_objects: int = 0
+    tiles_resumed: int = 0
+    tiles_empty: int = 0
     seconds_total: float = 0.0
     seconds_in_fn: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -62,11 +64,24 @@ class Job:
     connectivity: int | None
     stage: Stage
     writer: Any
+    retries: int = 2
+    keep_going: bool = False
+    skip_empty: Any = None
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         if self.channel_axis is not None:
             region = region[: self.channel_axis] + (slice(None),) + region[self.channel_axis :]
         return self.reader.read(region)
+
+
+@dataclass
+class SegmentResult:
+    """What a segment task reports: label counts, time in ``fn``, and failed tiles."""
+
+    counts: list[tuple[int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+    empty: int = 0
+    failed: list[str] = field(default_factory=list)
 
 
 def tile_process(
@@ -75,13 +90,14 @@ def tile_process(
     *,
     segmenter: Callable | str | None = None,
     segmenter_options: dict | None = None,
-    tile_shape: Sequence[int] | str | None = None,
-    overlap: int | Sequence[int] | None = None,
+    tile_shape: Sequence[int] | dict | str | None = None,
+    overlap: int | Sequence[int] | dict | None = None,
     merge: str | None = None,
     connectivity: int | None = None,
     channel_axis: int | None = None,
     executor: Executor | str | None = None,
     workers: int | None = None,
+    executor_options: dict | None = None,
     reader: str | None = None,
     reader_options: dict | None = None,
     writer: str | None = None,
@@ -91,6 +107,10 @@ def tile_process(
     compute: bool = False,
     progress: bool = False,
     memory_budget: int | None = None,
+    retries: int = 2,
+    keep_going: bool = False,
+    skip_empty: float | Any | None = None,
+    resume: bool = True,
     registry: Any = None,
     return_stats: bool = False,
 ):
@@ -108,12 +128,13 @@ def tile_process(
     segmenter_options
         Options for a segmenter given by name, e.g. ``{"threshold": 0.5}``.
     tile_shape
-        Core size of a tile per spatial axis (``None``/``-1`` entries: whole axis); ``None``
+        Core size of a tile per spatial axis (``None``/``-1`` entries: whole axis), or a dict by
+        axis name (``{"z": 1, "y": 1024, "x": 1024}``) when the reader knows the axes; ``None``
         uses the input's chunks; ``"auto"`` picks the largest tile that fits ``memory_budget``.
     overlap
         Halo added on every side of a tile before ``fn`` runs: an int (applied to every axis
-        whose tile is longer than 1) or one value per spatial axis. Defaults to the halo the
-        segmenter asks for, else 0.
+        whose tile is longer than 1), one value per spatial axis, or a dict by axis name.
+        Defaults to the halo the segmenter asks for, else 0.
     merge
         ``"overlap"`` (default when there is a halo) or ``"touch"``; see
         :mod:`blockbuster.merge`.
@@ -121,10 +142,12 @@ def tile_process(
         Which pixel neighbours across a face can join objects under ``merge="touch"``:
         1 = face neighbours only, up to the number of axes (default) = edge and corner too.
     channel_axis
-        Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole.
-    executor, workers
-        ``"threads"`` (default), ``"processes"``, ``"serial"``, a registered executor name, or
-        an :class:`~blockbuster.executors.Executor`; one worker per core by default.
+        Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole. Taken from the
+        reader's axis names (``"c"``) when it knows them.
+    executor, workers, executor_options
+        ``"threads"`` (default), ``"processes"``, ``"serial"``, ``"dask"``, another registered
+        executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
+        default.
     write_to, overwrite
         Output zarr path; refuses to replace data that is not this same job unless
         ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
@@ -133,6 +156,17 @@ def tile_process(
         array over the written labels.
     progress
         Show one progress bar for the run.
+    retries, keep_going
+        A tile whose ``fn`` raises is tried ``retries`` more times; then the run stops naming
+        the tile — or, with ``keep_going=True``, finishes every other tile first and raises
+        :class:`~blockbuster.errors.TilesFailedError` listing the failed ones. Finished tiles
+        stay staged either way, so rerunning the same call resumes.
+    skip_empty
+        Skip tiles without calling ``fn``: a number (tiles whose maximum is at most it) or a
+        low-resolution boolean mask over the image (tiles where it is all False).
+    resume
+        Rerunning the same job into the same ``write_to`` after a crash skips the tiles already
+        done (``<write_to>.stage``); ``False`` starts fresh.
 
     Returns
     -------
@@ -150,15 +184,18 @@ def tile_process(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
     source = registry.open_image(image, reader=reader, **(reader_options or {}))
-    executor = registry.executor(executor, workers=workers)
+    executor = registry.executor(executor, workers=workers, **(executor_options or {}))
+    channel_axis = _channel_axis(channel_axis, source)
     spatial = _spatial_shape(source.shape, channel_axis)
+    names = _spatial_names(source, channel_axis)
     needs = registry.needs(fn)
-    halo = overlap if overlap is not None else needs.halo
-    tiles = _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs,
-                                executor.workers, memory_budget)
-    halo = validate_overlap(halo, tiles)
-    grid = TileGrid(spatial, tiles, halo)
+    halo = _by_axis_name(overlap if overlap is not None else needs.halo, names, "overlap", 0)
+    tiles = _resolve_tile_shape(_by_axis_name(tile_shape, names, "tile_shape", None), source,
+                                spatial, channel_axis, halo, needs, executor.workers,
+                                memory_budget)
+    grid = TileGrid(spatial, tiles, validate_overlap(halo, tiles))
     merge = _resolve_merge(merge, grid)
+    _check_retries(retries)
 
     temporary = None
     if write_to is None:
@@ -170,13 +207,14 @@ def tile_process(
 
     fn = prepare(fn, source)
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
-    stage.create(fingerprint)
-    job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out)
-    stats = RunStats(n_tiles=len(grid))
+    done = stage.open(fingerprint, resume=resume)
+    job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out, retries,
+              keep_going, skip_empty)
+    stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
     bar = Progress(progress, len(grid))
     try:
         with executor.start(job) as pool:
-            counts = _segment_all(pool, job, bar, stats)
+            counts = _segment_all(pool, job, done, bar, stats)
             edges = _merge_all(pool, job, bar, stats)
             relabeling = Relabeling(counts, edges)
             out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
@@ -196,19 +234,36 @@ def tile_process(
 
 
 # -- stages -----------------------------------------------------------------------------------
-def _segment_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
+def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
+                 stats: RunStats) -> np.ndarray:
     bar.stage("segment")
     t0 = time.perf_counter()
     counts = np.zeros(len(job.grid), np.int64)
+    for index, count in done.items():
+        counts[index] = count
+    bar.advance(len(done))
+    todo = [i for i in range(len(job.grid)) if i not in done]
     size = batch_size_of(job.fn)
-    batches = [list(range(i, min(i + size, len(job.grid)))) for i in range(0, len(job.grid), size)]
-    for done, seconds in pool.map_unordered(segment_task, batches):
-        for index, count in done:
+    failed = []
+    for result in pool.map_unordered(segment_task, _batches(todo, size)):
+        for index, count in result.counts:
             counts[index] = count
-        stats.seconds_in_fn += seconds
-        bar.advance(len(done))
+        stats.seconds_in_fn += result.seconds
+        stats.tiles_empty += result.empty
+        failed.extend(result.failed)
+        bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
+    if failed:
+        raise TilesFailedError(
+            f"{len(failed)} of {len(job.grid)} tiles failed after {job.retries} retries; every "
+            "other tile is staged, so rerunning the same call resumes with just these:\n"
+            + "\n".join(failed)
+        )
     return counts
+
+
+def _batches(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
 def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
@@ -235,23 +290,66 @@ def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: R
 
 
 # -- tasks (run in workers) --------------------------------------------------------------------
-def segment_task(job: Job, indices: list[int]) -> tuple[list[tuple[int, int]], float]:
-    """Read, segment and stage a batch of tiles; return their label counts and time in ``fn``."""
+def segment_task(job: Job, indices: list[int]) -> SegmentResult:
+    """Read, segment and stage a batch of tiles, retrying ``fn`` on failure."""
+    result = SegmentResult()
     tiles = [job.grid.tile(i) for i in indices]
     images = [job.read(t.padded) for t in tiles]
-    t0 = time.perf_counter()
-    outputs = run_on_tiles(job.fn, images, tiles)
-    seconds = time.perf_counter() - t0
-    done = []
-    for tile, output in zip(tiles, outputs):
-        raw = as_labels(output, tile.padded_shape, tile)
-        local, present = local_labels(raw[tile.core_in_padded], tile)
-        faces = inner_faces(local, tile, job.grid)
-        if job.merge == "overlap":
-            faces.update(outer_faces(raw, present, tile, job.grid))
-        job.stage.write_tile(tile, local, TileRecord(len(present), faces))
-        done.append((tile.index, len(present)))
-    return done, seconds
+    busy = []
+    for tile, image in zip(tiles, images):
+        if _is_empty(job, tile, image):
+            job.stage.write_tile(tile, None, TileRecord(0, {}, empty=True))
+            result.counts.append((tile.index, 0))
+            result.empty += 1
+        else:
+            busy.append((tile, image))
+    if not busy:
+        return result
+    tiles, images = [t for t, _ in busy], [i for _, i in busy]
+    try:
+        outputs, result.seconds = _call_with_retries(job, images, tiles)
+        for tile, output in zip(tiles, outputs):
+            result.counts.append((tile.index, _stage_tile(job, tile, output)))
+    except TileFunctionError as error:
+        if not job.keep_going:
+            raise
+        result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
+    return result
+
+
+def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:
+    for attempt in range(job.retries + 1):
+        t0 = time.perf_counter()
+        try:
+            return run_on_tiles(job.fn, images, tiles), time.perf_counter() - t0
+        except TileFunctionError:
+            if attempt == job.retries:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stage_tile(job: Job, tile, output) -> int:
+    raw = as_labels(output, tile.padded_shape, tile)
+    local, present = local_labels(raw[tile.core_in_padded], tile)
+    faces = inner_faces(local, tile, job.grid)
+    if job.merge == "overlap":
+        faces.update(outer_faces(raw, present, tile, job.grid))
+    job.stage.write_tile(tile, local, TileRecord(len(present), faces))
+    return len(present)
+
+
+def _is_empty(job: Job, tile, image: np.ndarray) -> bool:
+    rule = job.skip_empty
+    if rule is None:
+        return False
+    if np.isscalar(rule):
+        return bool(image.size == 0 or image.max() <= rule)
+    mask = np.asarray(rule)
+    region = tuple(
+        slice(c.start * m // s, max(c.start * m // s + 1, -(-c.stop * m // s)))
+        for c, m, s in zip(tile.core, mask.shape, job.grid.shape)
+    )
+    return not mask[region].any()
 
 
 def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -280,6 +378,47 @@ def _one_segmenter(fn, segmenter):
             "such as 'threshold'."
         )
     return fn if fn is not None else segmenter
+
+
+def _check_retries(retries: int) -> None:
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidParameterError(f"retries={retries!r}; use 0 or more.")
+
+
+def _channel_axis(channel_axis: int | None, source) -> int | None:
+    """The given channel axis, else the reader's ``"c"`` axis if it names its axes."""
+    if channel_axis is not None:
+        return channel_axis
+    axes = getattr(source, "axes", None)
+    return axes.index("c") if axes and "c" in axes else None
+
+
+def _spatial_names(source, channel_axis: int | None) -> tuple[str, ...] | None:
+    axes = getattr(source, "axes", None)
+    if not axes:
+        return None
+    if channel_axis is None:
+        return tuple(axes)
+    channel_axis %= len(axes)
+    return tuple(axes[:channel_axis]) + tuple(axes[channel_axis + 1 :])
+
+
+def _by_axis_name(value, names: tuple[str, ...] | None, what: str, missing):
+    """Turn ``{"y": 1024, "x": 1024}`` into a tuple in the reader's axis order."""
+    if not isinstance(value, dict):
+        return value
+    if names is None:
+        raise InvalidParameterError(
+            f"{what} is given by axis name {value}, but this image's axes are not named; "
+            "give one value per spatial axis instead."
+        )
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise InvalidParameterError(
+            f"{what} names axes {unknown} that the image does not have; its spatial axes are "
+            f"{list(names)}."
+        )
+    return tuple(value.get(name, missing) for name in names)
 
 
 def _spatial_shape(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
@@ -372,16 +511,32 @@ def _fingerprint(source, fn, grid: TileGrid, merge: str, channel_axis, connectiv
 
 
 def describe_function(fn: Callable) -> str:
-    """A stable description of ``fn`` for job fingerprints."""
+    """A stable description of ``fn`` for job fingerprints.
+
+    A segmenter may define ``blockbuster_fingerprint()``; otherwise functions are described by
+    their code and simple closure values, objects by their ``repr`` (when the class defines one)
+    or their attributes.
+    """
     custom = getattr(fn, "blockbuster_fingerprint", None)
     if callable(custom):
         return str(custom())
     target = getattr(fn, "__func__", fn)
     code = getattr(target, "__code__", None)
-    name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(fn).__qualname__)}"
     if code is not None:
-        return name + ":" + hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()
-    return f"{type(fn).__module__}.{type(fn).__qualname__}:{fn!r}"
+        name = f"{target.__module__}.{target.__qualname__}"
+        cells = [_simple(c.cell_contents) for c in (target.__closure__ or ())]
+        body = code.co_code + repr(code.co_consts).encode() + repr(cells).encode()
+        return name + ":" + hashlib.sha1(body).hexdigest()
+    kind = f"{type(fn).__module__}.{type(fn).__qualname__}"
+    if type(fn).__repr__ is not object.__repr__:
+        return f"{kind}:{fn!r}"
+    return f"{kind}:{sorted((k, _simple(v)) for k, v in vars(fn).items())!r}"
+
+
+def _simple(value: Any) -> Any:
+    if isinstance(value, int | float | str | bool | tuple | type(None)):
+        return value
+    return type(value).__qualname__
 
 
 def _result(out, compute: bool, temporary: Path | None):

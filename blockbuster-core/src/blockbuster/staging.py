@@ -5,7 +5,7 @@ Layout of ``<stage>/``::
     labels.zarr        local labels (uint32), one chunk per tile core
     tiles/<i>.pickle   tile i's record: label count and face layers; written last, atomically,
                        so its presence marks the tile as done (our own format, read only by us)
-    job.json           the job fingerprint
+    job.json           the job fingerprint; a rerun of the same job resumes from the records
 
 Each worker writes only its own tile's chunk and record, so no locking is needed.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blockbuster.errors import StageMismatchError
 from blockbuster.faces import LOCAL_DTYPE, Face
 from blockbuster.tiling import Tile, TileGrid
 
@@ -31,6 +32,7 @@ class TileRecord:
 
     count: int
     faces: dict[str, Face]
+    empty: bool = False  # skipped by ``skip_empty``: fn never ran
 
 
 class Stage:
@@ -41,7 +43,25 @@ class Stage:
         self.grid = grid
         self._labels = None
 
-    # -- creation -----------------------------------------------------------------------
+    # -- creation and resume ----------------------------------------------------------------
+    def open(self, fingerprint: str, *, resume: bool = True) -> dict[int, int]:
+        """Create the stage, or reopen a crashed run's stage of this same job.
+
+        Returns the label counts of the tiles already done (empty for a fresh stage). A stage
+        left by a different job is never reused: :class:`StageMismatchError` says what differs.
+        """
+        previous = self.fingerprint()
+        if previous is None or not resume:
+            self.create(fingerprint)
+            return {}
+        if previous != fingerprint:
+            raise StageMismatchError(
+                f"the staging area {str(self.root)!r} holds a crashed run of a different job "
+                f"(it differs in: {', '.join(_differences(previous, fingerprint))}), so it cannot "
+                "be resumed. Delete that folder, or pass resume=False, to start fresh."
+            )
+        return {index: self.read_record(index).count for index in self.done_tiles()}
+
     def create(self, fingerprint: str) -> None:
         import zarr
 
@@ -56,7 +76,15 @@ class Stage:
             fill_value=0,
             compressors=label_compressors(),
         )
-        (self.root / "job.json").write_text(fingerprint)
+        (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
+
+    def fingerprint(self) -> str | None:
+        path = self.root / "job.json"
+        return path.read_text() if path.exists() else None
+
+    def done_tiles(self) -> list[int]:
+        """Tiles whose record (the done-marker) is on disk."""
+        return sorted(int(p.stem) for p in (self.root / "tiles").glob("*.pickle"))
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -101,6 +129,9 @@ def label_compressors():
     return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
-def read_fingerprint(root: str | os.PathLike) -> dict | None:
-    path = Path(root) / "job.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _differences(previous: str, current: str) -> list[str]:
+    try:
+        old, new = json.loads(previous), json.loads(current)
+    except ValueError:
+        return ["its description"]
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["nothing"]

@@ -1,4 +1,6 @@
-"""Built-in executors: serial, threads (default) and processes."""
+"""Built-in executors: serial, threads (default), processes, and dask when installed."""
+
+import importlib.util
 
 from blockbuster.executors import ProcessExecutor, SerialExecutor, ThreadExecutor
 from blockbuster.hookspecs import hookimpl
@@ -10,3 +12,6 @@ def register_executors(register) -> None:
     register("processes", ProcessExecutor, aliases=("process", "multiprocessing"),
              description="worker processes; fn sent once per worker with cloudpickle")
     register("serial", SerialExecutor, aliases=("sync",), description="one task at a time")
+    if importlib.util.find_spec("distributed") is not None:
+        register("dask", "blockbuster.dask_executor:DaskExecutor", aliases=("distributed",),
+                 description="dask.distributed: LocalCluster, a Client, or dask-jobqueue")
