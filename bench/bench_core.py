@@ -55,10 +55,9 @@ def run_case(image: str, workers: int, executor: str) -> dict:
                                 write_to=Path(tmp) / "labels.zarr", return_stats=True)
         wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"wall_s": wall, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
             "stages_s": stats.stage_seconds, "peak_rss_mb": rss,
-            "peak_rss_worker_mb": rss_children, "tiles": stats.n_tiles}
+            "peak_rss_worker_mb": stats.worker_peak_rss_mb, "tiles": stats.n_tiles}
 
 
 def plain_read_write(image: str) -> dict:
@@ -81,9 +80,10 @@ def plain_read_write(image: str) -> dict:
         return {"wall_s": time.perf_counter() - t0}
 
 
-def in_child(function: str, *args) -> dict:
+def in_child(function: str, *args, module: str = "bench_core") -> dict:
+    """Run ``module.function(*args)`` in a fresh Python process (so peak RSS is its own)."""
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import bench_core as b; print(json.dumps(b.{function}(*{args!r})))")
+            f"import {module} as b; print(json.dumps(b.{function}(*{args!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

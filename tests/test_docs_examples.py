@@ -1,5 +1,6 @@
 """Every Python example in the documentation pages runs as written (a page's blocks in order,
-sharing one namespace, as a reader would paste them)."""
+sharing one namespace, as a reader would paste them). Fragments that need the reader's own
+objects (``my_model``) are fenced as ```` ```py ```` and are not run."""
 
 import re
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["index.md", "getting-started.md", "tiling-and-merging.md", "plugin-authoring.md",
-         "configuration.md", "resume.md", "cluster.md"]
+         "configuration.md", "resume.md", "cluster.md", "torch.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

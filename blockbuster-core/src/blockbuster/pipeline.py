@@ -49,6 +49,7 @@ class RunStats:
     tiles_empty: int = 0
     seconds_total: float = 0.0
     seconds_in_fn: float = 0.0
+    worker_peak_rss_mb: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -82,6 +83,7 @@ class SegmentResult:
     seconds: float = 0.0
     empty: int = 0
     failed: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
 
 
 def tile_process(
@@ -250,6 +252,7 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
             counts[index] = count
         stats.seconds_in_fn += result.seconds
         stats.tiles_empty += result.empty
+        stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, result.peak_rss_mb)
         failed.extend(result.failed)
         bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
@@ -314,7 +317,15 @@ def segment_task(job: Job, indices: list[int]) -> SegmentResult:
         if not job.keep_going:
             raise
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
+    result.peak_rss_mb = _peak_rss_mb()
     return result
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:

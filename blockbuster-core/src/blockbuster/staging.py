@@ -16,6 +16,8 @@ import json
 import os
 import pickle
 import shutil
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,9 @@ import numpy as np
 from blockbuster.errors import StageMismatchError
 from blockbuster.faces import LOCAL_DTYPE, Face
 from blockbuster.tiling import Tile, TileGrid
+
+
+RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Stage:
         self.root = Path(root)
         self.grid = grid
         self._labels = None
+        self._records: OrderedDict[int, TileRecord] = OrderedDict()
+        self._lock = threading.Lock()
 
     # -- creation and resume ----------------------------------------------------------------
     def open(self, fingerprint: str, *, resume: bool = True) -> dict[int, int]:
@@ -109,8 +116,18 @@ class Stage:
         os.replace(partial, final)
 
     def read_record(self, index: int) -> TileRecord:
+        """A tile's record; recent ones are kept, as neighbouring merge tasks share them."""
+        with self._lock:
+            if index in self._records:
+                self._records.move_to_end(index)
+                return self._records[index]
         with open(self._record_path(index), "rb") as file:
-            return pickle.load(file)
+            record = pickle.load(file)
+        with self._lock:
+            self._records[index] = record
+            if len(self._records) > RECORD_CACHE:
+                self._records.popitem(last=False)
+        return record
 
     def read_local(self, tile: Tile) -> np.ndarray:
         return self.labels[tile.core]
@@ -120,6 +137,9 @@ class Stage:
 
     def __getstate__(self):
         return {"root": self.root, "grid": self.grid, "_labels": None}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"], state["grid"])
 
 
 def label_compressors():

@@ -1,0 +1,399 @@
+"""The ``torch`` segmenter: a picklable, batch-aware callable around a PyTorch model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+from blockbuster import Needs
+from blockbuster.errors import BackendOptionError, InvalidParameterError, TileFunctionError
+from blockbuster.plugins.torch._device import configure_threads, current_worker, resolve_device
+from blockbuster.plugins.torch._loading import ModelSource, load_model, make_source
+from blockbuster.plugins.torch._postprocess import check_output, reduce_on_device, to_labels
+from blockbuster.plugins.torch._tiles import (
+    DEFAULT_PERCENTILES,
+    PreparedTile,
+    batches,
+    check_channels,
+    check_normalize,
+    check_pad_mode,
+    check_pad_multiple,
+    crop_to,
+    percentile_range,
+    prepare_tile,
+)
+
+DEFAULT_HALO = 32
+"""Default halo (pixels per side): enough context for a small/medium U-Net.
+
+A halo should cover the part of the receptive field that influences a pixel's
+prediction noticeably; pass ``halo=`` for your network (e.g. 48-64 for deep 2D
+U-Nets with 5x5 kernels, 8-16 for shallow filter banks)."""
+
+FEATURE_BYTES_PER_VOXEL = 256
+"""Working-memory estimate per voxel for one tile: float32 x ~64 feature maps at full
+resolution (inputs, activations and outputs together).  Multiplied by ``batch_size``."""
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class TorchSegmenter:
+    """Segment tiles with a PyTorch model (see :func:`torch_fn` for the options).
+
+    Picklable: only the model *source* is pickled (an in-memory module travels with
+    it, a file travels as its path); the loaded model lives in a per-process cache,
+    one copy per device, loaded on first use.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        device: str = "auto",
+        batch_size: int = 1,
+        dtype: str = "float32",
+        amp: bool = False,
+        normalize: Any = "dtype",
+        output: str = "instance",
+        instance: Any = "connected-components",
+        channels: int | None = None,
+        pad_multiple: int | Sequence[int] = 16,
+        pad_mode: str = "reflect",
+        threshold: float = 0.5,
+        activation: str | None = None,
+        min_distance: int = 5,
+        halo: int | Sequence[int] = DEFAULT_HALO,
+        bytes_per_voxel: float | None = None,
+        num_threads: int | str | None = "auto",
+    ) -> None:
+        check_output(output, instance, activation)
+        self.source = source
+        self.device = str(device)
+        self.batch_size = _check_batch_size(batch_size)
+        self.dtype = _check_dtype(dtype)
+        self.amp = bool(amp)
+        self.normalize = check_normalize(normalize)
+        self.output = output
+        self.instance = instance
+        self.channels = check_channels(channels)
+        self.pad_multiple = check_pad_multiple(pad_multiple)
+        self.pad_mode = check_pad_mode(pad_mode)
+        self.threshold = float(threshold)
+        self.activation = activation
+        self.min_distance = int(min_distance)
+        self.halo = _check_halo(halo)
+        self.bytes_per_voxel = bytes_per_voxel
+        self.num_threads = num_threads
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchSegmenter({self.source.describe()}, device={self.device!r}, "
+            f"batch_size={self.batch_size}, output={self.output!r})"
+        )
+
+    # -- blockbuster protocol ------------------------------------------------------------
+    def prepare(self, image: Any) -> TorchSegmenter:
+        """Fix image-wide settings before tiling (called by ``tile_process`` in the parent).
+
+        With ``normalize="percentile"`` the 1st/99.8th percentiles of a sample of the
+        whole image (all channels together) become a fixed ``(low, high)``, so all
+        tiles are scaled alike.
+        """
+        if self.normalize != "percentile":
+            return self
+        from blockbuster.sampling import sample_blocks
+
+        prepared = copy.copy(self)
+        prepared.normalize = percentile_range(sample_blocks(image), DEFAULT_PERCENTILES)
+        return prepared
+
+    def blockbuster_fingerprint(self) -> str:
+        """Stable identity of this job's segmentation for the core's resume checks.
+
+        The model's content plus every option that changes labels; batch size, device
+        and threads are left out (they do not change results).
+        """
+        options = {name: _describe(getattr(self, name)) for name in _RESULT_OPTIONS}
+        return json.dumps({"model": self.source.fingerprint(), **options}, sort_keys=True)
+
+    def blockbuster_needs(self) -> Needs:
+        """Halo the model wants and its working memory per voxel of a padded tile."""
+        per_voxel = self.bytes_per_voxel
+        if per_voxel is None:
+            per_voxel = float(FEATURE_BYTES_PER_VOXEL * self.batch_size)
+        return Needs(halo=self.halo, bytes_per_voxel=per_voxel)
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        """Segment one tile; returns int32 labels of the tile's spatial shape."""
+        return self.segment_batch([tile])[0]
+
+    def segment_batch(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        """Segment several tiles, ``batch_size`` at a time through one forward pass.
+
+        Tiles are grouped by padded shape, so border tiles of other shapes never get
+        extra padding: each result equals what the tile gives alone.
+        """
+        if not tiles:
+            return []
+        model, device = self._model()
+        prepared = [self._prepare(tile) for tile in tiles]
+        results: list[np.ndarray | None] = [None] * len(prepared)
+        for indices in batches(prepared, self.batch_size):
+            raw = self._forward(model, device, np.stack([prepared[i].data for i in indices]))
+            for row, index in enumerate(indices):
+                results[index] = self._labels(crop_to(raw[row], prepared[index].spatial_shape))
+        return results  # type: ignore[return-value]
+
+    # -- steps ---------------------------------------------------------------------------
+    def _model(self) -> tuple[Any, str]:
+        """The model for the calling worker (loaded once per process and device)."""
+        import torch
+
+        worker = current_worker()
+        configure_threads(self.num_threads, worker)
+        device = resolve_device(self.device, worker)
+        return load_model(self.source, device, getattr(torch, self.dtype)), device
+
+    def _prepare(self, tile: np.ndarray) -> PreparedTile:
+        return prepare_tile(
+            tile,
+            channels=self.channels,
+            normalize=self.normalize,
+            pad_multiple=self.pad_multiple,
+            pad_mode=self.pad_mode,
+        )
+
+    def _forward(self, model: Any, device: str, batch: np.ndarray) -> np.ndarray:
+        """One forward pass in inference mode; returns ``(N, 1, *spatial)`` on the host
+        (class map, probability or labels; see ``reduce_on_device``)."""
+        import torch
+
+        inputs = torch.from_numpy(batch).to(device=device, dtype=getattr(torch, self.dtype))
+        try:
+            with torch.inference_mode(), self._autocast(device):
+                result = model(inputs)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise TileFunctionError(
+                f"the model failed on a batch of shape {tuple(batch.shape)} (N, C, *spatial) on "
+                f"{device}: {type(exc).__name__}: {exc}. If the network needs sides divisible by "
+                "some number, pass pad_multiple=<that number>; if it expects another channel "
+                "count, set channels= to the tile's channel axis; a torch.export program must be "
+                "exported with dynamic_shapes for batch and spatial axes."
+            ) from exc
+        prediction = _check_output_shape(_main_tensor(result), batch.shape)
+        with torch.inference_mode():
+            reduced = reduce_on_device(prediction, output=self.output, activation=self.activation)
+            return reduced.cpu().numpy()
+
+    def _autocast(self, device: str):
+        import torch
+
+        if not self.amp:
+            return nullcontext()
+        device_type = torch.device(device).type
+        half = torch.float16 if device_type in ("cuda", "mps") else torch.bfloat16
+        return torch.autocast(device_type=device_type, dtype=half)
+
+    def _labels(self, raw: np.ndarray) -> np.ndarray:
+        return to_labels(
+            raw,
+            output=self.output,
+            instance=self.instance,
+            threshold=self.threshold,
+            min_distance=self.min_distance,
+        )
+
+
+_RESULT_OPTIONS = (
+    "dtype",
+    "amp",
+    "normalize",
+    "output",
+    "instance",
+    "channels",
+    "pad_multiple",
+    "pad_mode",
+    "threshold",
+    "activation",
+    "min_distance",
+)
+
+
+def _describe(value: Any) -> str:
+    """repr of an option; a callable by its qualified name."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+    return repr(value)
+
+
+def _main_tensor(result: Any) -> Any:
+    """The prediction tensor of a model result (tensor, first of a tuple, or dict['out'])."""
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return result
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        return result[0]
+    if isinstance(result, dict) and isinstance(result.get("out"), torch.Tensor):
+        return result["out"]
+    raise TileFunctionError(
+        f"the model returned {type(result).__name__}; expected a tensor (N, C, *spatial), a tuple "
+        "whose first item is one, or a dict with key 'out'. Wrap the model to return the "
+        "prediction tensor."
+    )
+
+
+def _check_output_shape(output: Any, input_shape: tuple[int, ...]) -> Any:
+    """Accept ``(N, C, *spatial)`` or ``(N, *spatial)``; spatial must match the input."""
+    if output.ndim == len(input_shape) - 1:
+        output = output.unsqueeze(1)
+    if (
+        output.ndim != len(input_shape)
+        or output.shape[0] != input_shape[0]
+        or tuple(output.shape[2:]) != tuple(input_shape[2:])
+    ):
+        raise TileFunctionError(
+            f"the model mapped input {tuple(input_shape)} to output {tuple(output.shape)}; it must "
+            "return (N, C, *spatial) with the input's spatial size. If it down-samples "
+            "internally, pad inputs to the size it needs with pad_multiple= and make it up-sample "
+            "back to full resolution."
+        )
+    return output
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise InvalidParameterError(f"batch_size={batch_size!r} must be a positive int.")
+    return int(batch_size)
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = str(dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise InvalidParameterError(
+            f"dtype={dtype!r} must be one of {DTYPES} (or the torch dtype)."
+        )
+    return name
+
+
+def _check_halo(halo: Any) -> int | tuple[int, ...]:
+    values = (halo,) if isinstance(halo, (int, np.integer)) else tuple(halo)
+    if any(int(v) < 0 for v in values):
+        raise InvalidParameterError(f"halo={halo!r} must be >= 0 (pixels of context per side).")
+    return int(halo) if isinstance(halo, (int, np.integer)) else tuple(int(v) for v in values)
+
+
+_OPTIONS = (
+    "device",
+    "batch_size",
+    "dtype",
+    "amp",
+    "normalize",
+    "output",
+    "instance",
+    "channels",
+    "pad_multiple",
+    "pad_mode",
+    "threshold",
+    "activation",
+    "min_distance",
+    "halo",
+    "bytes_per_voxel",
+    "num_threads",
+    "weights",
+    "model_kwargs",
+)
+
+
+def torch_fn(
+    model: Any,
+    *,
+    device: str = "auto",
+    batch_size: int = 1,
+    dtype: str = "float32",
+    amp: bool = False,
+    normalize: Any = "dtype",
+    output: str = "instance",
+    instance: str | Callable[[np.ndarray], np.ndarray] = "connected-components",
+    channels: int | None = None,
+    pad_multiple: int | Sequence[int] = 16,
+    pad_mode: str = "reflect",
+    threshold: float = 0.5,
+    activation: str | None = None,
+    min_distance: int = 5,
+    halo: int | Sequence[int] = DEFAULT_HALO,
+    bytes_per_voxel: float | None = None,
+    num_threads: int | str | None = "auto",
+    weights: str | os.PathLike | None = None,
+    model_kwargs: dict | None = None,
+    **unknown: Any,
+) -> TorchSegmenter:
+    """Make a blockbuster segmenter from a PyTorch model.
+
+    Args:
+        model: an ``nn.Module``; a TorchScript file (``torch.jit.save``); a
+            ``torch.export`` program file (``.pt2``, exported with dynamic batch and
+            spatial dims); or a factory (class, function or ``"pkg.mod:attr"``) used
+            with ``weights=`` (a state-dict file) and ``model_kwargs=``.  Loaded lazily
+            once per worker process and device, in ``eval()`` mode.
+        device: ``"auto"`` (CUDA GPU ``worker index % GPU count``, else MPS, else CPU),
+            ``"cpu"``, ``"cuda"`` (spread over GPUs), ``"cuda:N"`` or ``"mps"``.
+        batch_size: tiles per forward pass; results equal ``batch_size=1``.
+        dtype: model/input precision (``"float32"``, ``"float16"``, ``"bfloat16"``).
+        amp: run under ``torch.autocast`` (float16 on GPUs, bfloat16 on CPU).
+        normalize: ``"dtype"`` (integers scaled to [0, 1]; floats unchanged), ``None``,
+            ``"percentile"`` (1st..99.8th percentile of the whole image -> [0, 1], fixed
+            once by ``prepare``), ``(low, high)`` mapped to [0, 1], or a callable on the
+            tile (it must not depend on tile statistics, or tiles will disagree).
+        output: what the model returns: ``"instance"`` (labels), ``"semantic"``
+            (class logits ``(N, C, ...)`` -> argmax, class 0 = background) or
+            ``"probability"`` (one foreground channel -> ``> threshold``).
+        instance: semantic/probability -> instances: ``"connected-components"``,
+            ``"watershed"`` (distance-transform watershed, seeds ``min_distance`` apart)
+            or a callable taking the class map (semantic) or probability map.
+        channels: the tile's channel axis (as ``tile_process(channel_axis=...)``), or
+            None for single-channel images (a channel axis of 1 is added).
+        pad_multiple: pad every spatial side (at its end, ``pad_mode``) up to a
+            multiple of this (int or one per axis), then crop the output back.
+        threshold / activation: for ``output="probability"``; ``activation="sigmoid"``
+            when the model returns logits.
+        halo: context in pixels per side the model needs (advertised through
+            ``blockbuster_needs()``); default 32.
+        bytes_per_voxel: working memory estimate override (default 256 x batch_size).
+        num_threads: CPU threads per worker: ``"auto"`` = cores // workers, an int,
+            or None to leave torch's setting alone.
+    """
+    if unknown:
+        raise BackendOptionError(
+            f"unknown option(s) {sorted(unknown)} for the torch segmenter; valid options: model, "
+            f"{', '.join(_OPTIONS)}."
+        )
+    source = make_source(model, weights=weights, model_kwargs=model_kwargs)
+    return TorchSegmenter(
+        source,
+        device=device,
+        batch_size=batch_size,
+        dtype=dtype,
+        amp=amp,
+        normalize=normalize,
+        output=output,
+        instance=instance,
+        channels=channels,
+        pad_multiple=pad_multiple,
+        pad_mode=pad_mode,
+        threshold=threshold,
+        activation=activation,
+        min_distance=min_distance,
+        halo=halo,
+        bytes_per_voxel=bytes_per_voxel,
+        num_threads=num_threads,
+    )
