@@ -14,7 +14,7 @@ install-core: $(VENV)/bin/python
 
 install-all: $(VENV)/bin/python
 	$(PIP) -r requirements-test.txt
-	$(PIP) -e "./blockbuster-core[distributed]" -e ./blockbuster-torch
+	$(PIP) -e "./blockbuster-core[distributed,formats]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]"
 
 ## example: segment a synthetic 4096x4096 nuclei image with the built-in watershed
 example: install-core

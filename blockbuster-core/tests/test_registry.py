@@ -22,8 +22,8 @@ def test_builtins_register_through_the_hooks():
     registry = Registry(autoload=False)
     assert registry.names("segmenter") == ["threshold", "watershed"]
     assert registry.names("executor") == ["dask", "processes", "serial", "threads"]
-    assert registry.names("reader") == ["array", "zarr"]
-    assert registry.names("writer") == ["zarr"]
+    assert registry.names("reader") == ["array", "ome-zarr", "tiff", "zarr"]
+    assert registry.names("writer") == ["ome-zarr", "zarr"]
     assert registry.get("segmenter", "otsu").name == "threshold"  # alias
 
 

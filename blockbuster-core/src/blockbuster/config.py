@@ -54,7 +54,7 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
                "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
-    "output": {"path": str, "writer": str, "overwrite": bool},
+    "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool)},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool},
     "plugins": {"block": list},
@@ -105,6 +105,7 @@ class RunConfig:
             "writer": self.get("output", "writer"),
             "writer_options": self.options("output"),
             "overwrite": bool(self.get("output", "overwrite", False)),
+            "table": self.get("output", "table"),
         }
 
 
@@ -164,10 +165,11 @@ def _check_key(source: str, section: str, key: str, value: Any) -> None:
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> None:
-    for section in ("input", "output"):
-        value = config.sections.get(section, {}).get("path")
+    for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
+                         ("output", "image")):
+        value = config.sections.get(section, {}).get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
-            config.sections[section]["path"] = str(base / value)
+            config.sections[section][key] = str(base / value)
 
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,

@@ -69,7 +69,9 @@ def register_writers(register) -> None:
     called as ``factory(path, overwrite=False, **options)`` and returns a writer with
     ``check(fingerprint, source)``, ``create(shape, chunks, dtype, fingerprint)``,
     ``write(region, labels)``, ``finish(**info)`` and ``open() -> dask array``
-    (see :class:`~blockbuster.writers.ZarrWriter`). Returns nothing.
+    (see :class:`~blockbuster.writers.ZarrWriter`), and optionally
+    ``set_source(reader, channel_axis=None)`` to receive the input's metadata (axes, scale,
+    units) before ``check``. Returns nothing.
     """
 
 

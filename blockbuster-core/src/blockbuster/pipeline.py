@@ -36,6 +36,7 @@ from blockbuster.readers import Reader
 from blockbuster.relabel import Relabeling, TileTable
 from blockbuster.segmenter import as_labels, batch_size_of, prepare, run_on_tiles
 from blockbuster.staging import Stage, TileRecord
+from blockbuster.table import combine, reader_metadata, tile_statistics, write_table
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
@@ -68,6 +69,7 @@ class Job:
     retries: int = 2
     keep_going: bool = False
     skip_empty: Any = None
+    table: bool = False
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         if self.channel_axis is not None:
@@ -115,6 +117,7 @@ def tile_process(
     resume: bool = True,
     registry: Any = None,
     return_stats: bool = False,
+    table: str | os.PathLike | bool | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
@@ -199,19 +202,22 @@ def tile_process(
     merge = _resolve_merge(merge, grid)
     _check_retries(retries)
 
+    table_path = _table_path(table, write_to)
     temporary = None
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
         write_to = temporary / "labels.zarr"
     out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
+    if hasattr(out, "set_source"):
+        out.set_source(source, channel_axis=channel_axis)
     fingerprint = _fingerprint(source, fn, grid, merge, channel_axis, connectivity)
     out.check(fingerprint, getattr(source, "source", None))
 
-    fn = prepare(fn, source)
+    fn = prepare(fn, source, channel_axis)
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
     done = stage.open(fingerprint, resume=resume)
     job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out, retries,
-              keep_going, skip_empty)
+              keep_going, skip_empty, table_path is not None)
     stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
     bar = Progress(progress, len(grid))
     try:
@@ -220,7 +226,7 @@ def tile_process(
             edges = _merge_all(pool, job, bar, stats)
             relabeling = Relabeling(counts, edges)
             out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
-            _relabel_all(pool, job, relabeling, bar, stats)
+            partials = _relabel_all(pool, job, relabeling, bar, stats)
     except BaseException:
         bar.close()
         if temporary is not None:
@@ -228,6 +234,8 @@ def tile_process(
         raise
     bar.close()
     out.finish(n_objects=relabeling.n_objects, version=__version__)
+    if table_path is not None:
+        write_table(combine(partials, **reader_metadata(source, channel_axis)), table_path)
     stage.remove()
     stats.n_objects = relabeling.n_objects
     stats.seconds_total = time.perf_counter() - started
@@ -282,14 +290,18 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
     return pairs
 
 
-def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> None:
+def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> list:
     bar.stage("relabel")
     t0 = time.perf_counter()
     dtype = relabeling.dtype
     tables = ((i, relabeling.table(i), dtype) for i in range(len(job.grid)))
-    for _ in pool.map_unordered(relabel_task, tables):
+    partials = []
+    for _, statistics in pool.map_unordered(relabel_task, tables):
+        if statistics is not None:
+            partials.append(statistics)
         bar.advance()
     stats.stage_seconds["relabel"] = time.perf_counter() - t0
+    return partials
 
 
 # -- tasks (run in workers) --------------------------------------------------------------------
@@ -373,13 +385,32 @@ def relabel_task(job: Job, item: tuple[int, TileTable, np.dtype]) -> int:
     """Rewrite one tile's staged labels with final IDs into the output."""
     index, table, dtype = item
     tile = job.grid.tile(index)
+    statistics = None
     if table.count:
         local = job.stage.read_local(tile)
-        job.writer.write(tile.core, table.lookup().astype(dtype)[local])
-    return index
+        labels = table.lookup().astype(dtype)[local]
+        job.writer.write(tile.core, labels)
+        if job.table:
+            statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
+    return index, statistics
 
 
 # -- argument resolution --------------------------------------------------------------------
+def _table_path(table, write_to) -> Path | None:
+    if table is None or table is False:
+        return None
+    if table is True:
+        if write_to is None:
+            raise InvalidParameterError(
+                "table=True names the table after write_to; give write_to= or a table path."
+            )
+        return Path(f"{write_to}.objects.csv")
+    path = Path(table)
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
+    return path
+
+
 def _one_segmenter(fn, segmenter):
     if fn is not None and segmenter is not None:
         raise InvalidParameterError("give fn or segmenter=, not both (they are the same argument).")

@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "blockbuster.builtin.segmenters",
     "blockbuster.builtin.executors",
     "blockbuster.builtin.writers",
+    "blockbuster.builtin.formats",
 )
 # Backends that live in packages of their own: name -> distribution to install.
 KNOWN_PACKAGES = {

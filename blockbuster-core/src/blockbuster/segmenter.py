@@ -4,9 +4,10 @@ A segmenter is any callable ``fn(tile) -> labels``. Optional extras, all duck-ty
 
 - ``blockbuster_needs() -> Needs``: the halo and working memory it wants, so ``overlap`` and
   ``tile_shape="auto"`` default sensibly.
-- ``prepare(image) -> segmenter``: called once in the parent before tiling with the whole
-  (lazy) image; returns a segmenter with image-wide settings fixed (e.g. a global threshold or
-  global normalization percentiles) so neighbouring tiles agree.
+- ``prepare(image, *, channel_axis=None) -> segmenter``: called once in the parent before
+  tiling with the whole (lazy) image (and its channel axis, if the method accepts it); returns a
+  segmenter with image-wide settings fixed (e.g. a global threshold or global normalization
+  percentiles) so neighbouring tiles agree.
 - ``batch_size`` and ``segment_batch(tiles) -> list[labels]``: tiles are handed over in batches.
 """
 
@@ -45,10 +46,18 @@ def needs_of(fn: Callable) -> Needs:
     return needs if isinstance(needs, Needs) else Needs()
 
 
-def prepare(fn: Callable, image: Any) -> Callable:
+def prepare(fn: Callable, image: Any, channel_axis: int | None = None) -> Callable:
     """Let a segmenter fix image-wide settings once, before tiling."""
+    import inspect
+
     method = getattr(fn, "prepare", None)
-    return method(image) if callable(method) else fn
+    if not callable(method):
+        return fn
+    try:
+        accepts_axis = "channel_axis" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        accepts_axis = False
+    return method(image, channel_axis=channel_axis) if accepts_axis else method(image)
 
 
 def batch_size_of(fn: Callable) -> int:

@@ -1,0 +1,237 @@
+"""Per-object table: one row per final object, computed tile by tile, never from the whole image.
+
+The relabel pass calls :func:`tile_statistics` on each tile core once it holds final IDs; the
+parent gathers the small partial results (O(objects in the tile) each) and :func:`combine`
+merges them: voxel counts and coordinate sums add up, bounding boxes take the min of starts and
+the max of stops, the tiles an object spans are collected. :func:`write_table` saves CSV or
+Parquet from the suffix.
+
+Columns of the table (axes ``z, y, x`` for 3D, ``y, x`` for 2D; ``axis<i>`` beyond 5 axes):
+
+``label``, ``voxels``, ``bbox_min_<axis>`` (first voxel), ``bbox_max_<axis>`` (one past the
+last, as ``regionprops`` ``bbox``), ``centroid_<axis>`` (pixels), and with a physical
+``scale``: ``centroid_<axis>_<unit>`` (``centroid_<axis>_physical`` when the unit is unknown)
+and ``volume_<unit>`` (``volume_physical``); then ``n_tiles`` and ``tiles`` (the indices of the
+tiles the object spans).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockbuster.errors import InvalidParameterError
+
+UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
+                      "centimeter": "cm", "meter": "m", "second": "s", "millisecond": "ms"}
+
+
+@dataclass
+class TileStatistics:
+    """The objects of one tile core: per object, sums that add up across tiles."""
+
+    tile: int
+    labels: np.ndarray  # (k,) uint64, sorted
+    voxels: np.ndarray  # (k,) int64
+    sums: np.ndarray  # (k, ndim) float64: sum of voxel coordinates (global pixels)
+    starts: np.ndarray  # (k, ndim) int64: bounding box start (global)
+    stops: np.ndarray  # (k, ndim) int64: bounding box stop, exclusive (global)
+
+    @property
+    def ndim(self) -> int:
+        return self.sums.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: int
+                    ) -> TileStatistics:
+    """Voxel counts, coordinate sums and bounding boxes of the objects in one tile core.
+
+    ``labels_core`` holds final IDs (0 = background); ``origin`` is the global position of its
+    first voxel. The result is O(objects in the tile), small enough to send to the parent.
+    """
+    labels_core = np.asarray(labels_core)
+    ndim = labels_core.ndim
+    origin = tuple(int(o) for o in origin)
+    if len(origin) != ndim:
+        raise InvalidParameterError(f"origin {origin} does not match a {ndim}-D tile.")
+    flat = labels_core.ravel()
+    where = np.flatnonzero(flat)
+    if where.size == 0:
+        empty = np.zeros((0, ndim))
+        return TileStatistics(int(tile_index), np.zeros(0, np.uint64), np.zeros(0, np.int64),
+                              empty.astype(np.float64), empty.astype(np.int64),
+                              empty.astype(np.int64))
+    values = flat[where]
+    ids, inverse, voxels = np.unique(values, return_inverse=True, return_counts=True)
+    coords = np.unravel_index(where, labels_core.shape)
+    k = len(ids)
+    sums = np.empty((k, ndim), np.float64)
+    starts = np.empty((k, ndim), np.int64)
+    stops = np.empty((k, ndim), np.int64)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(voxels)[:-1]])
+    for axis in range(ndim):
+        c = coords[axis].astype(np.int64)
+        sums[:, axis] = np.bincount(inverse, weights=c, minlength=k) + voxels * origin[axis]
+        sorted_c = c[order]
+        starts[:, axis] = np.minimum.reduceat(sorted_c, bounds) + origin[axis]
+        stops[:, axis] = np.maximum.reduceat(sorted_c, bounds) + origin[axis] + 1
+    return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels.astype(np.int64),
+                          sums, starts, stops)
+
+
+def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
+            axes: Sequence[str] | None = None, units: Sequence[str | None] | None = None,
+            translation: Sequence[float] | None = None, ndim: int | None = None):
+    """Merge the tiles' partial statistics into one table (a :class:`pandas.DataFrame`).
+
+    ``scale`` (and ``translation``) per axis, physical, add physical centroids and volumes;
+    ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
+    ``"micrometer"``) name the physical columns.
+    """
+    import pandas as pd
+
+    parts = [p for p in partials if p is not None]
+    if ndim is None:
+        ndim = parts[0].ndim if parts else (len(scale) if scale is not None else
+                                            len(axes) if axes is not None else 2)
+    axes = _axis_names(axes, ndim)
+    nonempty = [p for p in parts if len(p)]
+    if nonempty:
+        labels = np.concatenate([p.labels for p in nonempty])
+        voxels = np.concatenate([p.voxels for p in nonempty])
+        sums = np.concatenate([p.sums for p in nonempty])
+        starts = np.concatenate([p.starts for p in nonempty])
+        stops = np.concatenate([p.stops for p in nonempty])
+        tiles = np.concatenate([np.full(len(p), p.tile, np.int64) for p in nonempty])
+    else:
+        labels, voxels, tiles = np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        sums = np.zeros((0, ndim))
+        starts = stops = np.zeros((0, ndim), np.int64)
+    ids, inverse = np.unique(labels, return_inverse=True)
+    k = len(ids)
+    total = np.bincount(inverse, weights=voxels, minlength=k).astype(np.int64)
+    columns: dict[str, Any] = {"label": ids.astype(np.uint64), "voxels": total}
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(k))
+    centroid = np.zeros((k, ndim))
+    for axis, name in enumerate(axes):
+        lo = np.minimum.reduceat(starts[order, axis], bounds) if k else np.zeros(0, np.int64)
+        hi = np.maximum.reduceat(stops[order, axis], bounds) if k else np.zeros(0, np.int64)
+        columns[f"bbox_min_{name}"] = lo
+        columns[f"bbox_max_{name}"] = hi
+    for axis, name in enumerate(axes):
+        centroid[:, axis] = np.bincount(inverse, weights=sums[:, axis], minlength=k) / np.maximum(
+            total, 1)
+        columns[f"centroid_{name}"] = centroid[:, axis]
+    if scale is not None:
+        scale = [float(s) for s in scale]
+        if len(scale) != ndim:
+            raise InvalidParameterError(f"scale {scale} does not match {ndim} axes {axes}.")
+        offset = [float(t) for t in translation] if translation is not None else [0.0] * ndim
+        units = list(units) if units is not None else [None] * ndim
+        for axis, name in enumerate(axes):
+            suffix = _unit_suffix(units[axis])
+            columns[f"centroid_{name}_{suffix}"] = centroid[:, axis] * scale[axis] + offset[axis]
+        spatial = [i for i, a in enumerate(axes) if a in ("z", "y", "x")] or list(range(ndim))
+        spatial_units = {units[i] for i in spatial}
+        suffix = _unit_suffix(spatial_units.pop()) if len(spatial_units) == 1 else "physical"
+        power = {1: "", 2: "2", 3: "3"}.get(len(spatial), "")
+        columns[f"volume_{suffix}{power if suffix != 'physical' else ''}"] = (
+            total * float(np.prod([scale[i] for i in spatial])))
+    tile_lists = [[] for _ in range(k)]
+    sorted_tiles = tiles[order]
+    sorted_ids = inverse[order]
+    for row, tile in zip(sorted_ids.tolist(), sorted_tiles.tolist()):
+        if not tile_lists[row] or tile_lists[row][-1] != tile:
+            tile_lists[row].append(tile)
+    tile_lists = [sorted(set(t)) for t in tile_lists]
+    columns["n_tiles"] = np.array([len(t) for t in tile_lists], np.int64)
+    columns["tiles"] = tile_lists
+    table = pd.DataFrame(columns)
+    table.attrs.update({"axes": list(axes), "scale": list(scale) if scale is not None else None,
+                        "units": list(units) if units is not None else None})
+    return table
+
+
+def write_table(table, path: str | os.PathLike) -> Path:
+    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        out = table.copy()
+        out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
+        out.to_csv(path, index=False)
+    elif suffix in (".parquet", ".pq"):
+        import json
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        meta = dict(arrow.schema.metadata or {})
+        meta[b"blockbuster"] = json.dumps(table.attrs).encode()
+        pq.write_table(arrow.replace_schema_metadata(meta), path)
+    else:
+        raise InvalidParameterError(
+            f"table path {str(path)!r}: use a .csv or .parquet suffix.")
+    return path
+
+
+def read_table(path: str | os.PathLike):
+    """Read a table written by :func:`write_table` (``tiles`` back as lists)."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path)
+        table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
+                          for v in table["tiles"]]
+        return table
+    table = pd.read_parquet(path)
+    table["tiles"] = [list(map(int, t)) for t in table["tiles"]]
+    return table
+
+
+def reader_metadata(reader: Any, channel_axis: int | None = None) -> dict[str, Any]:
+    """``axes``, ``scale``, ``units`` and ``translation`` of a reader's label axes (or Nones).
+
+    ``channel_axis``: an axis of the reader the labels do not have. Feed the result to
+    :func:`combine` as keyword arguments.
+    """
+    axes = getattr(reader, "axes", None)
+    ndim = len(reader.shape)
+    keep = [i for i in range(ndim) if channel_axis is None or i != channel_axis % ndim]
+
+    def pick(values):
+        if values is None or len(values) != ndim:
+            return None
+        return tuple(values[i] for i in keep)
+
+    scale = pick(getattr(reader, "scale", None))
+    return {"axes": pick(axes), "scale": scale, "units": pick(getattr(reader, "units", None)),
+            "translation": pick(getattr(reader, "translation", None)), "ndim": len(keep)}
+
+
+def _axis_names(axes: Sequence[str] | None, ndim: int) -> tuple[str, ...]:
+    if axes is not None and len(axes) == ndim:
+        return tuple(str(a) for a in axes)
+    if ndim <= 3:
+        return ("z", "y", "x")[-ndim:]
+    if ndim <= 5:
+        return ("t", "c", "z", "y", "x")[-ndim:]
+    return tuple(f"axis{i}" for i in range(ndim))
+
+
+def _unit_suffix(unit: str | None) -> str:
+    if not unit:
+        return "physical"
+    return UNIT_ABBREVIATIONS.get(unit, str(unit).replace(" ", "_"))

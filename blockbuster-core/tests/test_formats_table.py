@@ -1,0 +1,112 @@
+"""Per-object table: tile by tile statistics merged across tiles == regionprops on the whole."""
+
+import numpy as np
+import pytest
+from blockbuster.errors import InvalidParameterError
+from blockbuster.table import combine, read_table, reader_metadata, tile_statistics, write_table
+from blockbuster.tiling import TileGrid
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
+pd = pytest.importorskip("pandas")
+
+
+def labelled(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = ndimage.label(ndimage.gaussian_filter(rng.random(shape), 2) > 0.52)[0]
+    return labels.astype(np.uint32)
+
+
+def by_tiles(labels, tile_shape):
+    """What the relabel pass does: statistics of each tile core, in any order."""
+    grid = TileGrid(labels.shape, tile_shape, (0,) * labels.ndim)
+    partials = []
+    for index in reversed(range(len(grid))):
+        core = grid.tile(index).core
+        partials.append(tile_statistics(labels[core], tuple(s.start for s in core), index))
+    return partials, grid
+
+
+def expected_tiles(labels, grid):
+    spans = {}
+    for index in range(len(grid)):
+        for label in np.unique(labels[grid.tile(index).core]):
+            if label:
+                spans.setdefault(int(label), []).append(index)
+    return spans
+
+
+@pytest.mark.parametrize("shape,tile_shape", [((50, 61), (16, 20)), ((9, 30, 34), (4, 16, 16))])
+def test_matches_regionprops(shape, tile_shape):
+    labels = labelled(shape)
+    partials, grid = by_tiles(labels, tile_shape)
+    assert all(len(p) <= len(np.unique(labels)) for p in partials)
+    table = combine(partials)
+    reference = pd.DataFrame(regionprops_table(labels, properties=("label", "area", "bbox",
+                                                                   "centroid")))
+    assert len(table) == len(reference) == labels.max()
+    np.testing.assert_array_equal(table["label"], reference["label"])
+    np.testing.assert_array_equal(table["voxels"], reference["area"])
+    axes = ("z", "y", "x")[-labels.ndim:]
+    for i, axis in enumerate(axes):
+        np.testing.assert_array_equal(table[f"bbox_min_{axis}"], reference[f"bbox-{i}"])
+        np.testing.assert_array_equal(table[f"bbox_max_{axis}"],
+                                      reference[f"bbox-{i + labels.ndim}"])
+        np.testing.assert_allclose(table[f"centroid_{axis}"], reference[f"centroid-{i}"])
+    spans = expected_tiles(labels, grid)
+    assert [list(t) for t in table["tiles"]] == [spans[int(lab)] for lab in table["label"]]
+    assert (table["n_tiles"] == [len(spans[int(lab)]) for lab in table["label"]]).all()
+    assert table["n_tiles"].max() > 1  # some objects do cross tiles
+
+
+def test_physical_columns_and_empty_tiles():
+    labels = np.zeros((4, 20, 20), np.uint32)
+    labels[1:3, 2:6, 3:9] = 7
+    labels[0, 15:20, 15:20] = 9
+    partials, _ = by_tiles(labels, (2, 10, 10))
+    assert sum(len(p) == 0 for p in partials) > 0
+    table = combine(partials, scale=(2.0, 0.5, 0.25), units=("micrometer",) * 3,
+                    translation=(10.0, 0.0, 0.0), axes=("z", "y", "x"))
+    row = table.set_index("label").loc[7]
+    assert row["voxels"] == 48
+    assert row["centroid_z"] == pytest.approx(1.5)
+    assert row["centroid_z_um"] == pytest.approx(10 + 1.5 * 2.0)
+    assert row["centroid_y_um"] == pytest.approx(3.5 * 0.5)
+    assert row["centroid_x_um"] == pytest.approx(5.5 * 0.25)
+    assert row["volume_um3"] == pytest.approx(48 * 2.0 * 0.5 * 0.25)
+    no_units = combine(partials, scale=(1.0, 1.0, 1.0))
+    assert "centroid_x_physical" in no_units and "volume_physical" in no_units
+    empty = combine([tile_statistics(np.zeros((5, 5), np.uint8), (0, 0), 0)])
+    assert len(empty) == 0 and "centroid_x" in empty
+    with pytest.raises(InvalidParameterError):
+        combine(partials, scale=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_write_and_read(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    labels = labelled((40, 40), seed=3)
+    table = combine(by_tiles(labels, (16, 16))[0], scale=(0.5, 0.5), units=("micrometer",) * 2)
+    path = write_table(table, tmp_path / f"objects{suffix}")
+    again = read_table(path)
+    assert list(again.columns) == list(table.columns)
+    np.testing.assert_array_equal(again["label"], table["label"])
+    np.testing.assert_allclose(again["centroid_y_um"], table["centroid_y_um"])
+    assert [list(t) for t in again["tiles"]] == [list(t) for t in table["tiles"]]
+    with pytest.raises(InvalidParameterError, match=".csv or .parquet"):
+        write_table(table, tmp_path / "objects.xlsx")
+
+
+def test_reader_metadata_drops_the_channel_axis():
+    class Reader:
+        shape = (2, 5, 6, 7)
+        axes = ("c", "z", "y", "x")
+        scale = (1.0, 2.0, 0.5, 0.5)
+        units = (None, "micrometer", "micrometer", "micrometer")
+
+    meta = reader_metadata(Reader(), channel_axis=0)
+    assert meta["axes"] == ("z", "y", "x") and meta["scale"] == (2.0, 0.5, 0.5)
+    assert meta["translation"] is None and meta["ndim"] == 3
+    plain = reader_metadata(type("R", (), {"shape": (3, 4), "axes": None})())
+    assert plain["scale"] is None and plain["axes"] is None
