@@ -206,3 +206,26 @@ def test_a_plugin_writer_is_used_by_name(tmp_path):
                  registry=registry)
     assert (out / ".zarray").exists()
     assert zarr.open_array(str(out))[:].max() == 8
+
+
+def test_alignment_rounds_chosen_tiles_and_warns_on_given_ones(tmp_path):
+    import warnings
+
+    import zarr
+
+    class Aligned:
+        def __call__(self, tile):
+            return (tile > 0.5).astype(np.int32)
+
+        def blockbuster_needs(self):
+            return Needs(halo=8, align=8)
+
+    image = np.zeros((100, 100), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen tiles are aligned: no warning
+        tile_process(image, Aligned(), tile_shape="auto", memory_budget=45 * 45 * 37,
+                     executor="serial", workers=1, write_to=tmp_path / "auto.zarr")
+    chunks = zarr.open_array(str(tmp_path / "auto.zarr")).chunks
+    assert chunks[0] < 100 and all(c % 8 == 0 for c in chunks)
+    with pytest.warns(UserWarning, match="not a multiple of the segmenter's alignment"):
+        tile_process(image, Aligned(), tile_shape=(30, 30), executor="serial", compute=True)

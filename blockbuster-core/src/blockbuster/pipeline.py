@@ -198,7 +198,9 @@ def tile_process(
     tiles = _resolve_tile_shape(_by_axis_name(tile_shape, names, "tile_shape", None), source,
                                 spatial, channel_axis, halo, needs, executor.workers,
                                 memory_budget)
+    tiles = _aligned(tiles, needs.align, spatial, chosen=tile_shape in (None, "auto"))
     grid = TileGrid(spatial, tiles, validate_overlap(halo, tiles))
+    _warn_if_misaligned(grid, needs.align)
     merge = _resolve_merge(merge, grid)
     _check_retries(retries)
 
@@ -420,6 +422,37 @@ def _one_segmenter(fn, segmenter):
             "such as 'threshold'."
         )
     return fn if fn is not None else segmenter
+
+
+def _per_axis(value, ndim: int) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return (int(value),) * ndim if np.isscalar(value) else tuple(int(v) for v in value)
+
+
+def _aligned(tiles, align, spatial, *, chosen: bool):
+    """Round tile sizes blockbuster chose down to the segmenter's lattice (not below it)."""
+    align = _per_axis(align, len(spatial))
+    if align is None or not chosen:
+        return tiles
+    return tuple(t if t >= s else max(a, t // a * a) for t, a, s in zip(tiles, align, spatial))
+
+
+def _warn_if_misaligned(grid: TileGrid, align) -> None:
+    import warnings
+
+    align = _per_axis(align, grid.ndim)
+    if align is None:
+        return
+    off = [axis for axis, (t, o, a, g) in enumerate(
+        zip(grid.tile_shape, grid.overlap, align, grid.grid_shape)) if g > 1 and (t % a or o % a)]
+    if off:
+        warnings.warn(
+            f"tile_shape {grid.tile_shape} or overlap {grid.overlap} is not a multiple of the "
+            f"segmenter's alignment {align} on axes {off}; tiles may disagree at the seams. "
+            "Use multiples of it (or leave overlap=None for the segmenter's own halo).",
+            stacklevel=3,
+        )
 
 
 def _check_retries(retries: int) -> None:

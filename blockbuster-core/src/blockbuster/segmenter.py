@@ -33,10 +33,16 @@ class Needs:
         Pixels of context wanted on every side of a tile (int or one per spatial axis).
     bytes_per_voxel
         Working memory per voxel of the padded tile, excluding the input tile itself.
+    align
+        Tile sizes and halos should be multiples of this (int or one per spatial axis), e.g.
+        a network's downsampling factor: a window that starts off that lattice sees shifted
+        pooling phases and predicts slightly differently at the seams. Chosen tile shapes
+        (``None``/``"auto"``) are rounded to it; given ones that miss it get a warning.
     """
 
     halo: int | tuple[int, ...] | None = None
     bytes_per_voxel: float | None = None
+    align: int | tuple[int, ...] | None = None
 
 
 def needs_of(fn: Callable) -> Needs:

@@ -179,9 +179,11 @@ class StarDistSegmenter:
         factor** (``grid * 2**unet_n_depth``, StarDist's ``_axes_div_by``): a tile window that
         starts off that lattice sees shifted pooling/grid phases and predicts slightly
         different objects than a whole-image run. ``bytes_per_voxel`` is a calibrated
-        estimate (:func:`estimate_bytes_per_voxel`).
+        estimate (:func:`estimate_bytes_per_voxel`). ``align`` asks the core for tile shapes on
+        the same lattice.
         """
-        return Needs(halo=self.halo(), bytes_per_voxel=self._bytes_per_voxel())
+        return Needs(halo=self.halo(), bytes_per_voxel=self._bytes_per_voxel(),
+                     align=self.alignment())
 
     def receptive_field(self) -> tuple[int, ...]:
         """StarDist's tile overlap per spatial axis, in input pixels (loads the model)."""
