@@ -19,6 +19,7 @@ Markdown and JSON). The test suite runs ``--tiny`` only.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str          # "cc" (threshold + components) or "watershed"
+    kind: str          # "cc" (threshold + components), "watershed" or "stardist"
     side: int
     ndim: int = 2
     tile: int = 512
@@ -52,13 +53,15 @@ def cases(size: str) -> list[Case]:
         Case("dense touching nuclei", "watershed", scale, tile=max(128, tile // 2), overlap=40),
         Case("large objects across tiles", "cc", scale, tile=tile // 2),
         Case("3D nuclei", "cc", max(64, scale // 16), ndim=3, tile=max(32, tile // 8)),
+        Case("real nuclei, StarDist (tiny model)", "stardist", max(512, scale // 2),
+             tile=max(256, tile // 2), overlap=48),
     ]
 
 
 def make_image(case: Case) -> np.ndarray:
     from blockbuster.synthetic import nuclei, touching_disks
 
-    if case.name.startswith("sparse"):
+    if case.name.startswith(("sparse", "real")):
         return real_nuclei_mosaic(case.side)
     if case.name.startswith("dense"):
         return touching_disks((case.side, case.side), radius=9, spacing=17, seed=1)
@@ -92,6 +95,11 @@ def segmenter(case: Case, image: np.ndarray):
 
     if case.kind == "watershed":
         return Watershed(threshold=0.5, min_distance=5, diameter=20)
+    if case.kind == "stardist":
+        from blockbuster.plugins.stardist import stardist_fn
+
+        model = HERE.parent / "blockbuster-stardist" / "tests" / "data" / "tiny_2d"
+        return stardist_fn(str(model)).with_global_normalization(image)
     threshold = otsu_threshold(sample_blocks(image))
     return Threshold(threshold=threshold, connectivity=case.ndim)
 
@@ -115,6 +123,13 @@ def run_peer(case_json: str, peer: str, workdir: str) -> dict:
                                      overlap=case.overlap, merge=merge, executor="threads",
                                      workers=2, compute=True, return_stats=True)
         in_fn = stats.seconds_in_fn / 2
+    elif peer == "stardist":
+        if case.kind != "stardist":
+            return {"skipped": "predict_instances_big runs StarDist models only"}
+        x = fn.normalized(image, None)
+        t0 = time.perf_counter()
+        labels, _ = fn.model().predict_instances_big(
+            x, axes="YX", block_size=case.tile, min_overlap=case.overlap, show_progress=False)
     elif peer == "dask-image":
         if case.kind != "cc":
             return {"skipped": "dask-image only labels connected components"}
@@ -159,12 +174,14 @@ def fidelity(workdir: str, peer: str) -> dict:
 
 
 # -- the table ----------------------------------------------------------------------------------
-PEERS = ["whole", "blockbuster", "touch", "dask-image"]
+PEERS = ["whole", "blockbuster", "touch", "dask-image", "stardist"]
 
 
 def run(size: str, out: Path) -> list[dict]:
     rows = []
     for case in cases(size):
+        if case.kind == "stardist" and importlib.util.find_spec("stardist") is None:
+            continue
         with tempfile.TemporaryDirectory() as workdir:
             for peer in PEERS:
                 row = {"case": case.name, "peer": peer, **in_child(case, peer, workdir)}
