@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from typing import Any
+
+import tomllib
 
 from blockbuster._version import __version__
 from blockbuster.errors import BlockbusterError, ConfigError

@@ -41,10 +41,11 @@ Values are data only: nothing in a config is executed.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from blockbuster.errors import ConfigError
 

@@ -12,8 +12,6 @@ Peak memory: workers × (padded tile + its labels) + O(tiles + objects crossing 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -30,14 +28,22 @@ from blockbuster._version import __version__
 from blockbuster.errors import InvalidParameterError, TileFunctionError, TilesFailedError
 from blockbuster.executors import Executor
 from blockbuster.faces import inner_faces, local_labels, outer_faces
-from blockbuster.merge import MERGE_MODES, no_edges, resolve_pairs, tile_edges
+from blockbuster.fingerprint import job_fingerprint
+from blockbuster.merge import no_edges, resolve_pairs, tile_edges
+from blockbuster.planning import (
+    check_retries,
+    one_segmenter,
+    plan_tiling,
+    resolve_merge,
+    resolve_table_path,
+)
 from blockbuster.progress import Progress
 from blockbuster.readers import Reader
 from blockbuster.relabel import Relabeling, TileTable
 from blockbuster.segmenter import as_labels, batch_size_of, prepare, run_on_tiles
 from blockbuster.staging import Stage, TileRecord
 from blockbuster.table import combine, reader_metadata, tile_statistics, write_table
-from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
+from blockbuster.tiling import TileGrid
 
 
 @dataclass
@@ -182,7 +188,7 @@ def tile_process(
 
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
-    fn = _one_segmenter(fn, segmenter)
+    fn = one_segmenter(fn, segmenter)
     fn = registry.segmenter(fn, **(segmenter_options or {})) if isinstance(fn, str) else fn
     if not callable(fn):
         raise InvalidParameterError(
@@ -190,21 +196,13 @@ def tile_process(
         )
     source = registry.open_image(image, reader=reader, **(reader_options or {}))
     executor = registry.executor(executor, workers=workers, **(executor_options or {}))
-    channel_axis = _channel_axis(channel_axis, source)
-    spatial = _spatial_shape(source.shape, channel_axis)
-    names = _spatial_names(source, channel_axis)
     needs = registry.needs(fn)
-    halo = _by_axis_name(overlap if overlap is not None else needs.halo, names, "overlap", 0)
-    tiles = _resolve_tile_shape(_by_axis_name(tile_shape, names, "tile_shape", None), source,
-                                spatial, channel_axis, halo, needs, executor.workers,
-                                memory_budget)
-    tiles = _aligned(tiles, needs.align, spatial, chosen=tile_shape in (None, "auto"))
-    grid = TileGrid(spatial, tiles, validate_overlap(halo, tiles))
-    _warn_if_misaligned(grid, needs.align)
-    merge = _resolve_merge(merge, grid)
-    _check_retries(retries)
+    channel_axis, grid = plan_tiling(source, channel_axis, tile_shape, overlap, needs,
+                                     executor.workers, memory_budget)
+    merge = resolve_merge(merge, grid)
+    check_retries(retries)
 
-    table_path = _table_path(table, write_to)
+    table_path = resolve_table_path(table, write_to)
     temporary = None
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
@@ -212,7 +210,7 @@ def tile_process(
     out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
     if hasattr(out, "set_source"):
         out.set_source(source, channel_axis=channel_axis)
-    fingerprint = _fingerprint(source, fn, grid, merge, channel_axis, connectivity)
+    fingerprint = job_fingerprint(source, fn, grid, merge, channel_axis, connectivity)
     out.check(fingerprint, getattr(source, "source", None))
 
     fn = prepare(fn, source, channel_axis)
@@ -395,223 +393,6 @@ def relabel_task(job: Job, item: tuple[int, TileTable, np.dtype]) -> int:
         if job.table:
             statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
     return index, statistics
-
-
-# -- argument resolution --------------------------------------------------------------------
-def _table_path(table, write_to) -> Path | None:
-    if table is None or table is False:
-        return None
-    if table is True:
-        if write_to is None:
-            raise InvalidParameterError(
-                "table=True names the table after write_to; give write_to= or a table path."
-            )
-        return Path(f"{write_to}.objects.csv")
-    path = Path(table)
-    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
-    return path
-
-
-def _one_segmenter(fn, segmenter):
-    if fn is not None and segmenter is not None:
-        raise InvalidParameterError("give fn or segmenter=, not both (they are the same argument).")
-    if fn is None and segmenter is None:
-        raise InvalidParameterError(
-            "no segmenter given: pass fn (a callable tile -> labels) or a segmenter name "
-            "such as 'threshold'."
-        )
-    return fn if fn is not None else segmenter
-
-
-def _per_axis(value, ndim: int) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    return (int(value),) * ndim if np.isscalar(value) else tuple(int(v) for v in value)
-
-
-def _aligned(tiles, align, spatial, *, chosen: bool):
-    """Round tile sizes blockbuster chose down to the segmenter's lattice (not below it)."""
-    align = _per_axis(align, len(spatial))
-    if align is None or not chosen:
-        return tiles
-    return tuple(t if t >= s else max(a, t // a * a) for t, a, s in zip(tiles, align, spatial))
-
-
-def _warn_if_misaligned(grid: TileGrid, align) -> None:
-    import warnings
-
-    align = _per_axis(align, grid.ndim)
-    if align is None:
-        return
-    off = [axis for axis, (t, o, a, g) in enumerate(
-        zip(grid.tile_shape, grid.overlap, align, grid.grid_shape)) if g > 1 and (t % a or o % a)]
-    if off:
-        warnings.warn(
-            f"tile_shape {grid.tile_shape} or overlap {grid.overlap} is not a multiple of the "
-            f"segmenter's alignment {align} on axes {off}; tiles may disagree at the seams. "
-            "Use multiples of it (or leave overlap=None for the segmenter's own halo).",
-            stacklevel=3,
-        )
-
-
-def _check_retries(retries: int) -> None:
-    if not isinstance(retries, int) or retries < 0:
-        raise InvalidParameterError(f"retries={retries!r}; use 0 or more.")
-
-
-def _channel_axis(channel_axis: int | None, source) -> int | None:
-    """The given channel axis, else the reader's ``"c"`` axis if it names its axes."""
-    if channel_axis is not None:
-        return channel_axis
-    axes = getattr(source, "axes", None)
-    return axes.index("c") if axes and "c" in axes else None
-
-
-def _spatial_names(source, channel_axis: int | None) -> tuple[str, ...] | None:
-    axes = getattr(source, "axes", None)
-    if not axes:
-        return None
-    if channel_axis is None:
-        return tuple(axes)
-    channel_axis %= len(axes)
-    return tuple(axes[:channel_axis]) + tuple(axes[channel_axis + 1 :])
-
-
-def _by_axis_name(value, names: tuple[str, ...] | None, what: str, missing):
-    """Turn ``{"y": 1024, "x": 1024}`` into a tuple in the reader's axis order."""
-    if not isinstance(value, dict):
-        return value
-    if names is None:
-        raise InvalidParameterError(
-            f"{what} is given by axis name {value}, but this image's axes are not named; "
-            "give one value per spatial axis instead."
-        )
-    unknown = sorted(set(value) - set(names))
-    if unknown:
-        raise InvalidParameterError(
-            f"{what} names axes {unknown} that the image does not have; its spatial axes are "
-            f"{list(names)}."
-        )
-    return tuple(value.get(name, missing) for name in names)
-
-
-def _spatial_shape(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
-    if channel_axis is None:
-        return shape
-    if not -len(shape) <= channel_axis < len(shape):
-        raise InvalidParameterError(
-            f"channel_axis={channel_axis} is out of range for an image of shape {shape}."
-        )
-    channel_axis %= len(shape)
-    return shape[:channel_axis] + shape[channel_axis + 1 :]
-
-
-def _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs, workers, budget):
-    if isinstance(tile_shape, str):
-        if tile_shape != "auto":
-            raise InvalidParameterError(
-                f"tile_shape={tile_shape!r}; use a tuple, None (the input's chunks) or 'auto'."
-            )
-        return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
-    if tile_shape is None:
-        chunks = _spatial_chunks(source, channel_axis)
-        if chunks is None or tuple(chunks) == tuple(spatial):
-            return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
-        return validate_tile_shape(chunks, spatial)
-    if isinstance(tile_shape, int | np.integer):
-        tile_shape = (tile_shape,) * len(spatial)
-    return validate_tile_shape(tuple(tile_shape), spatial)
-
-
-def _spatial_chunks(source, channel_axis):
-    chunks = source.chunks
-    if chunks is None or channel_axis is None:
-        return chunks
-    channel_axis %= len(source.shape)
-    return tuple(chunks[:channel_axis]) + tuple(chunks[channel_axis + 1 :])
-
-
-def _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget):
-    channels = source.shape[channel_axis] if channel_axis is not None else 1
-    per_voxel = source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
-    if halo is None:
-        halo = 0
-    halo_per_axis = (halo,) * len(spatial) if isinstance(halo, int) else tuple(halo)
-    return auto_tile_shape(
-        spatial,
-        bytes_per_voxel=per_voxel,
-        overlap=halo_per_axis,
-        workers=workers,
-        budget_bytes=budget or _default_budget(),
-        chunks=_spatial_chunks(source, channel_axis),
-    )
-
-
-def _default_budget() -> int:
-    """A quarter of physical memory."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 4 * 2**30
-
-
-def _resolve_merge(merge: str | None, grid: TileGrid) -> str:
-    if merge is None:
-        return "overlap" if any(grid.overlap) else "touch"
-    if merge not in MERGE_MODES:
-        raise InvalidParameterError(f"merge={merge!r}; use one of {list(MERGE_MODES)}.")
-    if merge == "overlap" and not any(
-        o > 0 for o, g in zip(grid.overlap, grid.grid_shape) if g > 1
-    ) and len(grid) > 1:
-        raise InvalidParameterError(
-            "merge='overlap' asks each tile's halo prediction, but overlap is 0; give "
-            "overlap >= 1 (ideally 2x the object diameter) or use merge='touch'."
-        )
-    return merge
-
-
-def _fingerprint(source, fn, grid: TileGrid, merge: str, channel_axis, connectivity) -> str:
-    job = {
-        "connectivity": connectivity,
-        "input": source.identity(),
-        "fn": describe_function(fn),
-        "tile_shape": grid.tile_shape,
-        "overlap": grid.overlap,
-        "merge": merge,
-        "channel_axis": channel_axis,
-        "blockbuster": __version__,
-    }
-    return json.dumps(job, sort_keys=True)
-
-
-def describe_function(fn: Callable) -> str:
-    """A stable description of ``fn`` for job fingerprints.
-
-    A segmenter may define ``blockbuster_fingerprint()``; otherwise functions are described by
-    their code and simple closure values, objects by their ``repr`` (when the class defines one)
-    or their attributes.
-    """
-    custom = getattr(fn, "blockbuster_fingerprint", None)
-    if callable(custom):
-        return str(custom())
-    target = getattr(fn, "__func__", fn)
-    code = getattr(target, "__code__", None)
-    if code is not None:
-        name = f"{target.__module__}.{target.__qualname__}"
-        cells = [_simple(c.cell_contents) for c in (target.__closure__ or ())]
-        body = code.co_code + repr(code.co_consts).encode() + repr(cells).encode()
-        return name + ":" + hashlib.sha1(body).hexdigest()
-    kind = f"{type(fn).__module__}.{type(fn).__qualname__}"
-    if type(fn).__repr__ is not object.__repr__:
-        return f"{kind}:{fn!r}"
-    return f"{kind}:{sorted((k, _simple(v)) for k, v in vars(fn).items())!r}"
-
-
-def _simple(value: Any) -> Any:
-    if isinstance(value, int | float | str | bool | tuple | type(None)):
-        return value
-    return type(value).__qualname__
 
 
 def _result(out, compute: bool, temporary: Path | None):

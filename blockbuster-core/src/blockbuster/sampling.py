@@ -29,8 +29,10 @@ def sample_blocks(image, *, max_voxels: int = 2**22, block: int = 256) -> np.nda
         np.linspace(0, s - side, n, dtype=int) for s, side, n in zip(shape, sides, counts)
     ]):
         region = tuple(slice(int(c), int(c) + side) for c, side in zip(corner, sides))
-        block_values = image[region]
-        values.append(np.asarray(getattr(block_values, "compute", lambda: block_values)()).ravel())
+        piece = image[region]
+        if hasattr(piece, "compute"):  # dask
+            piece = piece.compute()
+        values.append(np.asarray(piece).ravel())
     return np.concatenate(values)
 
 

@@ -27,7 +27,6 @@ from blockbuster.errors import StageMismatchError
 from blockbuster.faces import LOCAL_DTYPE, Face
 from blockbuster.tiling import Tile, TileGrid
 
-
 RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
 
 

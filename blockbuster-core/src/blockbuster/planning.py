@@ -1,0 +1,205 @@
+"""Planning a run: turning ``tile_process``'s arguments into a channel axis, a tile grid, a
+merge mode and the other validated settings (pure functions, no I/O beyond the reader's
+metadata)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from blockbuster.errors import InvalidParameterError
+from blockbuster.merge import MERGE_MODES
+from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
+
+
+def plan_tiling(source, channel_axis, tile_shape, overlap, needs, workers, memory_budget):
+    """Resolve the channel axis and the tile grid of a run from the user's arguments.
+
+    ``tile_shape`` and ``overlap`` may be given per axis, by axis name, or left to the
+    segmenter's :class:`~blockbuster.segmenter.Needs` and the memory budget.
+    """
+    channel_axis = _channel_axis(channel_axis, source)
+    spatial = _spatial_shape(source.shape, channel_axis)
+    names = _spatial_names(source, channel_axis)
+    halo = _by_axis_name(overlap if overlap is not None else needs.halo, names, "overlap", 0)
+    tiles = _resolve_tile_shape(_by_axis_name(tile_shape, names, "tile_shape", None), source,
+                                spatial, channel_axis, halo, needs, workers, memory_budget)
+    tiles = _aligned(tiles, needs.align, spatial, chosen=tile_shape in (None, "auto"))
+    grid = TileGrid(spatial, tiles, validate_overlap(halo, tiles))
+    _warn_if_misaligned(grid, needs.align)
+    return channel_axis, grid
+
+
+def resolve_table_path(table, write_to) -> Path | None:
+    if table is None or table is False:
+        return None
+    if table is True:
+        if write_to is None:
+            raise InvalidParameterError(
+                "table=True names the table after write_to; give write_to= or a table path."
+            )
+        return Path(f"{write_to}.objects.csv")
+    path = Path(table)
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
+    return path
+
+
+def one_segmenter(fn, segmenter):
+    if fn is not None and segmenter is not None:
+        raise InvalidParameterError("give fn or segmenter=, not both (they are the same argument).")
+    if fn is None and segmenter is None:
+        raise InvalidParameterError(
+            "no segmenter given: pass fn (a callable tile -> labels) or a segmenter name "
+            "such as 'threshold'."
+        )
+    return fn if fn is not None else segmenter
+
+
+def _per_axis(value, ndim: int) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return (int(value),) * ndim if np.isscalar(value) else tuple(int(v) for v in value)
+
+
+def _aligned(tiles, align, spatial, *, chosen: bool):
+    """Round tile sizes blockbuster chose down to the segmenter's lattice (not below it)."""
+    align = _per_axis(align, len(spatial))
+    if align is None or not chosen:
+        return tiles
+    return tuple(t if t >= s else max(a, t // a * a) for t, a, s in zip(tiles, align, spatial))
+
+
+def _warn_if_misaligned(grid: TileGrid, align) -> None:
+    import warnings
+
+    align = _per_axis(align, grid.ndim)
+    if align is None:
+        return
+    off = [axis for axis, (t, o, a, g) in enumerate(
+        zip(grid.tile_shape, grid.overlap, align, grid.grid_shape)) if g > 1 and (t % a or o % a)]
+    if off:
+        warnings.warn(
+            f"tile_shape {grid.tile_shape} or overlap {grid.overlap} is not a multiple of the "
+            f"segmenter's alignment {align} on axes {off}; tiles may disagree at the seams. "
+            "Use multiples of it (or leave overlap=None for the segmenter's own halo).",
+            stacklevel=3,
+        )
+
+
+def check_retries(retries: int) -> None:
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidParameterError(f"retries={retries!r}; use 0 or more.")
+
+
+def _channel_axis(channel_axis: int | None, source) -> int | None:
+    """The given channel axis, else the reader's ``"c"`` axis if it names its axes."""
+    if channel_axis is not None:
+        return channel_axis
+    axes = getattr(source, "axes", None)
+    return axes.index("c") if axes and "c" in axes else None
+
+
+def _spatial_names(source, channel_axis: int | None) -> tuple[str, ...] | None:
+    axes = getattr(source, "axes", None)
+    if not axes:
+        return None
+    if channel_axis is None:
+        return tuple(axes)
+    channel_axis %= len(axes)
+    return tuple(axes[:channel_axis]) + tuple(axes[channel_axis + 1 :])
+
+
+def _by_axis_name(value, names: tuple[str, ...] | None, what: str, missing):
+    """Turn ``{"y": 1024, "x": 1024}`` into a tuple in the reader's axis order."""
+    if not isinstance(value, dict):
+        return value
+    if names is None:
+        raise InvalidParameterError(
+            f"{what} is given by axis name {value}, but this image's axes are not named; "
+            "give one value per spatial axis instead."
+        )
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise InvalidParameterError(
+            f"{what} names axes {unknown} that the image does not have; its spatial axes are "
+            f"{list(names)}."
+        )
+    return tuple(value.get(name, missing) for name in names)
+
+
+def _spatial_shape(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
+    if channel_axis is None:
+        return shape
+    if not -len(shape) <= channel_axis < len(shape):
+        raise InvalidParameterError(
+            f"channel_axis={channel_axis} is out of range for an image of shape {shape}."
+        )
+    channel_axis %= len(shape)
+    return shape[:channel_axis] + shape[channel_axis + 1 :]
+
+
+def _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs, workers, budget):
+    if isinstance(tile_shape, str):
+        if tile_shape != "auto":
+            raise InvalidParameterError(
+                f"tile_shape={tile_shape!r}; use a tuple, None (the input's chunks) or 'auto'."
+            )
+        return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
+    if tile_shape is None:
+        chunks = _spatial_chunks(source, channel_axis)
+        if chunks is None or tuple(chunks) == tuple(spatial):
+            return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
+        return validate_tile_shape(chunks, spatial)
+    if isinstance(tile_shape, int | np.integer):
+        tile_shape = (tile_shape,) * len(spatial)
+    return validate_tile_shape(tuple(tile_shape), spatial)
+
+
+def _spatial_chunks(source, channel_axis):
+    chunks = source.chunks
+    if chunks is None or channel_axis is None:
+        return chunks
+    channel_axis %= len(source.shape)
+    return tuple(chunks[:channel_axis]) + tuple(chunks[channel_axis + 1 :])
+
+
+def _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget):
+    channels = source.shape[channel_axis] if channel_axis is not None else 1
+    per_voxel = source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
+    if halo is None:
+        halo = 0
+    halo_per_axis = (halo,) * len(spatial) if isinstance(halo, int) else tuple(halo)
+    return auto_tile_shape(
+        spatial,
+        bytes_per_voxel=per_voxel,
+        overlap=halo_per_axis,
+        workers=workers,
+        budget_bytes=budget or _default_budget(),
+        chunks=_spatial_chunks(source, channel_axis),
+    )
+
+
+def _default_budget() -> int:
+    """A quarter of physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 * 2**30
+
+
+def resolve_merge(merge: str | None, grid: TileGrid) -> str:
+    if merge is None:
+        return "overlap" if any(grid.overlap) else "touch"
+    if merge not in MERGE_MODES:
+        raise InvalidParameterError(f"merge={merge!r}; use one of {list(MERGE_MODES)}.")
+    if merge == "overlap" and not any(
+        o > 0 for o, g in zip(grid.overlap, grid.grid_shape) if g > 1
+    ) and len(grid) > 1:
+        raise InvalidParameterError(
+            "merge='overlap' asks each tile's halo prediction, but overlap is 0; give "
+            "overlap >= 1 (ideally 2x the object diameter) or use merge='touch'."
+        )
+    return merge
