@@ -166,3 +166,19 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, stage, after):
     assert resumed.returncode == 0
     assert store_digest(out) == store_digest(reference)
     assert not stage_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_dead_worker_process_is_explained(tmp_path):
+    script = tmp_path / "unguarded.py"  # no __main__ guard: forkserver workers cannot start
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from blockbuster import tile_process
+        from blockbuster.segmenters import Threshold
+        tile_process(np.eye(64, dtype=np.float32), Threshold(threshold=0.5), tile_shape=(32, 32),
+                     executor="processes", workers=2, compute=True)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "WorkerCrashedError" in done.stderr and "__main__" in done.stderr

@@ -38,6 +38,10 @@ class TilesFailedError(BlockbusterError, RuntimeError):
     """With ``keep_going=True``: some tiles failed after their retries; the rest are staged."""
 
 
+class WorkerCrashedError(BlockbusterError, RuntimeError):
+    """A worker process died mid-run; finished tiles stay staged for a resume."""
+
+
 class NotPicklableError(BlockbusterError, TypeError):
     """The function cannot be sent to worker processes."""
 

@@ -20,10 +20,11 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from blockbuster.errors import NotPicklableError
+from blockbuster.errors import NotPicklableError, WorkerCrashedError
 from blockbuster.worker import WorkerInfo, set_process_worker, set_thread_worker
 
 Task = Callable[[Any, Any], Any]
@@ -103,6 +104,13 @@ class _FuturesPool(Pool):
                     yield future.result()
                 for item in itertools.islice(items, len(done)):
                     pending.add(self.executor.submit(self.call, task, item))
+        except BrokenProcessPool as error:
+            raise WorkerCrashedError(
+                "a worker process died: killed for lack of memory (use smaller tiles or fewer "
+                "workers), crashed in native code, or the calling script lacks the "
+                "`if __name__ == \"__main__\":` guard the processes executor needs. Finished "
+                "tiles are staged: rerun the same call to resume, or use executor='threads'."
+            ) from error
         finally:
             for future in pending:
                 future.cancel()
