@@ -1,0 +1,69 @@
+"""Pick the torch device for this worker: its own GPU, or the CPU with one warning."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+from blockbuster import current_worker
+
+
+class GPUUnavailableWarning(UserWarning):
+    """``gpu=True`` was asked for but torch sees no usable GPU; Cellpose runs on the CPU."""
+
+
+_warned = False
+_warn_lock = threading.Lock()
+
+
+def select_device(gpu: bool):
+    """The ``torch.device`` this worker should run Cellpose on.
+
+    With CUDA GPUs, worker ``i`` takes ``cuda:{i % n_gpus}`` (``blockbuster.current_worker()``),
+    so several workers spread over several GPUs. Apple's MPS is used when CUDA is absent.
+    ``gpu=True`` without a usable GPU warns once per process and falls back to the CPU.
+    """
+    import torch
+
+    if not gpu:
+        return torch.device("cpu")
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus > 0:
+        return torch.device(f"cuda:{current_worker().index % n_gpus}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    _warn_no_gpu_once()
+    return torch.device("cpu")
+
+
+def _warn_no_gpu_once() -> None:
+    """Warn that ``gpu=True`` falls back to the CPU, at most once per process."""
+    global _warned
+    with _warn_lock:
+        if _warned:
+            return
+        _warned = True
+    warnings.warn(
+        "cellpose: gpu=True but torch finds no usable CUDA or MPS device in this process "
+        f"(pid {os.getpid()}); running on the CPU. Install a CUDA build of torch or pass "
+        "gpu=False to silence this warning.",
+        GPUUnavailableWarning,
+        stacklevel=3,
+    )
+
+
+def configure_cpu_threads() -> None:
+    """Share the cores between workers: ``torch`` threads = cores // workers (at least 1).
+
+    Only changes torch when this run has more than one worker, so a plain call keeps
+    torch's own default.
+    """
+    import torch
+
+    count = current_worker().count
+    if count <= 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // count))

@@ -1,0 +1,17 @@
+"""Entry point of the ``blockbuster`` plugin group: registers the ``cellpose`` segmenter.
+
+Kept tiny on purpose: plugin discovery imports this module, never cellpose or torch.
+"""
+
+from blockbuster import hookimpl
+
+
+@hookimpl
+def register_segmenters(register):
+    """Register ``cellpose`` (alias ``cp``); the factory is imported only when used."""
+    register(
+        "cellpose",
+        "blockbuster.plugins.cellpose:cellpose_fn",
+        aliases=("cp",),
+        description="Cellpose generalist cell segmentation (cellpose 3.1 or 4.x)",
+    )
