@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from blockbuster.errors import InvalidParameterError
+
 
 class ChannelSelectingReader:
     """Base of readers whose ``channel=`` option drops the ``c`` axis.
@@ -32,3 +34,21 @@ class ChannelSelectingReader:
 
     def __getitem__(self, region) -> np.ndarray:
         return self.read(region if isinstance(region, tuple) else (region,))
+
+
+def channel_index(channel, labels: list[str], count: int, where: str) -> int:
+    """Resolve ``channel=`` (an index, or a channel label/name) to an index in ``0..count-1``."""
+    if isinstance(channel, str) and not channel.lstrip("-").isdigit():
+        if channel not in labels:
+            known = ", ".join(repr(c) for c in labels if c) or "none"
+            raise InvalidParameterError(
+                f"channel={channel!r} is not a channel label of {where}; labels: {known} "
+                f"(or give an index 0..{count - 1})."
+            )
+        return labels.index(channel)
+    index = int(channel)
+    if not -count <= index < count:
+        raise InvalidParameterError(
+            f"channel={channel!r} is out of range; {where} has {count} channels."
+        )
+    return index % count

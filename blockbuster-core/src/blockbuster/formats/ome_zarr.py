@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
-from blockbuster.formats._selection import ChannelSelectingReader
+from blockbuster.formats._selection import ChannelSelectingReader, channel_index
 
 ATTRS_KEY = "blockbuster"
 DEFAULT_AXES = ("t", "c", "z", "y", "x")
@@ -271,20 +271,7 @@ class OmeZarrReader(ChannelSelectingReader):
                 f"(axes: {', '.join(meta.axes)})."
             )
         count = level.shape[self._channel_axis]
-        if isinstance(channel, str) and not channel.lstrip("-").isdigit():
-            if channel not in meta.channel_labels:
-                known = ", ".join(repr(c) for c in meta.channel_labels if c) or "none"
-                raise InvalidParameterError(
-                    f"channel={channel!r} is not a channel label of {str(self.path)!r}; "
-                    f"labels: {known} (or give an index 0..{count - 1})."
-                )
-            return meta.channel_labels.index(channel)
-        index = int(channel)
-        if not -count <= index < count:
-            raise InvalidParameterError(
-                f"channel={channel!r} is out of range; {str(self.path)!r} has {count} channels."
-            )
-        return index % count
+        return channel_index(channel, meta.channel_labels, count, repr(str(self.path)))
 
     def _source(self):
         array = self.__dict__.get("_array")

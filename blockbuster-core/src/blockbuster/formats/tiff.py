@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
-from blockbuster.formats._selection import ChannelSelectingReader
+from blockbuster.formats._selection import ChannelSelectingReader, channel_index
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".ome.tif", ".ome.tiff", ".ome.btf")
 UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "\\u00B5m": "micrometer",
@@ -127,19 +127,7 @@ class TiffReader(ChannelSelectingReader):
                 f"(TIFF axes {getattr(self, 'tiff_axes', '')!s})."
             )
         count = full_shape[self._channel_axis]
-        if isinstance(channel, str) and not channel.lstrip("-").isdigit():
-            if channel not in self.channel_labels:
-                known = ", ".join(repr(c) for c in self.channel_labels if c) or "none"
-                raise InvalidParameterError(
-                    f"channel={channel!r} is not a channel name of {str(self.path)!r}; "
-                    f"names: {known} (or give an index 0..{count - 1})."
-                )
-            return self.channel_labels.index(channel)
-        index = int(channel)
-        if not -count <= index < count:
-            raise InvalidParameterError(
-                f"channel={channel!r} is out of range; {str(self.path)!r} has {count} channels.")
-        return index % count
+        return channel_index(channel, self.channel_labels, count, repr(str(self.path)))
 
     # -- lazily opened, per process -----------------------------------------------------------
     def _tiff(self):

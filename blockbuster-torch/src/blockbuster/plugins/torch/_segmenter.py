@@ -292,26 +292,9 @@ def _check_halo(halo: Any) -> int | tuple[int, ...]:
     return int(halo) if isinstance(halo, (int, np.integer)) else tuple(int(v) for v in values)
 
 
-_OPTIONS = (
-    "device",
-    "batch_size",
-    "dtype",
-    "amp",
-    "normalize",
-    "output",
-    "instance",
-    "channels",
-    "pad_multiple",
-    "pad_mode",
-    "threshold",
-    "activation",
-    "min_distance",
-    "halo",
-    "bytes_per_voxel",
-    "num_threads",
-    "weights",
-    "model_kwargs",
-)
+# every option torch_fn takes: those that change labels, plus placement and loading
+_OPTIONS = ("device", "batch_size", *_RESULT_OPTIONS, "halo", "bytes_per_voxel", "num_threads",
+            "weights", "model_kwargs")
 
 
 def torch_fn(
