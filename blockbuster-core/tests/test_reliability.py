@@ -182,3 +182,14 @@ def test_a_dead_worker_process_is_explained(tmp_path):
                           timeout=300)
     assert done.returncode != 0
     assert "WorkerCrashedError" in done.stderr and "__main__" in done.stderr
+
+
+def test_a_crashed_run_never_resumes_on_different_data(tmp_path):
+    out = tmp_path / "out.zarr"
+    with pytest.raises(TileFunctionError):
+        tile_process(IMAGE, flaky(tmp_path), tile_shape=(64, 32), write_to=out,
+                     executor="serial", retries=0)
+    (tmp_path / "broken").unlink()
+    other = IMAGE[::-1].copy()  # same shape and dtype, different pixels
+    with pytest.raises(StageMismatchError, match="differs in: input"):
+        tile_process(other, Flaky(tmp_path / "broken"), tile_shape=(64, 32), write_to=out)

@@ -8,6 +8,7 @@ through the ``register_readers`` hook.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -58,9 +59,19 @@ class ArrayReader:
         return self.read(region)
 
     def identity(self) -> str:
-        """A description of the input that changes when the input does (for job fingerprints)."""
+        """A description of the input that changes when the input does (for job fingerprints).
+
+        Paths and zarr arrays by location, dask arrays by their (content-derived) name, numpy
+        arrays by a hash of their bytes — so a crashed run never resumes on different data.
+        """
         kind = type(self.array).__module__.split(".")[0]
-        origin = self.source or (getattr(self.array, "name", None) if kind == "dask" else None)
+        origin = self.source
+        if origin is None and kind == "dask":
+            origin = self.array.name
+        elif origin is None and kind == "zarr":
+            origin = str(getattr(self.array, "store_path", ""))
+        elif origin is None and isinstance(self.array, np.ndarray):
+            origin = "sha1:" + hashlib.sha1(np.ascontiguousarray(self.array).data).hexdigest()
         return json.dumps(
             {"kind": kind, "source": origin, "shape": self.shape, "dtype": str(self.dtype)}
         )
