@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: example test install-core install-all docs bench clean
+.PHONY: example test test-cellpose4 install-core install-all docs bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: install-all
 	$(PY) -m pytest
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
+## test-cellpose4: the cellpose backend against Cellpose 4 in its own environment (~6 GB)
+test-cellpose4:
+	$(PYTHON) -m venv .venv-cp4
+	.venv-cp4/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "cellpose>=4" \
+		pytest -e ./blockbuster-core -e ./blockbuster-cellpose
+	.venv-cp4/bin/python -m pytest -c pyproject.toml blockbuster-cellpose/tests
+
 docs: install-all
 	$(VENV)/bin/mkdocs serve
 
@@ -34,4 +41,4 @@ bench: install-all
 	$(PY) bench/bench_core.py
 
 clean:
-	rm -rf $(VENV) build site examples/data
+	rm -rf $(VENV) .venv-cp4 build site examples/data
