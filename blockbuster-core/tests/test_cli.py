@@ -129,3 +129,14 @@ def test_info_and_version(job, capsys):
     version = subprocess.run([sys.executable, "-m", "blockbuster.cli", "--version"],
                              capture_output=True, text=True)
     assert version.stdout.strip() == f"blockbuster {__version__}"
+
+
+def test_backend_paths_are_relative_to_the_config_but_names_stay_names(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "unet.pt").write_text("weights")
+    path = tmp_path / "job.toml"
+    path.write_text('[input]\npath = "x.zarr"\n[segmenter]\nname = "torch"\n'
+                    'model = "models/unet.pt"\nnormalize = "percentile"\n')
+    config = load_config(path)
+    assert config.options("segmenter") == {"model": str(tmp_path / "models" / "unet.pt"),
+                                           "normalize": "percentile"}

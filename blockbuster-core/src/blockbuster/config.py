@@ -166,11 +166,20 @@ def _check_key(source: str, section: str, key: str, value: Any) -> None:
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> None:
+    """Paths in a config are relative to the config file.
+
+    Input and output paths always; a backend option (e.g. ``[segmenter] model``) when a file or
+    folder of that name exists next to the config, so model names stay names.
+    """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
                          ("output", "image")):
         value = config.sections.get(section, {}).get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
             config.sections[section][key] = str(base / value)
+    for section in OPEN_SECTIONS - {"input", "output"}:
+        for key, value in config.options(section).items():
+            if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+                config.sections[section][key] = str(base / value)
 
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
