@@ -74,12 +74,17 @@ def test_keep_going_finishes_the_rest_then_resume_reruns_only_the_failed(tmp_pat
     assert np.array_equal(labels.compute(), expected)
 
 
-def test_resuming_a_different_job_is_refused(tmp_path):
-    out = tmp_path / "out.zarr"
+def crash_then_fix(tmp_path, out):
+    """A run into ``out`` that stops at a failing tile, leaving its stage; then the cause is fixed."""
     with pytest.raises(TileFunctionError):
         tile_process(IMAGE, flaky(tmp_path), tile_shape=(64, 32), write_to=out,
                      executor="serial", retries=0)
     (tmp_path / "broken").unlink()
+
+
+def test_resuming_a_different_job_is_refused(tmp_path):
+    out = tmp_path / "out.zarr"
+    crash_then_fix(tmp_path, out)
     with pytest.raises(StageMismatchError, match="differs in: merge, overlap.*resume=False"):
         tile_process(IMAGE, Flaky(tmp_path / "broken"), tile_shape=(64, 32), overlap=4,
                      write_to=out)
@@ -186,10 +191,7 @@ def test_a_dead_worker_process_is_explained(tmp_path):
 
 def test_a_crashed_run_never_resumes_on_different_data(tmp_path):
     out = tmp_path / "out.zarr"
-    with pytest.raises(TileFunctionError):
-        tile_process(IMAGE, flaky(tmp_path), tile_shape=(64, 32), write_to=out,
-                     executor="serial", retries=0)
-    (tmp_path / "broken").unlink()
+    crash_then_fix(tmp_path, out)
     other = IMAGE[::-1].copy()  # same shape and dtype, different pixels
     with pytest.raises(StageMismatchError, match="differs in: input"):
         tile_process(other, Flaky(tmp_path / "broken"), tile_shape=(64, 32), write_to=out)
