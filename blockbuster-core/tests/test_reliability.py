@@ -56,7 +56,7 @@ def test_a_tile_failing_after_retries_stops_the_run_naming_it(tmp_path):
     assert "tile 6 at [64:128, 32:64]" in str(error.value)
     assert "GPU fell off the bus" in str(error.value) and "Traceback" in str(error.value)
     assert (tmp_path / "broken.calls").read_text() == "2"  # first try + 1 retry
-    assert len(list((tmp_path / "out.zarr.stage" / "tiles").iterdir())) == 6  # kept for resume
+    assert len(list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle"))) == 6  # kept for resume
 
 
 def test_keep_going_finishes_the_rest_then_resume_reruns_only_the_failed(tmp_path):
@@ -65,7 +65,7 @@ def test_keep_going_finishes_the_rest_then_resume_reruns_only_the_failed(tmp_pat
     with pytest.raises(TilesFailedError, match=r"(?s)1 of 15 tiles failed.*tile 6 at \[64:128, 32:64\]"):
         tile_process(IMAGE, fn, tile_shape=(64, 32), executor="threads", workers=2,
                      keep_going=True, retries=0, write_to=out)
-    assert len(list((tmp_path / "out.zarr.stage" / "tiles").iterdir())) == 14
+    assert len(list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle"))) == 14
     (tmp_path / "broken").unlink()  # the cause is fixed; the job is the same
     labels, stats = tile_process(IMAGE, fn, tile_shape=(64, 32), executor="serial",
                                  write_to=out, return_stats=True)
@@ -126,8 +126,8 @@ CHILD = textwrap.dedent("""
     original = getattr(pipeline, task.get(stage, "segment_task"))
     calls = [0]
 
-    def dying(job, item):
-        calls[0] += 1
+    def dying(job, item):  # dies once the tasks begun hold more than `after` tiles
+        calls[0] += len(item) if isinstance(item, list) else 1
         if calls[0] > after:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(job, item)
@@ -162,9 +162,9 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, stage, after):
     assert crashed.returncode == -signal.SIGKILL
     stage_dir = Path(f"{out}.stage")
     assert stage_dir.exists()
-    done_before = len(list((stage_dir / "tiles").iterdir()))
+    done_before = len(list((stage_dir / "tiles").glob("*.pickle")))
     if stage == "segment":
-        assert after - 2 <= done_before < 16  # killed part-way; the other thread may be mid-tile
+        assert 1 <= done_before < 16  # killed part-way; the other thread may be mid-run
     else:
         assert done_before == 16  # every tile was staged before the kill
     resumed = subprocess.run([sys.executable, str(script), "none", "0", str(out)])

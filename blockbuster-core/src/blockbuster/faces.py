@@ -45,8 +45,9 @@ def face_key(kind: str, axis: int, side: str) -> str:
 def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """Renumber the labels present in the core to ``1..n`` in order of first appearance.
 
-    Returns the local label image and the raw labels sorted by value with, for each, its local
-    label (``present``: shape ``(n, 2)``, columns raw and local).
+    Returns the local labels in the smallest unsigned dtype that holds ``n`` (so staging
+    them costs as few bytes as possible), and the raw labels sorted by value with, for each,
+    its local label (``present``: shape ``(n, 2)``, columns raw and local).
     """
     import fastremap
 
@@ -59,7 +60,7 @@ def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarr
             f"provisional ID budget of {MAX_LOCAL_LABELS}; use smaller tiles."
         )
     present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
-    return local.astype(LOCAL_DTYPE, copy=False), present
+    return local, present  # fastremap picks the smallest unsigned dtype that holds n
 
 
 def to_local(raw: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -108,7 +109,7 @@ def inner_faces(local: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face
         box = inner_box(tile, axis, side)
         relative = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, tile.core))
         faces[face_key("inner", axis, side)] = Face(
-            tuple(b.start for b in box), np.ascontiguousarray(local[relative])
+            tuple(b.start for b in box), local[relative].astype(LOCAL_DTYPE)
         )
     return faces
 

@@ -1,13 +1,16 @@
 """``tile_process``: the tile → segment → merge → relabel pipeline.
 
 1. **segment** — each tile is read once (core + halo), segmented once, and its core labels
-   (renumbered ``1..n``) are written once to a tile-aligned staging zarr, with its face layers.
+   (renumbered ``1..n``) are written once to its own staging file, with its face layers
+   (:mod:`blockbuster.staging`).
 2. **merge** — each tile compares its face layers with those of the tiles after it and reports
    the provisional-ID pairs that are one object (:mod:`blockbuster.merge`).
 3. **relabel** — the pairs become a small per-tile lookup table; each tile is rewritten into
    the output with consecutive IDs ``1..N`` (:mod:`blockbuster.relabel`).
 
-Peak memory: workers × (padded tile + its labels) + O(tiles + objects crossing faces).
+Tasks take short runs of neighbouring tiles and overlap their reads and writes with ``fn``
+(:mod:`blockbuster.background`). Peak memory: workers × (two padded tiles + their labels) +
+O(tiles + objects crossing faces).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from blockbuster._version import __version__
+from blockbuster.background import Background
 from blockbuster.errors import InvalidParameterError, TileFunctionError, TilesFailedError
 from blockbuster.executors import Executor
 from blockbuster.faces import inner_faces, local_labels, outer_faces
@@ -76,6 +81,7 @@ class Job:
     keep_going: bool = False
     skip_empty: Any = None
     table: bool = False
+    workers: int = 1
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         if self.channel_axis is not None:
@@ -217,7 +223,7 @@ def tile_process(
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
     done = stage.open(fingerprint, resume=resume)
     job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out, retries,
-              keep_going, skip_empty, table_path is not None)
+              keep_going, skip_empty, table_path is not None, executor.workers)
     stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
     bar = Progress(progress, len(grid))
     try:
@@ -243,6 +249,8 @@ def tile_process(
     return (result, stats) if return_stats else result
 
 
+MAX_RUN = 16  # tiles per task at most
+
 # -- stages -----------------------------------------------------------------------------------
 def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
                  stats: RunStats) -> np.ndarray:
@@ -253,9 +261,8 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
         counts[index] = count
     bar.advance(len(done))
     todo = [i for i in range(len(job.grid)) if i not in done]
-    size = batch_size_of(job.fn)
     failed = []
-    for result in pool.map_unordered(segment_task, _batches(todo, size)):
+    for result in pool.map_unordered(segment_task, _runs(todo, job)):
         for index, count in result.counts:
             counts[index] = count
         stats.seconds_in_fn += result.seconds
@@ -273,8 +280,21 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
     return counts
 
 
-def _batches(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
+def _runs(items: list, job: Job) -> list[list]:
+    """Consecutive tiles grouped into tasks, each a whole number of ``fn``'s batches.
+
+    A task reads ahead and writes behind within its run (:mod:`blockbuster.background`), so
+    longer runs hide more I/O; at most ``MAX_RUN`` tiles, and at least four tasks per worker
+    where there are enough tiles, keep the load balanced and the progress bar moving.
+    """
+    batch = batch_size_of(job.fn)
+    length = max(1, min(MAX_RUN, len(items) // (4 * job.workers)))
+    length = -(-length // batch) * batch
+    return _batches(items, length)
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
@@ -293,44 +313,62 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
 def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> list:
     bar.stage("relabel")
     t0 = time.perf_counter()
-    dtype = relabeling.dtype
-    tables = ((i, relabeling.table(i), dtype) for i in range(len(job.grid)))
+    tables = [(i, relabeling.table(i), relabeling.dtype) for i in range(len(job.grid))]
     partials = []
-    for _, statistics in pool.map_unordered(relabel_task, tables):
-        if statistics is not None:
-            partials.append(statistics)
-        bar.advance()
+    for done in pool.map_unordered(relabel_task, _runs(tables, job)):
+        partials.extend(statistics for statistics in done if statistics is not None)
+        bar.advance(len(done))
     stats.stage_seconds["relabel"] = time.perf_counter() - t0
     return partials
 
 
 # -- tasks (run in workers) --------------------------------------------------------------------
 def segment_task(job: Job, indices: list[int]) -> SegmentResult:
-    """Read, segment and stage a batch of tiles, retrying ``fn`` on failure."""
+    """Read, segment and stage a run of tiles, retrying ``fn`` on failure.
+
+    The next batch is read while ``fn`` works on this one, and staged tiles are written in the
+    background; the task returns once they are all on disk.
+    """
     result = SegmentResult()
+    with Background() as io:
+        batches = _batches(indices, batch_size_of(job.fn))
+        for tiles, images in io.read_ahead(batches, partial(_read_tiles, job)):
+            busy = [(t, image) for t, image in zip(tiles, images)
+                    if not _skipped_as_empty(job, t, image, result, io)]
+            if busy:
+                _segment_batch(job, busy, result, io)
+    result.peak_rss_mb = _peak_rss_mb()
+    return result
+
+
+def _read_tiles(job: Job, indices: list[int]) -> tuple[list, list[np.ndarray]]:
     tiles = [job.grid.tile(i) for i in indices]
-    images = [job.read(t.padded) for t in tiles]
-    busy = []
-    for tile, image in zip(tiles, images):
-        if _is_empty(job, tile, image):
-            job.stage.write_tile(tile, None, TileRecord(0, {}, empty=True))
-            result.counts.append((tile.index, 0))
-            result.empty += 1
-        else:
-            busy.append((tile, image))
-    if not busy:
-        return result
-    tiles, images = [t for t, _ in busy], [i for _, i in busy]
+    return tiles, [job.read(t.padded) for t in tiles]
+
+
+def _skipped_as_empty(job: Job, tile, image, result: SegmentResult, io: Background) -> bool:
+    if not _is_empty(job, tile, image):
+        return False
+    io.write(job.stage.write_tile, tile, None, TileRecord(0, {}, empty=True))
+    result.counts.append((tile.index, 0))
+    result.empty += 1
+    return True
+
+
+def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) -> None:
+    tiles, images = [t for t, _ in busy], [image for _, image in busy]
     try:
-        outputs, result.seconds = _call_with_retries(job, images, tiles)
-        for tile, output in zip(tiles, outputs):
-            result.counts.append((tile.index, _stage_tile(job, tile, output)))
+        outputs, seconds = _call_with_retries(job, images, tiles)
+        staged = [_stage_contents(job, tile, output) for tile, output in zip(tiles, outputs)]
     except TileFunctionError as error:
         if not job.keep_going:
             raise
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
-    result.peak_rss_mb = _peak_rss_mb()
-    return result
+        return
+    result.seconds += seconds
+    for tile, (local, record) in zip(tiles, staged):
+        io.write(job.stage.write_tile, tile, local, record)
+        result.counts.append((tile.index, record.count))
 
 
 def _peak_rss_mb() -> float:
@@ -351,14 +389,14 @@ def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _stage_tile(job: Job, tile, output) -> int:
+def _stage_contents(job: Job, tile, output) -> tuple[np.ndarray, TileRecord]:
+    """What to stage for a tile: its core renumbered ``1..n`` and its record."""
     raw = as_labels(output, tile.padded_shape, tile)
     local, present = local_labels(raw[tile.core_in_padded], tile)
     faces = inner_faces(local, tile, job.grid)
     if job.merge == "overlap":
         faces.update(outer_faces(raw, present, tile, job.grid))
-    job.stage.write_tile(tile, local, TileRecord(len(present), faces))
-    return len(present)
+    return local, TileRecord(len(present), faces)
 
 
 def _is_empty(job: Job, tile, image: np.ndarray) -> bool:
@@ -381,18 +419,29 @@ def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
                       job.connectivity)
 
 
-def relabel_task(job: Job, item: tuple[int, TileTable, np.dtype]) -> int:
-    """Rewrite one tile's staged labels with final IDs into the output."""
-    index, table, dtype = item
-    tile = job.grid.tile(index)
-    statistics = None
-    if table.count:
-        local = job.stage.read_local(tile)
-        labels = table.lookup().astype(dtype)[local]
-        job.writer.write(tile.core, labels)
-        if job.table:
-            statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
-    return index, statistics
+def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
+    """Rewrite a run of tiles' staged labels with final IDs into the output.
+
+    Returns each tile's object statistics (``None`` unless a table was asked for).
+    """
+    found = []
+    with Background() as io:
+        for (index, table, dtype), local in io.read_ahead(run, partial(_read_staged, job)):
+            tile = job.grid.tile(index)
+            statistics = None
+            if table.count:
+                labels = np.take(table.lookup().astype(dtype), local)
+                io.write(job.writer.write, tile.core, labels)
+                if job.table:
+                    statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
+            found.append(statistics)
+    return found
+
+
+def _read_staged(job: Job, entry: tuple[int, TileTable, np.dtype]):
+    index, table, _ = entry
+    local = job.stage.read_local(job.grid.tile(index), table.count) if table.count else None
+    return entry, local
 
 
 def _result(out, compute: bool, temporary: Path | None):

@@ -168,7 +168,8 @@ def _spatial_chunks(source, channel_axis):
 
 def _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget):
     channels = source.shape[channel_axis] if channel_axis is not None else 1
-    per_voxel = source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
+    # the tile in hand and the one read ahead, raw + local labels, fn's own working memory
+    per_voxel = 2 * source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
     if halo is None:
         halo = 0
     halo_per_axis = (halo,) * len(spatial) if isinstance(halo, int) else tuple(halo)

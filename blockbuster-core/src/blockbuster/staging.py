@@ -2,12 +2,17 @@
 
 Layout of ``<stage>/``::
 
-    labels.zarr        local labels (uint32), one chunk per tile core
+    tiles/<i>.labels   tile i's local labels (its core), blosc-lz4 compressed, in the smallest
+                       unsigned dtype that holds its label count
     tiles/<i>.pickle   tile i's record: label count and face layers; written last, atomically,
-                       so its presence marks the tile as done (our own format, read only by us)
+                       so its presence marks the tile as done
     job.json           the job fingerprint; a rerun of the same job resumes from the records
 
-Each worker writes only its own tile's chunk and record, so no locking is needed.
+Both tile files are our own format, read only by us. Staging is plain files, not zarr: a
+1024² tile of labels is compressed and written in ~1.7 ms this way against ~6 ms through
+zarr's array API (the staged labels are written once and read once, so zarr's chunk
+indexing buys nothing here). Each worker writes only its own tile's files, so no locking is
+needed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from blockbuster.errors import StageMismatchError
-from blockbuster.faces import LOCAL_DTYPE, Face
+from blockbuster.faces import Face
 from blockbuster.tiling import Tile, TileGrid
 
 RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
@@ -45,7 +50,6 @@ class Stage:
     def __init__(self, root: str | os.PathLike, grid: TileGrid):
         self.root = Path(root)
         self.grid = grid
-        self._labels = None
         self._records: OrderedDict[int, TileRecord] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -69,19 +73,9 @@ class Stage:
         return {index: self.read_record(index).count for index in self.done_tiles()}
 
     def create(self, fingerprint: str) -> None:
-        import zarr
-
         if self.root.exists():
             shutil.rmtree(self.root)
         (self.root / "tiles").mkdir(parents=True)
-        zarr.create_array(
-            store=str(self.root / "labels.zarr"),
-            shape=self.grid.shape,
-            chunks=self.grid.chunks,
-            dtype=LOCAL_DTYPE,
-            fill_value=0,
-            compressors=label_compressors(),
-        )
         (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
 
     def fingerprint(self) -> str | None:
@@ -96,23 +90,13 @@ class Stage:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- per tile -------------------------------------------------------------------------
-    @property
-    def labels(self):
-        if self._labels is None:
-            import zarr
-
-            self._labels = zarr.open_array(store=str(self.root / "labels.zarr"), mode="r+")
-        return self._labels
-
-    def write_tile(self, tile: Tile, local: np.ndarray, record: TileRecord) -> None:
+    def write_tile(self, tile: Tile, local: np.ndarray | None, record: TileRecord) -> None:
         """Write the tile's core labels, then its record (the done-marker)."""
         if record.count:
-            self.labels[tile.core] = local
-        final = self._record_path(tile.index)
-        partial = final.with_suffix(".partial")
-        with open(partial, "wb") as file:
-            pickle.dump(record, file, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(partial, final)
+            labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
+            _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
+        _write_atomically(self._path(tile.index, ".pickle"),
+                          pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
 
     def read_record(self, index: int) -> TileRecord:
         """A tile's record; recent ones are kept, as neighbouring merge tasks share them."""
@@ -120,25 +104,54 @@ class Stage:
             if index in self._records:
                 self._records.move_to_end(index)
                 return self._records[index]
-        with open(self._record_path(index), "rb") as file:
-            record = pickle.load(file)
+        record = pickle.loads(self._path(index, ".pickle").read_bytes())
         with self._lock:
             self._records[index] = record
             if len(self._records) > RECORD_CACHE:
                 self._records.popitem(last=False)
         return record
 
-    def read_local(self, tile: Tile) -> np.ndarray:
-        return self.labels[tile.core]
+    def read_local(self, tile: Tile, count: int) -> np.ndarray:
+        """The staged local labels of a tile with ``count`` labels (``count`` > 0)."""
+        dtype = staged_dtype(count)
+        shape = tuple(s.stop - s.start for s in tile.core)
+        try:
+            data = _codec().decode(self._path(tile.index, ".labels").read_bytes())
+            return np.frombuffer(data, dtype).reshape(shape)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise StageMismatchError(
+                f"the staged labels of tile {tile.index} in {str(self.root)!r} are missing or "
+                f"damaged ({error}). Delete that folder, or pass resume=False, to start fresh."
+            ) from error
 
-    def _record_path(self, index: int) -> Path:
-        return self.root / "tiles" / f"{index}.pickle"
+    def _path(self, index: int, suffix: str) -> Path:
+        return self.root / "tiles" / f"{index}{suffix}"
 
     def __getstate__(self):
-        return {"root": self.root, "grid": self.grid, "_labels": None}
+        return {"root": self.root, "grid": self.grid}
 
     def __setstate__(self, state):
         self.__init__(state["root"], state["grid"])
+
+
+def staged_dtype(count: int) -> np.dtype:
+    """The smallest unsigned dtype holding local labels ``0..count``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def _codec():
+    from numcodecs import Blosc
+
+    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def label_compressors():

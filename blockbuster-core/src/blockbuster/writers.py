@@ -21,6 +21,18 @@ from blockbuster.staging import label_compressors
 ATTRS_KEY = "blockbuster"
 
 
+def open_for_tile_writes(path: str | os.PathLike):
+    """Open a label array for writers that only ever write whole, non-empty chunks.
+
+    Writers skip all-zero tiles themselves, so zarr's own empty-chunk check (a full compare of
+    every chunk against the fill value: over half the cost of writing a 1024² uint32 chunk) is
+    switched off.
+    """
+    import zarr
+
+    return zarr.open_array(store=str(path), mode="r+").with_config({"write_empty_chunks": True})
+
+
 class ZarrWriter:
     """Writes labels to a zarr array at ``path`` (zarr v3 by default, v2 with ``zarr_format=2``)."""
 
@@ -77,9 +89,7 @@ class ZarrWriter:
 
     def write(self, region: tuple[slice, ...], labels: np.ndarray) -> None:
         if self._array is None:
-            import zarr
-
-            self._array = zarr.open_array(store=str(self.path), mode="r+")
+            self._array = open_for_tile_writes(self.path)
         if labels.any():
             self._array[region] = labels
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
 from blockbuster.formats._selection import ChannelSelectingReader, channel_index
+from blockbuster.writers import open_for_tile_writes
 
 ATTRS_KEY = "blockbuster"
 DEFAULT_AXES = ("t", "c", "z", "y", "x")
@@ -460,9 +461,7 @@ class OmeZarrLabelsWriter:
 
     def write(self, region: tuple[slice, ...], labels: np.ndarray) -> None:
         if self._array is None:
-            import zarr
-
-            self._array = zarr.open_array(store=str(self.labels_path / "0"), mode="r+")
+            self._array = open_for_tile_writes(self.labels_path / "0")
         if labels.any():
             self._array[region] = labels
 
