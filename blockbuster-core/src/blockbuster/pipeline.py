@@ -422,26 +422,23 @@ def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
     """Rewrite a run of tiles' staged labels with final IDs into the output.
 
-    Returns each tile's object statistics (``None`` unless a table was asked for).
+    Staged labels are small and quick to read, so they are read here; the output writes go to
+    the background. Returns each tile's object statistics (``None`` unless a table was asked
+    for).
     """
     found = []
     with Background() as io:
-        for (index, table, dtype), local in io.read_ahead(run, partial(_read_staged, job)):
+        for index, table, dtype in run:
             tile = job.grid.tile(index)
             statistics = None
             if table.count:
+                local = job.stage.read_local(tile, table.count)
                 labels = np.take(table.lookup().astype(dtype), local)
                 io.write(job.writer.write, tile.core, labels)
                 if job.table:
                     statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
             found.append(statistics)
     return found
-
-
-def _read_staged(job: Job, entry: tuple[int, TileTable, np.dtype]):
-    index, table, _ = entry
-    local = job.stage.read_local(job.grid.tile(index), table.count) if table.count else None
-    return entry, local
 
 
 def _result(out, compute: bool, temporary: Path | None):
