@@ -11,9 +11,9 @@ neighbours across a face — face, edge and corner neighbours all count — with
   its own halo, gave ``p`` and ``q`` the same label: A's prediction at ``q`` is ``a`` and C's
   prediction at ``p`` is ``b``. Two cells that merely touch at the face are kept apart because
   each tile, seeing both with context, labelled them differently. For connected components the
-  rule is exact: every truly connected neighbour pair is labelled alike by both tiles. Across an
-  axis without a halo (e.g. per-slice tiles of a stack) there is no prediction to ask, and the
-  touch rule applies.
+  rule is exact: every truly connected neighbour pair is labelled alike by both tiles. A pair
+  that one tile never saw (beyond its window along an axis without a halo, e.g. between the
+  planes of per-slice tiles) has no prediction to ask, and the touch rule applies to it.
 
   Where neighbouring tiles draw a boundary between two touching objects a pixel apart, a
   sliver of pixels satisfies that test for the wrong pair. Such a pair is **contested** and
@@ -127,10 +127,11 @@ def _face_pairs(
         b = their_inner.take(q_box)
         keep = (a != 0) & (b != 0)
         clean = np.ones(a.shape, bool)
-        if asks_halo and _has_halo(grid, axis, offset):
-            keep &= mine_outer.take(q_box) == a
-            keep &= their_outer.take(p_box) == b
-            clean = ~dirty_p.take(p_box) & ~dirty_q.take(q_box)
+        if asks_halo:
+            both = _seen_by_both(tile, other, p_box, q_box)
+            agreed = (mine_outer.take(q_box) == a) & (their_outer.take(p_box) == b)
+            keep &= agreed | ~both
+            clean = ~both | (~dirty_p.take(p_box) & ~dirty_q.take(q_box))
         if keep.any():
             pairs.append(np.stack([
                 provisional(tile.index, a[keep]),
@@ -222,9 +223,21 @@ def _offsets(ndim: int, axis: int, connectivity: int):
     return [o for o in itertools.product(*ranges) if sum(map(bool, o)) <= connectivity]
 
 
-def _has_halo(grid: TileGrid, axis: int, offset: tuple[int, ...]) -> bool:
-    """Both tiles predicted both pixels: every axis the pair crosses has a halo."""
-    return all(grid.overlap[a] > 0 for a, o in enumerate(offset) if o != 0 or a == axis)
+def _seen_by_both(tile: Tile, other: Tile, p_box: tuple[slice, ...],
+                  q_box: tuple[slice, ...]) -> np.ndarray:
+    """Which pixel pairs (``p`` in ``tile``, ``q`` in ``other``) both tiles predicted.
+
+    The overlap rule needs each tile's prediction at the other's pixel: ``q`` inside ``tile``'s
+    padded window and ``p`` inside ``other``'s. A pair that steps out of a window (along an
+    axis without a halo, e.g. between the planes of per-slice tiles) falls back to touch.
+    """
+    mask = np.ones(tuple(q.stop - q.start for q in q_box), bool)
+    for axis, (p, q, mine, theirs) in enumerate(zip(p_box, q_box, tile.padded, other.padded)):
+        step = np.arange(q.stop - q.start)
+        inside = ((mine.start <= q.start + step) & (q.start + step < mine.stop)
+                  & (theirs.start <= p.start + step) & (p.start + step < theirs.stop))
+        mask &= inside.reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
+    return mask
 
 
 def _shift(box: tuple[slice, ...], offset: tuple[int, ...]) -> tuple[slice, ...]:
