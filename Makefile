@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: example test test-cellpose4 install-core install-all docs bench clean
+.PHONY: example test test-cellpose4 install-core install-all docs bench bench-env clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,11 @@ docs: install-all
 bench: install-all
 	$(PY) bench/bench_core.py
 
+## bench-env: the zarr-2 environment of the cellpose-distributed peer of bench/peers.py
+bench-env:
+	$(PYTHON) -m venv bench/.venv-cellpose-distributed
+	bench/.venv-cellpose-distributed/bin/python -m pip install --quiet \
+		-r bench/requirements-cellpose-distributed.txt
+
 clean:
-	rm -rf $(VENV) .venv-cp4 build site examples/data
+	rm -rf $(VENV) .venv-cp4 bench/.venv-cellpose-distributed build site examples/data

@@ -9,16 +9,28 @@ Peers:
 - ``blockbuster``  tile_process, threads, 2 workers, merge="overlap" (or "touch" for CC)
 - ``touch``        tile_process with merge="touch" (what touching-face stitching gives)
 - ``dask-image``   dask_image.ndmeasure.label on the same threshold (connected components only)
-- ``cellpose``     cellpose.contrib.distributed_segmentation (cellpose cases, when installed)
-- ``stardist``     StarDist's predict_instances_big (stardist cases, when installed)
+- ``stardist``     StarDist's predict_instances_big (StarDist cases, when installed)
+- ``cellpose-distributed``  cellpose.contrib.distributed_segmentation.distributed_eval on a dask
+                   LocalCluster of 2 single-threaded workers (Cellpose cases). It needs zarr 2, so
+                   it runs in its own environment, ``bench/.venv-cellpose-distributed``
+                   (``make bench-env``), through ``cellpose_distributed_peer.py``; without that
+                   environment, and always under ``--tiny``, its rows say why they were skipped.
 
-Usage: python bench/peers.py [--quick] [--out bench/results]   (prints one table, writes
-Markdown and JSON). The test suite runs ``--tiny`` only.
+Peers are timed warm: an untimed run on a corner of the image first imports what they import
+lazily, loads the model and starts thread pools (``warm_up_s`` in the JSON), so the times are
+those of a long-running process, not of imports and model loading.
+
+After the table come the targets of the benchmark, each with its measured value and whether it
+is met.
+
+Usage: python bench/peers.py [--quick | --tiny] [--out bench/results]   (prints the table and
+the targets, writes peers.md and peers.json). The test suite runs ``--tiny`` only.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import resource
@@ -32,22 +44,50 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+STARDIST_MODEL = ROOT / "blockbuster-stardist" / "tests" / "data" / "tiny_2d"
+CELLPOSE_MODEL = ROOT / "blockbuster-cellpose" / "tests" / "data" / "tiny_disks_cp3"
+#: Diameter (px) of the disks the tiny Cellpose model was trained on and of the Cellpose cases'
+#: cells. Cellpose's distributed mode always overlaps blocks by twice the diameter.
+CELL_DIAMETER = 24
+CELLPOSE_DISTRIBUTED_PYTHON = HERE / ".venv-cellpose-distributed" / "bin" / "python"
+WORKERS = 2
+F1_TARGET = 0.99
+OUTSIDE_FN_TARGET = 0.10
+#: Kinds of case whose function runs a neural network (and needs its package).
+NETWORK_KINDS = ("stardist", "cellpose")
 
 
 # -- cases ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str          # "cc" (threshold + components), "watershed" or "stardist"
+    kind: str          # "cc" (threshold + components), "watershed", "stardist" or "cellpose"
     side: int
     ndim: int = 2
     tile: int = 512
     overlap: int = 0
+    planes: int = 0    # > 0: a (planes, side, side) stack, tiled along Y and X only
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.planes, self.side, self.side) if self.planes else (self.side,) * self.ndim
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        return (self.planes, self.tile, self.tile) if self.planes else (self.tile,) * self.ndim
+
+    @property
+    def halo(self) -> int | tuple[int, ...]:
+        return (0, self.overlap, self.overlap) if self.planes else self.overlap
 
 
 def cases(size: str) -> list[Case]:
     scale = {"tiny": 256, "quick": 2048, "full": 4096}[size]
     tile = {"tiny": 128, "quick": 512, "full": 1024}[size]
+    cells = {"tiny": 256, "quick": 1024, "full": 1536}[size]  # Cellpose: ~0.05 MP/s
+    cellpose_2d = Case("dense touching nuclei, Cellpose (tiny model)", "cellpose", cells,
+                       tile=max(128, tile // 2), overlap=2 * CELL_DIAMETER)
     return [
         Case("sparse nuclei (real, mosaic)", "cc", scale, tile=tile),
         Case("dense touching nuclei", "watershed", scale, tile=max(128, tile // 2), overlap=40),
@@ -55,12 +95,19 @@ def cases(size: str) -> list[Case]:
         Case("3D nuclei", "cc", max(64, scale // 16), ndim=3, tile=max(32, tile // 8)),
         Case("real nuclei, StarDist (tiny model)", "stardist", max(512, scale // 2),
              tile=max(256, tile // 2), overlap=48),
+        # --tiny keeps one Cellpose case: every process importing cellpose spends ~5 s on it
+        *([] if size == "tiny" else [cellpose_2d]),
+        Case("dense touching nuclei, Cellpose 3-plane stack (tiny model)", "cellpose",
+             max(256, cells // 2), ndim=3, planes=3, tile=max(128, tile // 2),
+             overlap=2 * CELL_DIAMETER),
     ]
 
 
 def make_image(case: Case) -> np.ndarray:
     from blockbuster.synthetic import nuclei, touching_disks
 
+    if case.kind == "cellpose":
+        return touching_cells(case.shape)
     if case.name.startswith(("sparse", "real")):
         return real_nuclei_mosaic(case.side)
     if case.name.startswith("dense"):
@@ -68,6 +115,18 @@ def make_image(case: Case) -> np.ndarray:
     if case.name.startswith("large"):
         return nuclei((case.side, case.side), density=0.00004, radius=(60, 140), seed=2)
     return nuclei((case.side,) * 3, density=0.002, radius=(3, 6), seed=3)
+
+
+def touching_cells(shape: tuple[int, ...]) -> np.ndarray:
+    """A grid of touching disks of ``CELL_DIAMETER``, blurred and noisy like the images the tiny
+    Cellpose model was trained on; a stack repeats the cells with new noise in every plane."""
+    from blockbuster.synthetic import touching_disks
+    from scipy import ndimage
+
+    disks = touching_disks(shape[-2:], radius=CELL_DIAMETER // 2, spacing=CELL_DIAMETER, seed=4)
+    cells = ndimage.gaussian_filter(disks, 1.0) * 0.8 + 0.1
+    noise = np.random.default_rng(4).normal(0, 0.05, shape)
+    return (cells + noise).astype(np.float32)
 
 
 def real_nuclei_mosaic(side: int) -> np.ndarray:
@@ -98,8 +157,14 @@ def segmenter(case: Case, image: np.ndarray):
     if case.kind == "stardist":
         from blockbuster.plugins.stardist import stardist_fn
 
-        model = HERE.parent / "blockbuster-stardist" / "tests" / "data" / "tiny_2d"
-        return stardist_fn(str(model)).with_global_normalization(image)
+        return stardist_fn(str(STARDIST_MODEL)).with_global_normalization(image)
+    if case.kind == "cellpose":
+        from blockbuster.plugins.cellpose import cellpose_fn
+
+        # a stack: every plane in 2D, the cells linked across planes where IoU >= 0.5
+        fn = cellpose_fn(str(CELLPOSE_MODEL), diameter=CELL_DIAMETER,
+                         stitch_threshold=0.5 if case.planes else 0.0)
+        return fn.prepare(image)
     threshold = otsu_threshold(sample_blocks(image))
     return Threshold(threshold=threshold, connectivity=case.ndim)
 
@@ -109,47 +174,157 @@ def run_peer(case_json: str, peer: str, workdir: str) -> dict:
     case = Case(**json.loads(case_json))
     image = make_image(case)
     fn = segmenter(case, image)
-    out = Path(workdir) / f"{peer}.npy"
+    runner = RUNNERS[peer]
+    warm = ({"warm_up_s": warm_up(case, runner, image, fn, Path(workdir))}
+            if peer in WARM_PEERS else {})
+    labels, measured = runner(case, image, fn, Path(workdir))
+    np.save(Path(workdir) / f"{peer}.npy", labels)
+    return {"peak_rss_mb": peak_rss_mb(), **warm, **measured,
+            "megapixels_per_s": image.size / 1e6 / measured["wall_s"],
+            "objects": int(labels.max())}
+
+
+def warm_up(case: Case, runner, image: np.ndarray, fn, workdir: Path) -> float:
+    """Seconds of one untimed run on a corner of two tiles per axis: it imports what the peer
+    imports lazily, loads the model, starts thread pools."""
+    corner = tuple(slice(0, 2 * t) for t in case.tile_shape)
     t0 = time.perf_counter()
-    in_fn = None
-    if peer == "whole":
-        labels = fn(image)
-        in_fn = time.perf_counter() - t0
-    elif peer in ("blockbuster", "touch"):
-        from blockbuster import tile_process
+    runner(case, image[corner], fn, workdir)
+    return time.perf_counter() - t0
 
-        merge = "touch" if peer == "touch" or case.overlap == 0 else "overlap"
-        labels, stats = tile_process(image, fn, tile_shape=(case.tile,) * case.ndim,
-                                     overlap=case.overlap, merge=merge, executor="threads",
-                                     workers=2, compute=True, return_stats=True)
-        in_fn = stats.seconds_in_fn / 2
-    elif peer == "stardist":
-        if case.kind != "stardist":
-            return {"skipped": "predict_instances_big runs StarDist models only"}
-        x = fn.normalized(image, None)
-        t0 = time.perf_counter()
-        labels, _ = fn.model().predict_instances_big(
-            x, axes="YX", block_size=case.tile, min_overlap=case.overlap, show_progress=False)
-    elif peer == "dask-image":
-        if case.kind != "cc":
-            return {"skipped": "dask-image only labels connected components"}
-        import dask.array as da
-        from dask_image import ndmeasure
-        from scipy import ndimage
 
-        mask = da.from_array(image, chunks=(case.tile,) * case.ndim) > fn.threshold
-        structure = ndimage.generate_binary_structure(case.ndim, case.ndim)
-        labels, _ = ndmeasure.label(mask, structure=structure)
-        labels = labels.compute(scheduler="threads", num_workers=2)
-    else:
-        return {"skipped": f"peer {peer} does not apply to this case"}
+def run_whole(case: Case, image, fn, workdir: Path):
+    t0 = time.perf_counter()
+    labels = fn(image)
     wall = time.perf_counter() - t0
-    np.save(out, labels)
-    return {"wall_s": wall, "in_fn_s": in_fn, "peak_rss_mb": _rss_mb(),
-            "megapixels_per_s": image.size / 1e6 / wall, "objects": int(labels.max())}
+    return labels, {"wall_s": wall, "in_fn_s": wall}
 
 
-def _rss_mb() -> float:
+def run_blockbuster(case: Case, image, fn, workdir: Path, merge: str | None = None):
+    from blockbuster import tile_process
+
+    merge = merge or ("overlap" if case.overlap else "touch")
+    t0 = time.perf_counter()
+    labels, stats = tile_process(image, fn, tile_shape=case.tile_shape, overlap=case.halo,
+                                 merge=merge, executor="threads", workers=WORKERS,
+                                 compute=True, return_stats=True)
+    return labels, {"wall_s": time.perf_counter() - t0,
+                    "in_fn_s": stats.seconds_in_fn / WORKERS}
+
+
+def run_touch(case: Case, image, fn, workdir: Path):
+    return run_blockbuster(case, image, fn, workdir, merge="touch")
+
+
+def run_stardist(case: Case, image, fn, workdir: Path):
+    x = fn.normalized(image, None)
+    t0 = time.perf_counter()
+    labels, _ = fn.model().predict_instances_big(
+        x, axes="YX", block_size=case.tile, min_overlap=case.overlap, show_progress=False)
+    return labels, {"wall_s": time.perf_counter() - t0}
+
+
+def run_dask_image(case: Case, image, fn, workdir: Path):
+    import dask.array as da
+    from dask_image import ndmeasure
+    from scipy import ndimage
+
+    t0 = time.perf_counter()
+    mask = da.from_array(image, chunks=case.tile_shape) > fn.threshold
+    structure = ndimage.generate_binary_structure(case.ndim, case.ndim)
+    labels, _ = ndmeasure.label(mask, structure=structure)
+    labels = labels.compute(scheduler="threads", num_workers=WORKERS)
+    return labels, {"wall_s": time.perf_counter() - t0}
+
+
+def run_cellpose_distributed(case: Case, image, fn, workdir: Path):
+    """``distributed_eval`` in its own environment: image, job and results go through files."""
+    rundir = workdir / "cellpose-distributed"
+    rundir.mkdir()
+    np.save(rundir / "image.npy", image)
+    job = {"image": "image.npy", "labels": "labels.npy", "result": "result.json",
+           "blocksize": list(case.tile_shape), "weights": str(CELLPOSE_MODEL),
+           "eval_kwargs": distributed_eval_kwargs(case, fn)}
+    (rundir / "job.json").write_text(json.dumps(job))
+    done = subprocess.run([str(CELLPOSE_DISTRIBUTED_PYTHON),
+                           str(HERE / "cellpose_distributed_peer.py"), "job.json"],
+                          cwd=rundir, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cellpose_distributed_peer.py: {_last_line(done.stderr)}")
+    return np.load(rundir / "labels.npy"), json.loads((rundir / "result.json").read_text())
+
+
+def distributed_eval_kwargs(case: Case, fn) -> dict:
+    """``CellposeModel.eval`` options giving the same function as ``fn``: its diameter, its
+    image-wide intensity normalization and, for a stack, its stitching across planes."""
+    settings = fn.settings
+    # an int: distributed_eval slices blocks by 2 * diameter (a float fails in remove_overlaps)
+    kwargs = {"diameter": int(settings.diameter), "channels": [0, 0],
+              "normalize": {"lowhigh": list(settings.lowhigh)}}
+    if case.planes:
+        kwargs.update(z_axis=0, stitch_threshold=settings.stitch_threshold)
+    return kwargs
+
+
+#: Peers warmed up here; ``cellpose-distributed`` warms its own cluster up the same way.
+WARM_PEERS = ("whole", "blockbuster", "touch", "stardist", "dask-image")
+RUNNERS = {"whole": run_whole, "blockbuster": run_blockbuster, "touch": run_touch,
+           "stardist": run_stardist, "dask-image": run_dask_image,
+           "cellpose-distributed": run_cellpose_distributed}
+#: Peers beyond whole / blockbuster / touch that take part in cases of a kind.
+OWN_PEERS = {"cc": ["dask-image"], "stardist": ["stardist"],
+             "cellpose": ["cellpose-distributed"]}
+#: Verified with cellpose 3.1.1.3: every block is segmented, then stitching fails.
+DISTRIBUTED_2D = ("distributed_eval cannot stitch 2D images: block_face_adjacency_graph labels "
+                  "the block faces with a 3D structure ('structure and input must have equal "
+                  "rank'), see the 3-plane stack case")
+
+
+def peers_of(case: Case, size: str) -> list[str]:
+    """The peers of ``case``; ``--tiny`` leaves out touch on network-based cases (the same
+    harness path as on the other cases, and seconds of framework import per process)."""
+    touch = [] if size == "tiny" and case.kind in NETWORK_KINDS else ["touch"]
+    return ["whole", "blockbuster", *touch, *OWN_PEERS.get(case.kind, [])]
+
+
+def skip_reason(case: Case, peer: str, size: str) -> str | None:
+    """Why ``peer`` does not run on ``case`` (None: it runs)."""
+    if peer != "cellpose-distributed":
+        return None
+    if size == "tiny":
+        return "not run by --tiny (it needs its own environment and a dask cluster)"
+    if not case.planes:
+        return DISTRIBUTED_2D
+    return cellpose_distributed_unavailable()
+
+
+@functools.cache
+def cellpose_distributed_unavailable() -> str | None:
+    """Why the cellpose-distributed environment cannot run the peer (None: it can)."""
+    if not CELLPOSE_DISTRIBUTED_PYTHON.exists():
+        return f"no {CELLPOSE_DISTRIBUTED_PYTHON.parents[1].name} environment: run make bench-env"
+    done = subprocess.run([str(CELLPOSE_DISTRIBUTED_PYTHON), "-c",
+                           "import cellpose.contrib.distributed_segmentation"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"incomplete environment ({_last_line(done.stderr)}): run make bench-env"
+    return None
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text.strip() else "failed"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of the calling process in MB.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from the parent through fork
+    and exec, so every child would report at least the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+        return int(hwm.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -159,59 +334,173 @@ def in_child(case: Case, peer: str, workdir: str) -> dict:
             f"{workdir!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        return {"error": _last_line(done.stderr)}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fidelity(workdir: str, peer: str) -> dict:
+def fidelity(workdir: str, peer: str, exact: bool) -> dict:
+    """F1, false merges and splits against the whole-image labels; ``exact``: also whether the
+    labels are the same objects, pixel for pixel."""
     from blockbuster.metrics import match_objects
 
     reference = np.load(Path(workdir) / "whole.npy")
     result = np.load(Path(workdir) / f"{peer}.npy")
     score = match_objects(reference, result)
-    return {"f1": score.f1, "false_merges": score.false_merges,
-            "false_splits": score.false_splits}
+    found = {"f1": score.f1, "false_merges": score.false_merges,
+             "false_splits": score.false_splits}
+    if exact:
+        found["identical"] = same_objects(reference, result)
+    return found
 
 
-# -- the table ----------------------------------------------------------------------------------
-PEERS = ["whole", "blockbuster", "touch", "dask-image", "stardist"]
+def same_objects(reference: np.ndarray, result: np.ndarray) -> bool:
+    from blockbuster.testing import assert_same_labels
+
+    try:
+        assert_same_labels(reference, result)
+    except AssertionError:
+        return False
+    return True
 
 
-def run(size: str, out: Path) -> list[dict]:
+# -- the run --------------------------------------------------------------------------------------
+def run(size: str, out: Path) -> dict:
     rows = []
     for case in cases(size):
-        if case.kind == "stardist" and importlib.util.find_spec("stardist") is None:
+        if case.kind in NETWORK_KINDS and importlib.util.find_spec(case.kind) is None:
             continue
-        with tempfile.TemporaryDirectory() as workdir:
-            for peer in PEERS:
-                row = {"case": case.name, "peer": peer, **in_child(case, peer, workdir)}
-                if "wall_s" in row and peer != "whole":
-                    row.update(fidelity(workdir, peer))
-                if row.get("in_fn_s") is not None:
-                    row["outside_fn_share"] = 1 - row["in_fn_s"] / row["wall_s"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        rows.extend(run_case(case, size))
+    report = {"rows": rows, "targets": targets(rows)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(json.dumps(rows, indent=1))
-    (out / "peers.md").write_text(markdown(rows))
-    print(markdown(rows))
+    (out / "peers.json").write_text(json.dumps(report, indent=1))
+    (out / "peers.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+def run_case(case: Case, size: str) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for peer in peers_of(case, size):
+            row = {"case": case.name, "kind": case.kind, "peer": peer}
+            reason = skip_reason(case, peer, size)
+            row.update({"skipped": reason} if reason else in_child(case, peer, workdir))
+            if "wall_s" in row and peer != "whole":
+                row.update(fidelity(workdir, peer, exact=case.kind == "cc"))
+            if row.get("in_fn_s") is not None:
+                row["outside_fn_share"] = 1 - row["in_fn_s"] / row["wall_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+# -- targets ----------------------------------------------------------------------------------
+def targets(rows: list[dict]) -> list[dict]:
+    """Each target of the benchmark with its measured value and status, case by case."""
+    at = {(r["case"], r["peer"]): r for r in rows}
+    found = []
+    for case, kind in dict.fromkeys((r["case"], r["kind"]) for r in rows):
+        blockbuster = at.get((case, "blockbuster"))
+        if kind == "cc":
+            dask_image = at.get((case, "dask-image"))
+            found += [identical_target(case, blockbuster, dask_image),
+                      speed_target(case, blockbuster, dask_image)]
+            continue
+        found.append(f1_target(case, blockbuster))
+        if kind in NETWORK_KINDS:
+            found.append(outside_fn_target(case, blockbuster))
+        if kind == "cellpose":
+            found.append(merges_target(case, blockbuster, at.get((case, "cellpose-distributed"))))
+    return found
+
+
+def target(text: str, measured: str, met: bool | None) -> dict:
+    status = "not measured" if met is None else "met" if met else "missed"
+    return {"target": text, "measured": measured, "status": status}
+
+
+def _measured(row: dict | None) -> bool:
+    return row is not None and "wall_s" in row
+
+
+def _unmeasured(text: str, *rows: dict | None) -> dict:
+    why = next((f"{r['peer']}: {r.get('skipped') or r.get('error')}" for r in rows
+                if r is not None and not _measured(r)), "no result")
+    return target(text, why, None)
+
+
+def identical_target(case: str, blockbuster: dict | None, dask_image: dict | None) -> dict:
+    text = f"{case}: blockbuster's objects identical to whole-image and dask-image"
+    if not (_measured(blockbuster) and _measured(dask_image)):
+        return _unmeasured(text, blockbuster, dask_image)
+    same = blockbuster["identical"] and dask_image["identical"]
+    measured = (f"blockbuster vs whole: {_yes(blockbuster['identical'])}, "
+                f"dask-image vs whole: {_yes(dask_image['identical'])}")
+    return target(text, measured, same)
+
+
+def speed_target(case: str, blockbuster: dict | None, dask_image: dict | None) -> dict:
+    text = f"{case}: blockbuster faster than dask-image on {WORKERS} workers"
+    if not (_measured(blockbuster) and _measured(dask_image)):
+        return _unmeasured(text, blockbuster, dask_image)
+    speedup = dask_image["wall_s"] / blockbuster["wall_s"]
+    ratio = f"x{speedup:.2f} faster" if speedup >= 1 else f"x{1 / speedup:.2f} slower"
+    measured = f"{ratio} ({blockbuster['wall_s']:.2f} s vs {dask_image['wall_s']:.2f} s)"
+    return target(text, measured, speedup > 1)
+
+
+def f1_target(case: str, blockbuster: dict | None) -> dict:
+    text = f"{case}: blockbuster F1 >= {F1_TARGET} vs whole-image"
+    if not _measured(blockbuster):
+        return _unmeasured(text, blockbuster)
+    return target(text, f"{blockbuster['f1']:.4f}", blockbuster["f1"] >= F1_TARGET)
+
+
+def outside_fn_target(case: str, blockbuster: dict | None) -> dict:
+    text = f"{case}: blockbuster's time outside fn <= {OUTSIDE_FN_TARGET:.0%} of its wall time"
+    if not _measured(blockbuster):
+        return _unmeasured(text, blockbuster)
+    share = blockbuster["outside_fn_share"]
+    return target(text, f"{share:.1%}", share <= OUTSIDE_FN_TARGET)
+
+
+def merges_target(case: str, blockbuster: dict | None, distributed: dict | None) -> dict:
+    text = f"{case}: blockbuster's false merges none, or fewer than cellpose-distributed's"
+    if not (_measured(blockbuster) and _measured(distributed)):
+        return _unmeasured(text, blockbuster, distributed)
+    ours, theirs = blockbuster["false_merges"], distributed["false_merges"]
+    return target(text, f"{ours} vs {theirs}", ours == 0 or ours < theirs)
+
+
+def _yes(flag: bool) -> str:
+    return "identical" if flag else "different"
+
+
+# -- the report -----------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    return table(report["rows"]) + "\n" + targets_markdown(report["targets"])
+
+
+def table(rows: list[dict]) -> str:
     head = ("| case | peer | wall s | MP/s | outside fn | peak RSS MB | objects | F1 | "
             "false merges | false splits |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if "wall_s" not in r:
-            lines.append(f"| {r['case']} | {r['peer']} | {r.get('skipped') or r.get('error')} "
-                         "| | | | | | | |")
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error']}"
+            lines.append(f"| {r['case']} | {r['peer']} | {why} | | | | | | | |")
             continue
         share = f"{r['outside_fn_share']:.0%}" if "outside_fn_share" in r else ""
         lines.append(
             f"| {r['case']} | {r['peer']} | {r['wall_s']:.2f} | {r['megapixels_per_s']:.1f} | "
             f"{share} | {r['peak_rss_mb']:.0f} | {r['objects']} | {r.get('f1', 1.0):.4f} | "
             f"{r.get('false_merges', 0)} | {r.get('false_splits', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets_markdown(found: list[dict]) -> str:
+    lines = ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['status']} |" for t in found]
     return "\n".join(lines) + "\n"
 
 
