@@ -47,3 +47,22 @@ def test_a_failed_write_is_raised_when_the_block_ends():
         with Background() as io:
             io.write(broken_write)
     assert threading.active_count() < 50  # the I/O thread was shut down, not leaked
+
+
+def test_writes_wait_for_the_disk_rather_than_queue_a_whole_run():
+    queued = []
+    lock = threading.Lock()
+
+    def slow_write(value):
+        time.sleep(0.02)
+        with lock:
+            queued.remove(value)
+
+    most = 0
+    with Background() as io:
+        for value in range(10):
+            with lock:
+                queued.append(value)
+                most = max(most, len(queued))
+            io.write(slow_write, value)
+    assert not queued and most <= 3  # the one being written, MAX_PENDING_WRITES queued

@@ -6,8 +6,10 @@ Decompression, compression and file I/O release the GIL, so even a single worker
 second core busy with its I/O — and a GPU model is not left waiting for the disk.
 
 The task leaves its ``with Background()`` block only once every write has finished, so when
-a task reports a tile done, the tile is on disk (resume's done-markers stay truthful). A
-worker holds at most two tiles' input at once: the one in hand and the one read ahead.
+a task reports a tile done, the tile is on disk (resume's done-markers stay truthful). Memory
+stays bounded: a worker holds at most two tiles' input (the one in hand and the one read
+ahead) and ``MAX_PENDING_WRITES`` tiles waiting to be written — a task whose compute outpaces
+the disk waits for it rather than queueing every tile of its run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+MAX_PENDING_WRITES = 2
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -27,7 +31,7 @@ class Background:
 
     def __enter__(self) -> Background:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockbuster-io")
-        self._writes: list[Future] = []
+        self._writes: deque[Future] = deque()
         return self
 
     def read_ahead(self, items: Iterable[T], read: Callable[[T], R]) -> Iterator[R]:
@@ -42,7 +46,12 @@ class Background:
             yield current.result()
 
     def write(self, write: Callable[..., Any], *args: Any) -> None:
-        """Run ``write(*args)`` in the background; its error is raised when the block ends."""
+        """Run ``write(*args)`` in the background, first waiting while too many are queued.
+
+        A failed write raises here (when waited for) or when the block ends.
+        """
+        while len(self._writes) >= MAX_PENDING_WRITES:
+            self._writes.popleft().result()
         self._writes.append(self._thread.submit(write, *args))
 
     def __exit__(self, kind, error, trace) -> None:
