@@ -82,7 +82,7 @@ def plain_read_write(image: str, empty_chunk_check: bool = True) -> dict:
     """
     import zarr
 
-    from blockbuster.staging import label_compressors
+    from blockbuster.writers import label_compressors
 
     source = zarr.open_array(image, mode="r")
     with tempfile.TemporaryDirectory() as tmp:

@@ -313,9 +313,11 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
 def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> list:
     bar.stage("relabel")
     t0 = time.perf_counter()
-    tables = [(i, relabeling.table(i), relabeling.dtype) for i in range(len(job.grid))]
+    dtype = relabeling.dtype
+    runs = _runs(list(range(len(job.grid))), job)
+    tables = ([(i, relabeling.table(i), dtype) for i in run] for run in runs)  # made as sent
     partials = []
-    for done in pool.map_unordered(relabel_task, _runs(tables, job)):
+    for done in pool.map_unordered(relabel_task, tables):
         partials.extend(statistics for statistics in done if statistics is not None)
         bar.advance(len(done))
     stats.stage_seconds["relabel"] = time.perf_counter() - t0

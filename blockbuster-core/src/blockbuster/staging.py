@@ -154,17 +154,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def label_compressors():
-    """A fast compressor for label images (long runs of equal values).
-
-    lz4 without byte shuffling: on 1024² uint32 labels it wrote in 8.2 ms and read in 2.0 ms
-    (0.25 MB) against 10.6 / 3.5 ms (0.37 MB) with shuffling.
-    """
-    from zarr.codecs import BloscCodec
-
-    return (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
-
-
 def _differences(previous: str, current: str) -> list[str]:
     try:
         old, new = json.loads(previous), json.loads(current)

@@ -30,7 +30,7 @@ import numpy as np
 
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
 from blockbuster.formats._selection import ChannelSelectingReader, channel_index
-from blockbuster.writers import open_for_tile_writes
+from blockbuster.writers import label_compressors, open_for_tile_writes
 
 ATTRS_KEY = "blockbuster"
 DEFAULT_AXES = ("t", "c", "z", "y", "x")
@@ -587,8 +587,6 @@ def _set_ome_attrs(node, zarr_format: int, version: str, values: dict) -> None:
 
 
 def _compressor_kwargs(zarr_format: int) -> dict:
-    from blockbuster.staging import label_compressors
-
     if zarr_format == 3:
         return {"compressors": label_compressors()}
     from numcodecs import Blosc
