@@ -61,7 +61,7 @@ def run_case(image: str, workers: int, executor: str) -> dict:
     """Run in this process (called in a child): one tile_process, its stats and peak RSS."""
     warm_imports()
     from blockbuster import tile_process
-    from blockbuster.segmenters import Threshold
+    from blockbuster.builtin.segmenters import Threshold
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def plain_read_write(image: str, empty_chunk_check: bool = True) -> dict:
     """
     import zarr
 
-    from blockbuster.writers import label_compressors
+    from blockbuster.builtin.zarr_writer import label_compressors
 
     source = zarr.open_array(image, mode="r")
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ def many_tiles(side: int, tile: int, executor: str, workers: int) -> dict:
     import numpy as np
 
     from blockbuster import tile_process
-    from blockbuster.segmenters import Threshold
+    from blockbuster.builtin.segmenters import Threshold
     from blockbuster.synthetic import nuclei
 
     image = nuclei((side, side), density=0.003, seed=3)

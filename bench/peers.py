@@ -150,7 +150,7 @@ def real_nuclei_mosaic(side: int) -> np.ndarray:
 
 def segmenter(case: Case, image: np.ndarray):
     from blockbuster.sampling import otsu_threshold, sample_blocks
-    from blockbuster.segmenters import Threshold, Watershed
+    from blockbuster.builtin.segmenters import Threshold, Watershed
 
     if case.kind == "watershed":
         return Watershed(threshold=0.5, min_distance=5, diameter=20)

@@ -47,7 +47,7 @@ def job(tmp_path):
 
 def test_run_writes_labels_equal_to_the_python_api(job, capsys):
     from blockbuster import tile_process
-    from blockbuster.segmenters import Threshold
+    from blockbuster.builtin.segmenters import Threshold
 
     assert main(["run", str(job), "--progress"]) == 0
     labels = zarr.open_array(str(job.parent / "labels.zarr"))[:]

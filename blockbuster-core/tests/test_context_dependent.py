@@ -5,7 +5,7 @@ import pytest
 
 from blockbuster import tile_process
 from blockbuster.metrics import match_objects
-from blockbuster.segmenters import Watershed
+from blockbuster.builtin.segmenters import Watershed
 
 from blockbuster.synthetic import touching_disks
 

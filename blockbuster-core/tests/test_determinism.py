@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from blockbuster import tile_process
-from blockbuster.segmenters import Watershed
+from blockbuster.builtin.segmenters import Watershed
 from blockbuster.synthetic import touching_disks
 
 

@@ -8,7 +8,8 @@ import pytest
 import zarr
 from blockbuster import tile_process
 from blockbuster.cli import main
-from blockbuster.formats.ome_zarr import OmeZarrReader, write_image
+from blockbuster.builtin.ome_zarr import OmeZarrReader
+from blockbuster.synthetic import write_image
 from blockbuster.testing import assert_same_labels
 from scipy import ndimage
 

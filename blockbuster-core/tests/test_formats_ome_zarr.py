@@ -9,13 +9,10 @@ import pytest
 import zarr
 from blockbuster import tile_process
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
-from blockbuster.formats.ome_zarr import (
-    OmeZarrLabelsWriter,
-    OmeZarrReader,
-    downsample_block,
-    write_image,
-)
+from blockbuster.builtin.ome_zarr import OmeZarrLabelsWriter, OmeZarrReader, downsample_block
+from blockbuster.image import ImageView
 from blockbuster.registry import Registry
+from blockbuster.synthetic import write_image
 from blockbuster.testing import assert_same_labels
 from scipy import ndimage
 
@@ -250,10 +247,10 @@ def test_new_ome_zarr_without_image_and_reader_metadata(tmp_path):
     assert [a.shape for a in node.data] == [(40, 50), (20, 25), (10, 13)]
     level0, level1 = (np.asarray(a) for a in node.data[:2])
     np.testing.assert_array_equal(level1, downsample_block(level0, (2, 2), "mode"))
-    # set_source: the core may hand the writer the reader's metadata
+    # set_source: the core hands the writer the run's image view
     path, _ = make(tmp_path, "3d+c", "0.4")
     writer = OmeZarrLabelsWriter(tmp_path / "other.ome.zarr", name="cells", zarr_format=2)
-    writer.set_source(OmeZarrReader(path), channel_axis=0)
+    writer.set_source(ImageView.open(OmeZarrReader(path), channel_axis=0))
     writer.create((6, 40, 50), (2, 16, 16), np.uint32, "fp")
     writer.write((slice(0, 2), slice(0, 16), slice(0, 16)), np.ones((2, 16, 16), np.uint32))
     writer.finish(n_objects=1)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 from blockbuster.errors import InvalidParameterError
-from blockbuster.table import combine, read_table, reader_metadata, tile_statistics, write_table
+from blockbuster.image import ImageView
+from blockbuster.readers import BaseReader
+from blockbuster.table import combine, read_table, tile_statistics, write_table
 from blockbuster.tiling import TileGrid
 from scipy import ndimage
 from skimage.measure import regionprops_table
@@ -98,15 +100,24 @@ def test_write_and_read(tmp_path, suffix):
         write_table(table, tmp_path / "objects.xlsx")
 
 
-def test_reader_metadata_drops_the_channel_axis():
-    class Reader:
+def test_image_view_gives_the_table_the_spatial_axes_of_the_reader_metadata():
+    class Reader(BaseReader):
         shape = (2, 5, 6, 7)
+        dtype = np.dtype(np.uint8)
         axes = ("c", "z", "y", "x")
-        scale = (1.0, 2.0, 0.5, 0.5)
-        units = (None, "micrometer", "micrometer", "micrometer")
 
-    meta = reader_metadata(Reader(), channel_axis=0)
+        def metadata(self):
+            return {"scale": (1.0, 2.0, 0.5, 0.5),
+                    "units": (None, "micrometer", "micrometer", "micrometer")}
+
+    meta = ImageView.open(Reader()).table_metadata()  # the "c" axis is the channel axis
     assert meta["axes"] == ("z", "y", "x") and meta["scale"] == (2.0, 0.5, 0.5)
+    assert meta["units"] == ("micrometer",) * 3
     assert meta["translation"] is None and meta["ndim"] == 3
-    plain = reader_metadata(type("R", (), {"shape": (3, 4), "axes": None})())
-    assert plain["scale"] is None and plain["axes"] is None
+
+    class Plain(BaseReader):
+        shape = (3, 4)
+        dtype = np.dtype(np.uint8)
+
+    plain = ImageView.open(Plain()).table_metadata()
+    assert plain["scale"] is None and plain["axes"] is None and plain["ndim"] == 2

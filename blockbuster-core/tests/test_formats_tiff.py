@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from blockbuster import tile_process
 from blockbuster.errors import ImageReadError, InvalidParameterError
-from blockbuster.formats.tiff import TiffReader, is_tiff_path
+from blockbuster.builtin.tiff import TiffReader, is_tiff_path
 from blockbuster.registry import Registry
 from blockbuster.testing import assert_same_labels
 from scipy import ndimage

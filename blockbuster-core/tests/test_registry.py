@@ -102,7 +102,7 @@ def test_names_and_callables_are_interchangeable():
     by_name = tile_process(image, "threshold", segmenter_options={"threshold": 0.5},
                            tile_shape=(16, 16), compute=True)
     by_keyword = tile_process(image, segmenter="threshold", tile_shape=(16, 16), compute=True)
-    from blockbuster.segmenters import Threshold
+    from blockbuster.builtin.segmenters import Threshold
 
     by_callable = tile_process(image, Threshold(threshold=0.5), tile_shape=(16, 16), compute=True)
     assert by_name.max() == by_keyword.max() == by_callable.max() == 1
@@ -117,7 +117,7 @@ def test_pick_reader_hook_lets_a_plugin_claim_a_path(tmp_path):
     class NpyPlugin:
         @hookimpl
         def register_readers(self, register):
-            from blockbuster.readers import ArrayReader
+            from blockbuster.builtin.arrays import ArrayReader
 
             register("npy", lambda source: ArrayReader(np.load(source, mmap_mode="r")))
 
@@ -152,7 +152,7 @@ def test_segmenter_needs_hook_sets_the_default_overlap():
 
 
 def test_a_plugin_executor_is_used_by_name():
-    from blockbuster.executors import SerialExecutor
+    from blockbuster.builtin.executors import SerialExecutor
 
     started = []
 
@@ -192,7 +192,7 @@ def test_discovery_imports_no_heavy_library():
 def test_a_plugin_writer_is_used_by_name(tmp_path):
     import zarr
 
-    from blockbuster.writers import ZarrWriter
+    from blockbuster.builtin.zarr_writer import ZarrWriter
 
     class ZarrV2Plugin:
         @hookimpl

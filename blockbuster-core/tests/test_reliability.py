@@ -13,7 +13,7 @@ import zarr
 
 from blockbuster import tile_process
 from blockbuster.errors import StageMismatchError, TileFunctionError, TilesFailedError
-from blockbuster.segmenters import Threshold, Watershed
+from blockbuster.builtin.segmenters import Threshold, Watershed
 from blockbuster.synthetic import touching_disks
 
 IMAGE = touching_disks((192, 160), seed=5)
@@ -118,7 +118,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import blockbuster.pipeline as pipeline
     from blockbuster import tile_process
-    from blockbuster.segmenters import Watershed
+    from blockbuster.builtin.segmenters import Watershed
     from blockbuster.synthetic import touching_disks
 
     stage, after = sys.argv[1], int(sys.argv[2])
@@ -179,7 +179,7 @@ def test_a_dead_worker_process_is_explained(tmp_path):
     script.write_text(textwrap.dedent("""
         import numpy as np
         from blockbuster import tile_process
-        from blockbuster.segmenters import Threshold
+        from blockbuster.builtin.segmenters import Threshold
         tile_process(np.eye(64, dtype=np.float32), Threshold(threshold=0.5), tile_shape=(32, 32),
                      executor="processes", workers=2, compute=True)
     """))

@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from blockbuster import current_worker, tile_process
-from blockbuster.segmenters import Watershed
+from blockbuster.builtin.segmenters import Watershed
 from blockbuster.synthetic import touching_disks
 
 IMAGE = touching_disks((256, 256), seed=11)
@@ -56,7 +56,7 @@ def test_dask_local_cluster_matches_serial_byte_for_byte(tmp_path):
     logs.mkdir()
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        from blockbuster.dask_executor import DaskExecutor
+        from blockbuster.builtin.dask import DaskExecutor
 
         out = tmp_path / "dask.zarr"
         lazy = tile_process(IMAGE, LazyModel(logs), tile_shape=(64, 64), overlap=40,
@@ -110,7 +110,7 @@ def test_gpu_choice_per_worker_is_index_mod_devices(monkeypatch):
 def test_jobqueue_cluster_is_built_from_config_options(monkeypatch):
     import dask_jobqueue
 
-    from blockbuster.dask_executor import DaskExecutor
+    from blockbuster.builtin.dask import DaskExecutor
 
     made = {}
 

@@ -11,8 +11,7 @@ __path__ = extend_path(__path__, __name__)
 from blockbuster._version import __version__  # noqa: E402
 from blockbuster.errors import BlockbusterError  # noqa: E402
 from blockbuster.hookspecs import hookimpl  # noqa: E402
-from blockbuster.merge import merge_tile_labels  # noqa: E402
-from blockbuster.pipeline import tile_process  # noqa: E402
+from blockbuster.pipeline import merge_tile_labels, tile_process  # noqa: E402
 from blockbuster.segmenter import Needs  # noqa: E402
 from blockbuster.worker import WorkerInfo, current_worker  # noqa: E402
 

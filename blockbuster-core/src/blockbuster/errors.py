@@ -74,5 +74,9 @@ class BackendOptionError(PluginError, TypeError):
     """A backend was given an option it does not accept."""
 
 
+class PluginContractError(PluginError, TypeError):
+    """A backend made an object that lacks a member its kind's contract requires."""
+
+
 class ConfigError(BlockbusterError, ValueError):
     """A configuration file is invalid; the message names the file, section and key."""

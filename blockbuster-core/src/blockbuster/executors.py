@@ -1,31 +1,19 @@
-"""Executors: where tile tasks run. Serial, threads and processes are built in.
+"""The executor contract: where tile tasks run.
 
-An executor starts a *pool* for one run with a *context* (the reader, ``fn`` and the stage),
-which reaches each worker **once** — for processes it is serialised with cloudpickle (as dask
-and loky do), so lambdas and closures work, and a model held by ``fn`` is loaded once per
-worker rather than once per task. Tasks are module-level functions ``task(context, item)``.
-
-The default is ``threads``: it runs every callable, including one that closes over a model
-already loaded in this process, and the heavy libraries (numpy, scipy, torch, TensorFlow,
-zarr's codecs) release the GIL while they work. Choose ``processes`` for pure-Python functions
-that hold the GIL.
+An executor starts a *pool* for one run with a *context* (the run's
+:class:`~blockbuster.tasks.Job`: image view, segmenter, stage, writer), which reaches each
+worker **once**; tasks are module-level functions ``task(context, item)`` from
+:mod:`blockbuster.tasks`. Serial, threads and processes are built in
+(:mod:`blockbuster.builtin.executors`); more arrive through ``register_executors``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import itertools
-import multiprocessing
 import os
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
-
-from blockbuster.errors import NotPicklableError, WorkerCrashedError
-from blockbuster.worker import WorkerInfo, set_process_worker, set_thread_worker
 
 Task = Callable[[Any, Any], Any]
 
@@ -47,7 +35,11 @@ class Pool(ABC):
 
 
 class Executor(ABC):
-    """A way of running tile tasks. Subclass it (and register it) to add another."""
+    """A way of running tile tasks. Subclass it (and register it) to add another.
+
+    A worker learns its position through :func:`blockbuster.current_worker`: executors record
+    it with :func:`blockbuster.worker.set_thread_worker` or ``set_process_worker``.
+    """
 
     name: str = ""
 
@@ -61,135 +53,3 @@ class Executor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workers={self.workers})"
-
-
-# -- serial ---------------------------------------------------------------------------------
-class _SerialPool(Pool):
-    def __init__(self, context):
-        self.context = context
-
-    def map_unordered(self, task, items):
-        for item in items:
-            yield task(self.context, item)
-
-
-class SerialExecutor(Executor):
-    """Runs every task in the calling thread, in order. For debugging and tiny images."""
-
-    name = "serial"
-
-    def __init__(self, workers: int | None = None):
-        super().__init__(1)
-
-    @contextmanager
-    def start(self, context):
-        set_thread_worker(WorkerInfo(0, 1))
-        yield _SerialPool(context)
-
-
-# -- futures-based pools ----------------------------------------------------------------------
-class _FuturesPool(Pool):
-    def __init__(self, executor: cf.Executor, workers: int, call: Callable):
-        self.executor = executor
-        self.window = 4 * workers  # bounded submission keeps memory flat
-        self.call = call
-
-    def map_unordered(self, task, items):
-        items = iter(items)
-        pending = {self.executor.submit(self.call, task, item) for item in itertools.islice(items, self.window)}
-        try:
-            while pending:
-                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-                for item in itertools.islice(items, len(done)):
-                    pending.add(self.executor.submit(self.call, task, item))
-        except BrokenProcessPool as error:
-            raise WorkerCrashedError(
-                "a worker process died: killed for lack of memory (use smaller tiles or fewer "
-                "workers), crashed in native code, or the calling script lacks the "
-                "`if __name__ == \"__main__\":` guard the processes executor needs. Finished "
-                "tiles are staged: rerun the same call to resume, or use executor='threads'."
-            ) from error
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-class ThreadExecutor(Executor):
-    """Runs tasks on a pool of threads sharing this process's memory (the default)."""
-
-    name = "threads"
-
-    @contextmanager
-    def start(self, context):
-        counter = itertools.count()
-        lock = threading.Lock()
-
-        def name_thread():
-            with lock:
-                set_thread_worker(WorkerInfo(next(counter), self.workers))
-
-        with cf.ThreadPoolExecutor(self.workers, initializer=name_thread) as pool:
-            yield _FuturesPool(pool, self.workers, lambda task, item: task(context, item))
-
-
-class ProcessExecutor(Executor):
-    """Runs tasks in worker processes; ``fn`` and the reader are sent once per worker.
-
-    Worker processes are started with ``start_method`` (``"forkserver"`` by default: safe with
-    threaded libraries such as torch, and fast after the first run). Scripts that use it need
-    the usual ``if __name__ == "__main__":`` guard.
-    """
-
-    name = "processes"
-
-    def __init__(self, workers: int | None = None, start_method: str = "forkserver"):
-        super().__init__(workers)
-        self.start_method = start_method
-
-    @contextmanager
-    def start(self, context):
-        payload = serialize(context)
-        mp = multiprocessing.get_context(self.start_method)
-        counter = mp.Value("i", 0)
-        with cf.ProcessPoolExecutor(
-            self.workers, mp_context=mp, initializer=_init_process,
-            initargs=(payload, counter, self.workers),
-        ) as pool:
-            yield _FuturesPool(pool, self.workers, _call_in_process)
-
-
-def serialize(context: Any) -> bytes:
-    """cloudpickle ``context``, or explain why it cannot go to another process."""
-    import cloudpickle
-
-    try:
-        return cloudpickle.dumps(context)
-    except Exception as error:
-        raise NotPicklableError(
-            f"fn cannot be sent to worker processes ({type(error).__name__}: {error}). Use "
-            "executor='threads', or define fn at module level and create any model inside it "
-            "lazily (once per worker) instead of capturing an open handle."
-        ) from error
-
-
-_CONTEXT: Any = None
-
-
-def _init_process(payload: bytes, counter, workers: int) -> None:
-    import cloudpickle
-
-    global _CONTEXT
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    set_process_worker(WorkerInfo(index, workers))
-    _CONTEXT = cloudpickle.loads(payload)
-
-
-def _call_in_process(task: Task, item: Any) -> Any:
-    return task(_CONTEXT, item)
-
-
-BUILTIN_EXECUTORS = {e.name: e for e in (SerialExecutor, ThreadExecutor, ProcessExecutor)}

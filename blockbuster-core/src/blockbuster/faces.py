@@ -18,10 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from blockbuster.errors import TooManyLabelsError
+from blockbuster.ids import LOCAL_DTYPE, MAX_LOCAL_LABELS
 from blockbuster.tiling import Tile, TileGrid
-
-LOCAL_DTYPE = np.uint32
-MAX_LOCAL_LABELS = np.iinfo(LOCAL_DTYPE).max
 
 
 @dataclass(frozen=True)

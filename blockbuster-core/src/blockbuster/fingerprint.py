@@ -12,15 +12,17 @@ from blockbuster._version import __version__
 from blockbuster.tiling import TileGrid
 
 
-def job_fingerprint(source, fn, grid: TileGrid, merge: str, channel_axis, connectivity) -> str:
+def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity) -> str:
+    """The job's identity: the input (:class:`~blockbuster.image.ImageView`), the segmenter
+    (:class:`~blockbuster.segmenter.Segmenter`), the tiling and the merge."""
     job = {
         "connectivity": connectivity,
-        "input": source.identity(),
-        "fn": describe_function(fn),
+        "input": image.identity(),
+        "fn": segmenter.describe(),
         "tile_shape": grid.tile_shape,
         "overlap": grid.overlap,
         "merge": merge,
-        "channel_axis": channel_axis,
+        "channel_axis": image.channel_axis,
         "blockbuster": __version__,
     }
     return json.dumps(job, sort_keys=True)

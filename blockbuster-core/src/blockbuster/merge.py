@@ -1,6 +1,6 @@
 """Merging: which provisional labels on either side of a tile face are one object.
 
-Provisional IDs are ``(tile index << 32) | local label``: unique without coordination.
+Labels are compared as provisional IDs (:mod:`blockbuster.ids`): unique without coordination.
 For every pair of pixels ``p`` (in tile A's core) and ``q`` (in a later tile C's core) that are
 neighbours across a face — face, edge and corner neighbours all count — with labels ``a`` and
 ``b``:
@@ -33,16 +33,12 @@ from collections.abc import Callable
 import numpy as np
 
 from blockbuster.faces import Face, face_key, inner_box
+from blockbuster.ids import encode
 from blockbuster.staging import TileRecord
 from blockbuster.tiling import Tile, TileGrid
 
 MERGE_MODES = ("touch", "overlap")
-TILE_SHIFT = np.uint64(32)
 CONTEST_RATIO = 4
-
-
-def provisional(tile_index: int, local: np.ndarray) -> np.ndarray:
-    return (np.uint64(tile_index) << TILE_SHIFT) | local.astype(np.uint64)
 
 
 def tile_edges(
@@ -134,8 +130,8 @@ def _face_pairs(
             clean = ~both | (~dirty_p.take(p_box) & ~dirty_q.take(q_box))
         if keep.any():
             pairs.append(np.stack([
-                provisional(tile.index, a[keep]),
-                provisional(other.index, b[keep]),
+                encode(tile.index, a[keep]),
+                encode(other.index, b[keep]),
                 clean[keep].astype(np.uint64),
             ], axis=1))
     return pairs
@@ -268,22 +264,3 @@ def connected_groups(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, component = connected_components(graph, directed=False)
     _, first = np.unique(component, return_index=True)  # nodes are sorted: first = smallest
     return nodes, nodes[first][component]
-
-
-def merge_tile_labels(labels, *, tile_shape=None, **options):
-    """Merge per-tile labels that were made independently into one consistent label array.
-
-    ``labels`` holds, in each tile (by default each chunk), labels that are unique within that
-    tile; touching labels across tile faces become one object (``merge="touch"``), IDs are
-    renumbered ``1..N`` deterministically. Accepts a zarr path, zarr, dask or numpy array and
-    every option of :func:`blockbuster.tile_process` except ``fn``, ``overlap`` and ``merge``.
-    """
-    from blockbuster.pipeline import tile_process
-
-    return tile_process(
-        labels, _tile_labels_as_given, tile_shape=tile_shape, overlap=0, merge="touch", **options
-    )
-
-
-def _tile_labels_as_given(tile: np.ndarray) -> np.ndarray:
-    return tile

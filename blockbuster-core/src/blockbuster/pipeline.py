@@ -1,4 +1,4 @@
-"""``tile_process``: the tile → segment → merge → relabel pipeline.
+"""``tile_process``: the tile → segment → merge → relabel pipeline (the parent's side).
 
 1. **segment** — each tile is read once (core + halo), segmented once, and its core labels
    (renumbered ``1..n``) are written once to its own staging file, with its face layers
@@ -8,9 +8,11 @@
 3. **relabel** — the pairs become a small per-tile lookup table; each tile is rewritten into
    the output with consecutive IDs ``1..N`` (:mod:`blockbuster.relabel`).
 
-Tasks take short runs of neighbouring tiles and overlap their reads and writes with ``fn``
-(:mod:`blockbuster.background`). Peak memory: workers × (two padded tiles + their labels) +
-O(tiles + objects crossing faces).
+The parent plans the run once — the :class:`~blockbuster.image.ImageView`, the
+:class:`~blockbuster.segmenter.Segmenter`, the tile grid (:mod:`blockbuster.planning`), the
+writer — and sends them to the workers as one :class:`~blockbuster.tasks.Job`; the tasks
+themselves live in :mod:`blockbuster.tasks`. Peak memory: workers × (two padded tiles + their
+labels) + O(tiles + objects crossing faces).
 """
 
 from __future__ import annotations
@@ -22,19 +24,17 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from blockbuster._version import __version__
-from blockbuster.background import Background
-from blockbuster.errors import InvalidParameterError, TileFunctionError, TilesFailedError
+from blockbuster.errors import InvalidParameterError, TilesFailedError
 from blockbuster.executors import Executor
-from blockbuster.faces import inner_faces, local_labels, outer_faces
 from blockbuster.fingerprint import job_fingerprint
-from blockbuster.merge import no_edges, resolve_pairs, tile_edges
+from blockbuster.image import ImageView
+from blockbuster.merge import no_edges, resolve_pairs
 from blockbuster.planning import (
     check_retries,
     one_segmenter,
@@ -43,12 +43,11 @@ from blockbuster.planning import (
     resolve_table_path,
 )
 from blockbuster.progress import Progress
-from blockbuster.readers import Reader
-from blockbuster.relabel import Relabeling, TileTable
-from blockbuster.segmenter import as_labels, batch_size_of, prepare, run_on_tiles
-from blockbuster.staging import Stage, TileRecord
-from blockbuster.table import combine, reader_metadata, tile_statistics, write_table
-from blockbuster.tiling import TileGrid
+from blockbuster.relabel import Relabeling
+from blockbuster.segmenter import Segmenter
+from blockbuster.staging import Stage
+from blockbuster.table import combine, write_table
+from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
 
 
 @dataclass
@@ -63,41 +62,6 @@ class RunStats:
     seconds_in_fn: float = 0.0
     worker_peak_rss_mb: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Job:
-    """Everything a worker needs; sent to each worker once per run."""
-
-    reader: Reader
-    fn: Callable
-    grid: TileGrid
-    channel_axis: int | None
-    merge: str
-    connectivity: int | None
-    stage: Stage
-    writer: Any
-    retries: int = 2
-    keep_going: bool = False
-    skip_empty: Any = None
-    table: bool = False
-    workers: int = 1
-
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        if self.channel_axis is not None:
-            region = region[: self.channel_axis] + (slice(None),) + region[self.channel_axis :]
-        return self.reader.read(region)
-
-
-@dataclass
-class SegmentResult:
-    """What a segment task reports: label counts, time in ``fn``, and failed tiles."""
-
-    counts: list[tuple[int, int]] = field(default_factory=list)
-    seconds: float = 0.0
-    empty: int = 0
-    failed: list[str] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
 
 
 def tile_process(
@@ -200,13 +164,14 @@ def tile_process(
         raise InvalidParameterError(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
-    source = registry.open_image(image, reader=reader, **(reader_options or {}))
+    image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
+                           channel_axis)
     executor = registry.executor(executor, workers=workers, **(executor_options or {}))
-    needs = registry.needs(fn)
-    channel_axis, grid = plan_tiling(source, channel_axis, tile_shape, overlap, needs,
-                                     executor.workers, memory_budget)
-    merge = resolve_merge(merge, grid)
     check_retries(retries)
+    segmenter = Segmenter.of(fn, registry.needs(fn), retries)
+    grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
+                       memory_budget)
+    merge = resolve_merge(merge, grid)
 
     table_path = resolve_table_path(table, write_to)
     temporary = None
@@ -214,25 +179,24 @@ def tile_process(
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
         write_to = temporary / "labels.zarr"
     out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
-    if hasattr(out, "set_source"):
-        out.set_source(source, channel_axis=channel_axis)
-    fingerprint = job_fingerprint(source, fn, grid, merge, channel_axis, connectivity)
-    out.check(fingerprint, getattr(source, "source", None))
+    out.set_source(image)
+    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity)
+    out.check(fingerprint, image.source)
 
-    fn = prepare(fn, source, channel_axis)
+    segmenter = segmenter.prepared(image)
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
     done = stage.open(fingerprint, resume=resume)
-    job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out, retries,
-              keep_going, skip_empty, table_path is not None, executor.workers)
+    job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going, skip_empty,
+              table_path is not None)
     stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
     bar = Progress(progress, len(grid))
     try:
         with executor.start(job) as pool:
-            counts = _segment_all(pool, job, done, bar, stats)
+            counts = _segment_all(pool, job, executor.workers, done, bar, stats, retries)
             edges = _merge_all(pool, job, bar, stats)
             relabeling = Relabeling(counts, edges)
             out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
-            partials = _relabel_all(pool, job, relabeling, bar, stats)
+            partials = _relabel_all(pool, job, executor.workers, relabeling, bar, stats)
     except BaseException:
         bar.close()
         if temporary is not None:
@@ -241,7 +205,7 @@ def tile_process(
     bar.close()
     out.finish(n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
-        write_table(combine(partials, **reader_metadata(source, channel_axis)), table_path)
+        write_table(combine(partials, **image.table_metadata()), table_path)
     stage.remove()
     stats.n_objects = relabeling.n_objects
     stats.seconds_total = time.perf_counter() - started
@@ -252,8 +216,8 @@ def tile_process(
 MAX_RUN = 16  # tiles per task at most
 
 # -- stages -----------------------------------------------------------------------------------
-def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
-                 stats: RunStats) -> np.ndarray:
+def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
+                 stats: RunStats, retries: int) -> np.ndarray:
     bar.stage("segment")
     t0 = time.perf_counter()
     counts = np.zeros(len(job.grid), np.int64)
@@ -262,7 +226,7 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
     bar.advance(len(done))
     todo = [i for i in range(len(job.grid)) if i not in done]
     failed = []
-    for result in pool.map_unordered(segment_task, _runs(todo, job)):
+    for result in pool.map_unordered(segment_task, _runs(todo, job, workers)):
         for index, count in result.counts:
             counts[index] = count
         stats.seconds_in_fn += result.seconds
@@ -273,28 +237,24 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if failed:
         raise TilesFailedError(
-            f"{len(failed)} of {len(job.grid)} tiles failed after {job.retries} retries; every "
+            f"{len(failed)} of {len(job.grid)} tiles failed after {retries} retries; every "
             "other tile is staged, so rerunning the same call resumes with just these:\n"
             + "\n".join(failed)
         )
     return counts
 
 
-def _runs(items: list, job: Job) -> list[list]:
+def _runs(items: list, job: Job, workers: int) -> list[list]:
     """Consecutive tiles grouped into tasks, each a whole number of ``fn``'s batches.
 
     A task reads ahead and writes behind within its run (:mod:`blockbuster.background`), so
     longer runs hide more I/O; at most ``MAX_RUN`` tiles, and at least four tasks per worker
     where there are enough tiles, keep the load balanced and the progress bar moving.
     """
-    batch = batch_size_of(job.fn)
-    length = max(1, min(MAX_RUN, len(items) // (4 * job.workers)))
+    batch = job.segmenter.batch_size
+    length = max(1, min(MAX_RUN, len(items) // (4 * workers)))
     length = -(-length // batch) * batch
-    return _batches(items, length)
-
-
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    return batches(items, length)
 
 
 def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
@@ -310,11 +270,12 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
     return pairs
 
 
-def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: RunStats) -> list:
+def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Progress,
+                 stats: RunStats) -> list:
     bar.stage("relabel")
     t0 = time.perf_counter()
     dtype = relabeling.dtype
-    runs = _runs(list(range(len(job.grid))), job)
+    runs = _runs(list(range(len(job.grid))), job, workers)
     tables = ([(i, relabeling.table(i), dtype) for i in run] for run in runs)  # made as sent
     partials = []
     for done in pool.map_unordered(relabel_task, tables):
@@ -322,125 +283,6 @@ def _relabel_all(pool, job: Job, relabeling: Relabeling, bar: Progress, stats: R
         bar.advance(len(done))
     stats.stage_seconds["relabel"] = time.perf_counter() - t0
     return partials
-
-
-# -- tasks (run in workers) --------------------------------------------------------------------
-def segment_task(job: Job, indices: list[int]) -> SegmentResult:
-    """Read, segment and stage a run of tiles, retrying ``fn`` on failure.
-
-    The next batch is read while ``fn`` works on this one, and staged tiles are written in the
-    background; the task returns once they are all on disk.
-    """
-    result = SegmentResult()
-    with Background() as io:
-        batches = _batches(indices, batch_size_of(job.fn))
-        for tiles, images in io.read_ahead(batches, partial(_read_tiles, job)):
-            busy = [(t, image) for t, image in zip(tiles, images)
-                    if not _skipped_as_empty(job, t, image, result, io)]
-            if busy:
-                _segment_batch(job, busy, result, io)
-    result.peak_rss_mb = _peak_rss_mb()
-    return result
-
-
-def _read_tiles(job: Job, indices: list[int]) -> tuple[list, list[np.ndarray]]:
-    tiles = [job.grid.tile(i) for i in indices]
-    return tiles, [job.read(t.padded) for t in tiles]
-
-
-def _skipped_as_empty(job: Job, tile, image, result: SegmentResult, io: Background) -> bool:
-    if not _is_empty(job, tile, image):
-        return False
-    io.write(job.stage.write_tile, tile, None, TileRecord(0, {}, empty=True))
-    result.counts.append((tile.index, 0))
-    result.empty += 1
-    return True
-
-
-def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) -> None:
-    tiles, images = [t for t, _ in busy], [image for _, image in busy]
-    try:
-        outputs, seconds = _call_with_retries(job, images, tiles)
-        staged = [_stage_contents(job, tile, output) for tile, output in zip(tiles, outputs)]
-    except TileFunctionError as error:
-        if not job.keep_going:
-            raise
-        result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
-        return
-    result.seconds += seconds
-    for tile, (local, record) in zip(tiles, staged):
-        io.write(job.stage.write_tile, tile, local, record)
-        result.counts.append((tile.index, record.count))
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this worker process so far (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:
-    for attempt in range(job.retries + 1):
-        t0 = time.perf_counter()
-        try:
-            return run_on_tiles(job.fn, images, tiles), time.perf_counter() - t0
-        except TileFunctionError:
-            if attempt == job.retries:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _stage_contents(job: Job, tile, output) -> tuple[np.ndarray, TileRecord]:
-    """What to stage for a tile: its core renumbered ``1..n`` and its record."""
-    raw = as_labels(output, tile.padded_shape, tile)
-    local, present = local_labels(raw[tile.core_in_padded], tile)
-    faces = inner_faces(local, tile, job.grid)
-    if job.merge == "overlap":
-        faces.update(outer_faces(raw, present, tile, job.grid))
-    return local, TileRecord(len(present), faces)
-
-
-def _is_empty(job: Job, tile, image: np.ndarray) -> bool:
-    rule = job.skip_empty
-    if rule is None:
-        return False
-    if np.isscalar(rule):
-        return bool(image.size == 0 or image.max() <= rule)
-    mask = np.asarray(rule)
-    region = tuple(
-        slice(c.start * m // s, max(c.start * m // s + 1, -(-c.stop * m // s)))
-        for c, m, s in zip(tile.core, mask.shape, job.grid.shape)
-    )
-    return not mask[region].any()
-
-
-def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The provisional-ID pairs (with their support) across the faces after tile ``index``."""
-    return tile_edges(job.grid.tile(index), job.grid, job.merge, job.stage.read_record,
-                      job.connectivity)
-
-
-def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
-    """Rewrite a run of tiles' staged labels with final IDs into the output.
-
-    Staged labels are small and quick to read, so they are read here; the output writes go to
-    the background. Returns each tile's object statistics (``None`` unless a table was asked
-    for).
-    """
-    found = []
-    with Background() as io:
-        for index, table, dtype in run:
-            tile = job.grid.tile(index)
-            statistics = None
-            if table.count:
-                local = job.stage.read_local(tile, table.count)
-                labels = np.take(table.lookup().astype(dtype), local)
-                io.write(job.writer.write, tile.core, labels)
-                if job.table:
-                    statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
-            found.append(statistics)
-    return found
 
 
 def _result(out, compute: bool, temporary: Path | None):
@@ -453,3 +295,20 @@ def _result(out, compute: bool, temporary: Path | None):
     if temporary is not None:
         weakref.finalize(labels, shutil.rmtree, temporary, True)
     return labels
+
+
+def merge_tile_labels(labels, *, tile_shape=None, **options):
+    """Merge per-tile labels that were made independently into one consistent label array.
+
+    ``labels`` holds, in each tile (by default each chunk), labels that are unique within that
+    tile; touching labels across tile faces become one object (``merge="touch"``), IDs are
+    renumbered ``1..N`` deterministically. Accepts a zarr path, zarr, dask or numpy array and
+    every option of :func:`blockbuster.tile_process` except ``fn``, ``overlap`` and ``merge``.
+    """
+    return tile_process(
+        labels, _tile_labels_as_given, tile_shape=tile_shape, overlap=0, merge="touch", **options
+    )
+
+
+def _tile_labels_as_given(tile: np.ndarray) -> np.ndarray:
+    return tile

@@ -1,6 +1,5 @@
-"""Planning a run: turning ``tile_process``'s arguments into a channel axis, a tile grid, a
-merge mode and the other validated settings (pure functions, no I/O beyond the reader's
-metadata)."""
+"""Planning a run: turning ``tile_process``'s arguments into a tile grid, a merge mode and the
+other validated settings (pure functions of the :class:`~blockbuster.image.ImageView`, no I/O)."""
 
 from __future__ import annotations
 
@@ -10,26 +9,24 @@ from pathlib import Path
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.image import ImageView
 from blockbuster.merge import MERGE_MODES
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
-def plan_tiling(source, channel_axis, tile_shape, overlap, needs, workers, memory_budget):
-    """Resolve the channel axis and the tile grid of a run from the user's arguments.
+def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_budget) -> TileGrid:
+    """The tile grid of a run from the user's arguments.
 
     ``tile_shape`` and ``overlap`` may be given per axis, by axis name, or left to the
     segmenter's :class:`~blockbuster.segmenter.Needs` and the memory budget.
     """
-    channel_axis = _channel_axis(channel_axis, source)
-    spatial = _spatial_shape(source.shape, channel_axis)
-    names = _spatial_names(source, channel_axis)
-    halo = _by_axis_name(overlap if overlap is not None else needs.halo, names, "overlap", 0)
-    tiles = _resolve_tile_shape(_by_axis_name(tile_shape, names, "tile_shape", None), source,
-                                spatial, channel_axis, halo, needs, workers, memory_budget)
-    tiles = _aligned(tiles, needs.align, spatial, chosen=tile_shape in (None, "auto"))
-    grid = TileGrid(spatial, tiles, validate_overlap(halo, tiles))
+    halo = _by_axis_name(overlap if overlap is not None else needs.halo, image.axes, "overlap", 0)
+    tiles = _resolve_tile_shape(_by_axis_name(tile_shape, image.axes, "tile_shape", None), image,
+                                halo, needs, workers, memory_budget)
+    tiles = _aligned(tiles, needs.align, image.shape, chosen=tile_shape in (None, "auto"))
+    grid = TileGrid(image.shape, tiles, validate_overlap(halo, tiles))
     _warn_if_misaligned(grid, needs.align)
-    return channel_axis, grid
+    return grid
 
 
 def resolve_table_path(table, write_to) -> Path | None:
@@ -94,24 +91,6 @@ def check_retries(retries: int) -> None:
         raise InvalidParameterError(f"retries={retries!r}; use 0 or more.")
 
 
-def _channel_axis(channel_axis: int | None, source) -> int | None:
-    """The given channel axis, else the reader's ``"c"`` axis if it names its axes."""
-    if channel_axis is not None:
-        return channel_axis
-    axes = getattr(source, "axes", None)
-    return axes.index("c") if axes and "c" in axes else None
-
-
-def _spatial_names(source, channel_axis: int | None) -> tuple[str, ...] | None:
-    axes = getattr(source, "axes", None)
-    if not axes:
-        return None
-    if channel_axis is None:
-        return tuple(axes)
-    channel_axis %= len(axes)
-    return tuple(axes[:channel_axis]) + tuple(axes[channel_axis + 1 :])
-
-
 def _by_axis_name(value, names: tuple[str, ...] | None, what: str, missing):
     """Turn ``{"y": 1024, "x": 1024}`` into a tuple in the reader's axis order."""
     if not isinstance(value, dict):
@@ -130,56 +109,35 @@ def _by_axis_name(value, names: tuple[str, ...] | None, what: str, missing):
     return tuple(value.get(name, missing) for name in names)
 
 
-def _spatial_shape(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
-    if channel_axis is None:
-        return shape
-    if not -len(shape) <= channel_axis < len(shape):
-        raise InvalidParameterError(
-            f"channel_axis={channel_axis} is out of range for an image of shape {shape}."
-        )
-    channel_axis %= len(shape)
-    return shape[:channel_axis] + shape[channel_axis + 1 :]
-
-
-def _resolve_tile_shape(tile_shape, source, spatial, channel_axis, halo, needs, workers, budget):
+def _resolve_tile_shape(tile_shape, image: ImageView, halo, needs, workers, budget):
     if isinstance(tile_shape, str):
         if tile_shape != "auto":
             raise InvalidParameterError(
                 f"tile_shape={tile_shape!r}; use a tuple, None (the input's chunks) or 'auto'."
             )
-        return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
+        return _auto_tiles(image, halo, needs, workers, budget)
     if tile_shape is None:
-        chunks = _spatial_chunks(source, channel_axis)
-        if chunks is None or tuple(chunks) == tuple(spatial):
-            return _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget)
-        return validate_tile_shape(chunks, spatial)
+        if image.chunks is None or tuple(image.chunks) == tuple(image.shape):
+            return _auto_tiles(image, halo, needs, workers, budget)
+        return validate_tile_shape(image.chunks, image.shape)
     if isinstance(tile_shape, int | np.integer):
-        tile_shape = (tile_shape,) * len(spatial)
-    return validate_tile_shape(tuple(tile_shape), spatial)
+        tile_shape = (tile_shape,) * image.ndim
+    return validate_tile_shape(tuple(tile_shape), image.shape)
 
 
-def _spatial_chunks(source, channel_axis):
-    chunks = source.chunks
-    if chunks is None or channel_axis is None:
-        return chunks
-    channel_axis %= len(source.shape)
-    return tuple(chunks[:channel_axis]) + tuple(chunks[channel_axis + 1 :])
-
-
-def _auto_tiles(source, spatial, channel_axis, halo, needs, workers, budget):
-    channels = source.shape[channel_axis] if channel_axis is not None else 1
+def _auto_tiles(image: ImageView, halo, needs, workers, budget):
     # the tile in hand and the one read ahead, raw + local labels, fn's own working memory
-    per_voxel = 2 * source.dtype.itemsize * channels + 8 + 4 + (needs.bytes_per_voxel or 16)
+    per_voxel = 2 * image.dtype.itemsize * image.channels + 8 + 4 + (needs.bytes_per_voxel or 16)
     if halo is None:
         halo = 0
-    halo_per_axis = (halo,) * len(spatial) if isinstance(halo, int) else tuple(halo)
+    halo_per_axis = (halo,) * image.ndim if isinstance(halo, int) else tuple(halo)
     return auto_tile_shape(
-        spatial,
+        image.shape,
         bytes_per_voxel=per_voxel,
         overlap=halo_per_axis,
         workers=workers,
         budget_bytes=budget or _default_budget(),
-        chunks=_spatial_chunks(source, channel_axis),
+        chunks=image.chunks,
     )
 
 

@@ -1,147 +1,80 @@
-"""Readers: lazy, picklable array views that hand out one region at a time.
+"""The reader contract: what the pipeline asks of an image source, and nothing more.
 
-A reader exposes ``shape``, ``dtype``, ``chunks`` (or ``None``), ``axes`` (names or ``None``)
-and ``read(slices) -> numpy.ndarray``; it never loads the whole image. Built-in readers cover
-zarr paths (v2 and v3, arrays and groups), ``zarr.Array``, numpy and dask arrays; more arrive
-through the ``register_readers`` hook.
+A reader is created in the parent by its factory (``factory(source, **options)``, see
+:func:`~blockbuster.hookspecs.register_readers`) and then sent to every worker, so it must
+pickle (open file handles lazily, per process). The pipeline uses exactly the members of
+:class:`Reader`; :class:`BaseReader` gives the optional ones their defaults.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from blockbuster.errors import ImageReadError
+READER_MEMBERS = ("shape", "dtype", "chunks", "axes", "source", "read", "identity", "metadata")
+PHYSICAL_KEYS = ("scale", "translation", "units", "axis_types")
 
 
 @runtime_checkable
 class Reader(Protocol):
-    """What the pipeline needs from an image source."""
+    """What the pipeline needs from an image source.
+
+    Attributes
+    ----------
+    shape, dtype
+        Of the whole image, every axis (channels included).
+    chunks
+        The stored chunk shape (one entry per axis), or ``None``: the default tile shape.
+    axes
+        Lowercase axis names (``("c", "z", "y", "x")``) or ``None``. A ``"c"`` axis is taken as
+        the channel axis unless the run names one.
+    source
+        The path the image was read from (resolved), or ``None`` (an in-memory array). Writers
+        use it to refuse writing over their own input.
+    """
 
     shape: tuple[int, ...]
     dtype: np.dtype
     chunks: tuple[int, ...] | None
     axes: tuple[str, ...] | None
+    source: str | None
 
-    def read(self, region: tuple[slice, ...]) -> np.ndarray: ...
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The voxels of ``region`` (one slice per axis, steps of 1) as a numpy array."""
 
-    def identity(self) -> str: ...
+    def identity(self) -> str:
+        """A string that changes whenever the image does (the job fingerprint holds it)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Physical metadata, each value one entry per axis: any of ``scale``, ``translation``,
+        ``units`` (e.g. ``"micrometer"``) and ``axis_types`` (``"space"``, ``"channel"``...).
+        An empty dict when the image has none."""
 
 
-class ArrayReader:
-    """Reads regions of any array-like supporting numpy slicing (numpy, zarr, dask)."""
+class BaseReader:
+    """Defaults for a reader's optional members; subclass it and set ``shape``, ``dtype`` and
+    implement ``read`` and ``identity``."""
 
-    def __init__(self, array: Any, *, source: str | None = None, axes: Sequence[str] | None = None):
-        self.array = array
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.chunks = _chunks_of(array)
-        self.axes = tuple(axes) if axes is not None else None
-        self.source = source
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None = None
+    axes: tuple[str, ...] | None = None
+    source: str | None = None
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        block = self.array[region]
-        if hasattr(block, "compute"):
-            block = block.compute()
-        return np.asarray(block)
-
-    def __getitem__(self, region) -> np.ndarray:
-        return self.read(region)
+        raise NotImplementedError
 
     def identity(self) -> str:
-        """A description of the input that changes when the input does (for job fingerprints).
+        raise NotImplementedError
 
-        Paths and zarr arrays by location, dask arrays by their (content-derived) name, numpy
-        arrays by a hash of their bytes — so a crashed run never resumes on different data.
-        """
-        kind = type(self.array).__module__.split(".")[0]
-        origin = self.source
-        if origin is None and kind == "dask":
-            origin = self.array.name
-        elif origin is None and kind == "zarr":
-            origin = str(getattr(self.array, "store_path", ""))
-        elif origin is None and isinstance(self.array, np.ndarray):
-            origin = "sha1:" + hashlib.sha1(np.ascontiguousarray(self.array).data).hexdigest()
-        return json.dumps(
-            {"kind": kind, "source": origin, "shape": self.shape, "dtype": str(self.dtype)}
-        )
+    def metadata(self) -> dict[str, Any]:
+        return {}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.source or type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
-
-
-def _chunks_of(array: Any) -> tuple[int, ...] | None:
-    chunks = getattr(array, "chunks", None)
-    if chunks is None:
-        return None
-    if chunks and isinstance(chunks[0], tuple):  # dask: tuple of per-axis chunk tuples
-        return tuple(int(c[0]) for c in chunks)
-    return tuple(int(c) for c in chunks)
-
-
-def is_zarr_path(source: Any) -> bool:
-    """True for a path to a zarr v2 or v3 array or group on disk."""
-    if not isinstance(source, str | os.PathLike):
-        return False
-    path = Path(source)
-    markers = ("zarr.json", ".zarray", ".zgroup")
-    return path.is_dir() and any((path / m).exists() for m in markers)
-
-
-def open_zarr(path: str | os.PathLike, *, component: str | None = None) -> ArrayReader:
-    """Open a zarr array, or the image array of a zarr group, read-only."""
-    import zarr
-
-    if not Path(path).exists():
-        raise ImageReadError(f"{path!s} does not exist; give the path of a zarr array or group.")
-    if not is_zarr_path(path):
-        raise ImageReadError(
-            f"{path!s} is not a zarr array or group (no zarr.json, .zarray or .zgroup inside); "
-            "give a zarr path, a zarr.Array, a numpy array or a dask array."
-        )
-    node = zarr.open(store=str(path), mode="r")
-    if component is not None:
-        node = node[component]
-    if isinstance(node, zarr.Group):
-        node = _image_array_of_group(node, path)
-    return ArrayReader(node, source=str(Path(path).resolve()) + (f"/{component}" if component else ""))
-
-
-def _image_array_of_group(group: Any, path: Any) -> Any:
-    """Level 0 of an OME-Zarr multiscale group, or the only array of a plain group."""
-    multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        return group[multiscales[0]["datasets"][0]["path"]]
-    arrays = sorted(name for name, _ in group.arrays())
-    if len(arrays) == 1:
-        return group[arrays[0]]
-    if not arrays:
-        raise ImageReadError(f"zarr group {path!s} holds no array; give the path of an array.")
-    raise ImageReadError(
-        f"zarr group {path!s} holds several arrays {arrays}; give the path of one, "
-        f"e.g. {str(Path(path) / arrays[0])!r}."
-    )
-
-
-def reader_for(source: Any) -> ArrayReader:
-    """Wrap an in-memory or lazy array, or open a zarr path (the built-in readers)."""
-    if isinstance(source, ArrayReader):
-        return source
-    if isinstance(source, str | os.PathLike):
-        return open_zarr(source)
-    if hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):
-        return ArrayReader(source)
-    raise ImageReadError(
-        f"cannot read an image from {type(source).__name__}; give a zarr path, a zarr.Array, "
-        "a numpy array or a dask array."
-    )
+    def __getitem__(self, region) -> np.ndarray:
+        """Numpy-style slicing (for :func:`blockbuster.sampling.sample_blocks` and friends)."""
+        return self.read(region if isinstance(region, tuple) else (region,))

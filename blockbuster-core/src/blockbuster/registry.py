@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import os
 import traceback
 from collections.abc import Callable, Iterable
@@ -20,25 +19,22 @@ from typing import Any
 import pluggy
 
 from blockbuster import hookspecs
+from blockbuster.builtin import PLUGINS as BUILTIN_PLUGINS
 from blockbuster.errors import (
     BackendBrokenError,
     BackendNotInstalledError,
-    BackendOptionError,
     ImageReadError,
     InvalidParameterError,
+    PluginContractError,
     UnknownBackendError,
 )
+from blockbuster.options import check_options
+from blockbuster.readers import READER_MEMBERS
+from blockbuster.writers import WRITER_MEMBERS
 
 ENTRY_POINT_GROUP = "blockbuster"
 DISABLE_AUTOLOAD_ENV = "BLOCKBUSTER_DISABLE_PLUGIN_AUTOLOAD"
 KINDS = ("reader", "segmenter", "executor", "writer")
-BUILTIN_PLUGINS = (
-    "blockbuster.builtin.readers",
-    "blockbuster.builtin.segmenters",
-    "blockbuster.builtin.executors",
-    "blockbuster.builtin.writers",
-    "blockbuster.builtin.formats",
-)
 # Backends that live in packages of their own: name -> distribution to install.
 KNOWN_PACKAGES = {
     ("segmenter", "cellpose"): "blockbuster-cellpose",
@@ -223,7 +219,10 @@ class Registry:
         return self.get("executor", spec or "threads").create(workers=workers, **options)
 
     def writer(self, spec: str | None, path: Any, *, overwrite: bool = False, **options: Any):
-        return self.get("writer", spec or "zarr").create(path, overwrite=overwrite, **options)
+        """A writer (default ``zarr``) for ``path``, checked against the writer contract."""
+        backend = self.get("writer", spec or "zarr")
+        return _fulfils(backend.create(path, overwrite=overwrite, **options), WRITER_MEMBERS,
+                        backend, "blockbuster.writers.Writer")
 
     def open_image(self, source: Any, *, reader: str | None = None, **options: Any):
         """A reader for ``source``: the named one, or the one the ``pick_reader`` hook picks."""
@@ -236,7 +235,9 @@ class Registry:
                 f"no reader accepts {source!r}. Readers tried: {tried}. Convert the image to one "
                 "of these formats or install a reader plugin."
             )
-        return self.get("reader", name).create(source, **options)
+        backend = self.get("reader", name)
+        return _fulfils(backend.create(source, **options), READER_MEMBERS, backend,
+                        "blockbuster.readers.BaseReader")
 
     def needs(self, segmenter: Callable):
         """What ``segmenter`` needs from the tiling, through the ``segmenter_needs`` hook."""
@@ -266,24 +267,16 @@ class Registry:
         return list(infos.values())
 
 
-def check_options(factory: Callable, options: dict, what: str, skip: int = 0) -> None:
-    """Raise :class:`BackendOptionError` for an option ``factory`` does not accept."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    params = list(signature.parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    valid = [
-        p.name for p in params[skip:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise BackendOptionError(
-            f"{what} has no option {', '.join(map(repr, unknown))}; valid options: "
-            f"{', '.join(valid) or 'none'}."
+def _fulfils(made: Any, members: tuple[str, ...], backend: Backend, base: str) -> Any:
+    """``made``, if it has every member of its kind's contract; else a precise error."""
+    missing = [m for m in members if not hasattr(made, m)]
+    if missing:
+        raise PluginContractError(
+            f"{backend.kind} {backend.name!r} (plugin {backend.plugin}) made a "
+            f"{type(made).__name__} without {', '.join(missing)}, which the {backend.kind} "
+            f"contract requires; subclass {base} for the defaults."
         )
+    return made
 
 
 def _core_version() -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blockbuster.merge import TILE_SHIFT, connected_groups
+from blockbuster.ids import first_of_tiles, local_of, tile_of
+from blockbuster.merge import connected_groups
 
 
 @dataclass(frozen=True)
@@ -49,23 +50,21 @@ class Relabeling:
         self._before = before
         self.absorbed_final = self._final_of_representatives(representative[absorbed])
         self.absorbed_before = np.searchsorted(
-            self.absorbed, np.arange(len(self.counts), dtype=np.uint64) << TILE_SHIFT
+            self.absorbed, first_of_tiles(np.arange(len(self.counts)))
         )
         self.n_objects = int(self.counts.sum() - len(self.absorbed))
 
     def _final_of_representatives(self, ids: np.ndarray) -> np.ndarray:
-        tile = (ids >> TILE_SHIFT).astype(np.int64)
-        local = (ids & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        return self._before[tile] + local - np.searchsorted(self.absorbed, ids)
+        return self._before[tile_of(ids)] + local_of(ids) - np.searchsorted(self.absorbed, ids)
 
     def table(self, index: int) -> TileTable:
         lo, hi = np.searchsorted(
-            self.absorbed, np.array([index, index + 1], np.uint64) << TILE_SHIFT
+            self.absorbed, first_of_tiles(np.array([index, index + 1]))
         )
         return TileTable(
             count=int(self.counts[index]),
             offset=int(self._before[index] - self.absorbed_before[index]),
-            absorbed_local=(self.absorbed[lo:hi] & np.uint64(0xFFFFFFFF)).astype(np.int64),
+            absorbed_local=local_of(self.absorbed[lo:hi]),
             absorbed_final=self.absorbed_final[lo:hi],
         )
 

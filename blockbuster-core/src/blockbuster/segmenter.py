@@ -1,8 +1,10 @@
 """The segmenter contract: what the core asks of ``fn`` and how it checks the answer.
 
-A segmenter is any callable ``fn(tile) -> labels``. Optional extras, all duck-typed:
+A segmenter is any callable ``fn(tile) -> labels``. Optional extras, all duck-typed and read
+only by :class:`Segmenter`, the adapter the pipeline builds once per run:
 
-- ``blockbuster_needs() -> Needs``: the halo and working memory it wants, so ``overlap`` and
+- ``blockbuster_needs() -> Needs``: the halo and working memory it wants (read through the
+  ``segmenter_needs`` hook, whose built-in implementation asks this method), so ``overlap`` and
   ``tile_shape="auto"`` default sensibly.
 - ``prepare(image, *, channel_axis=None) -> segmenter``: called once in the parent before
   tiling with the whole (lazy) image (and its channel axis, if the method accepts it); returns a
@@ -13,8 +15,9 @@ A segmenter is any callable ``fn(tile) -> labels``. Optional extras, all duck-ty
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,51 +48,95 @@ class Needs:
     align: int | tuple[int, ...] | None = None
 
 
-def needs_of(fn: Callable) -> Needs:
-    """The :class:`Needs` a segmenter advertises, or an empty one."""
-    method = getattr(fn, "blockbuster_needs", None)
-    needs = method() if callable(method) else None
-    return needs if isinstance(needs, Needs) else Needs()
+@dataclass(frozen=True)
+class Segmenter:
+    """``fn`` as the pipeline uses it: its extras read once, in this one place.
 
+    Built once per run in the parent (:meth:`of`), prepared for the image once, then sent to
+    the workers inside the job.
 
-def prepare(fn: Callable, image: Any, channel_axis: int | None = None) -> Callable:
-    """Let a segmenter fix image-wide settings once, before tiling."""
-    import inspect
+    Attributes
+    ----------
+    fn
+        The user's callable.
+    needs
+        What it asked of the tiling, through the ``segmenter_needs`` hook.
+    batch_size
+        Tiles per call: ``fn.batch_size`` when ``fn`` has ``segment_batch``, else 1.
+    retries
+        Further tries of a tile whose call raises.
+    """
 
-    method = getattr(fn, "prepare", None)
-    if not callable(method):
-        return fn
-    try:
-        accepts_axis = "channel_axis" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        accepts_axis = False
-    return method(image, channel_axis=channel_axis) if accepts_axis else method(image)
+    fn: Callable
+    needs: Needs = field(default_factory=Needs)
+    batch_size: int = 1
+    retries: int = 2
 
+    @classmethod
+    def of(cls, fn: Callable, needs: Needs | None = None, retries: int = 2) -> Segmenter:
+        batch = 1
+        if callable(getattr(fn, "segment_batch", None)):
+            batch = max(1, int(getattr(fn, "batch_size", 1) or 1))
+        return cls(fn, needs or Needs(), batch, retries)
 
-def batch_size_of(fn: Callable) -> int:
-    """How many tiles to hand ``fn`` at once (1 unless it implements ``segment_batch``)."""
-    if callable(getattr(fn, "segment_batch", None)):
-        return max(1, int(getattr(fn, "batch_size", 1) or 1))
-    return 1
+    def describe(self) -> str:
+        """A stable description of ``fn`` for the job fingerprint."""
+        from blockbuster.fingerprint import describe_function
 
+        return describe_function(self.fn)
 
-def run_on_tiles(fn: Callable, images: list[np.ndarray], tiles: Sequence[Tile]) -> list[Any]:
-    """Call ``fn`` on each tile (or once on the batch), naming the tile if it raises."""
-    if len(images) > 1 or batch_size_of(fn) > 1:
+    def prepared(self, image: Any) -> Segmenter:
+        """Let ``fn`` fix image-wide settings once, before tiling: ``fn.prepare(reader)`` (with
+        ``channel_axis=`` when it accepts it) on the whole lazy image of the
+        :class:`~blockbuster.image.ImageView` ``image``."""
+        import inspect
+
+        method = getattr(self.fn, "prepare", None)
+        if not callable(method):
+            return self
         try:
-            outputs = list(fn.segment_batch(images))
+            accepts_axis = "channel_axis" in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            accepts_axis = False
+        fn = (method(image.reader, channel_axis=image.channel_axis) if accepts_axis
+              else method(image.reader))
+        return Segmenter.of(fn, self.needs, self.retries)
+
+    def segment(self, images: list[np.ndarray], tiles: Sequence[Tile]) -> tuple[list, float]:
+        """Labels for each tile (checked by :func:`as_labels`) and the seconds spent in ``fn``.
+
+        A call that raises is tried ``retries`` more times, then raises
+        :class:`~blockbuster.errors.TileFunctionError` naming the tile.
+        """
+        for attempt in range(self.retries + 1):
+            started = time.perf_counter()
+            try:
+                outputs = self._call(images, tiles)
+                break
+            except TileFunctionError:
+                if attempt == self.retries:
+                    raise
+        seconds = time.perf_counter() - started
+        return [as_labels(o, t.padded_shape, t) for o, t in zip(outputs, tiles)], seconds
+
+    def _call(self, images: list[np.ndarray], tiles: Sequence[Tile]) -> list[Any]:
+        """Call ``fn`` on the tile (or ``segment_batch`` on the batch), naming the tile if it
+        raises."""
+        if len(images) > 1 or self.batch_size > 1:
+            try:
+                outputs = list(self.fn.segment_batch(images))
+            except Exception as error:
+                raise _tile_failure(tiles[0], error, batch=len(tiles)) from error
+            if len(outputs) != len(images):
+                raise TileFunctionError(
+                    f"segment_batch returned {len(outputs)} results for {len(images)} tiles "
+                    f"(first tile {tiles[0].index} at {tiles[0].bounds()}); return one per tile."
+                )
+            return outputs
+        try:
+            return [self.fn(images[0])]
         except Exception as error:
-            raise _tile_failure(tiles[0], error, batch=len(tiles)) from error
-        if len(outputs) != len(images):
-            raise TileFunctionError(
-                f"segment_batch returned {len(outputs)} results for {len(images)} tiles "
-                f"(first tile {tiles[0].index} at {tiles[0].bounds()}); return one per tile."
-            )
-        return outputs
-    try:
-        return [fn(images[0])]
-    except Exception as error:
-        raise _tile_failure(tiles[0], error) from error
+            raise _tile_failure(tiles[0], error) from error
 
 
 def _tile_failure(tile: Tile, error: Exception, batch: int = 1) -> TileFunctionError:

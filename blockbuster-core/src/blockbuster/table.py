@@ -201,26 +201,6 @@ def read_table(path: str | os.PathLike):
     return table
 
 
-def reader_metadata(reader: Any, channel_axis: int | None = None) -> dict[str, Any]:
-    """``axes``, ``scale``, ``units`` and ``translation`` of a reader's label axes (or Nones).
-
-    ``channel_axis``: an axis of the reader the labels do not have. Feed the result to
-    :func:`combine` as keyword arguments.
-    """
-    axes = getattr(reader, "axes", None)
-    ndim = len(reader.shape)
-    keep = [i for i in range(ndim) if channel_axis is None or i != channel_axis % ndim]
-
-    def pick(values):
-        if values is None or len(values) != ndim:
-            return None
-        return tuple(values[i] for i in keep)
-
-    scale = pick(getattr(reader, "scale", None))
-    return {"axes": pick(axes), "scale": scale, "units": pick(getattr(reader, "units", None)),
-            "translation": pick(getattr(reader, "translation", None)), "ndim": len(keep)}
-
-
 def _axis_names(axes: Sequence[str] | None, ndim: int) -> tuple[str, ...]:
     if axes is not None and len(axes) == ndim:
         return tuple(str(a) for a in axes)

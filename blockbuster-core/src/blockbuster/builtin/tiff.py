@@ -18,13 +18,26 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster.builtin.channels import ChannelSelectingReader, channel_index
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
-from blockbuster.formats._selection import ChannelSelectingReader, channel_index
+from blockbuster.hookspecs import hookimpl
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".ome.tif", ".ome.tiff", ".ome.btf")
 UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "\\u00B5m": "micrometer",
               "micron": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter",
               "m": "meter", "s": "second", "ms": "millisecond", "pixel": None, "": None}
+
+
+@hookimpl
+def register_readers(register) -> None:
+    register("tiff", TiffReader, aliases=("tif", "ome-tiff", "ome-tif", "bigtiff"),
+             description="TIFF / OME-TIFF / BigTIFF file (.tif, .tiff, .ome.tif, .btf), read "
+                         "tile by tile; options series=, level=, channel=")
+
+
+@hookimpl(tryfirst=True)
+def pick_reader(source: Any) -> str | None:
+    return "tiff" if is_tiff_path(source) else None
 
 
 def is_tiff_path(source: Any) -> bool:
@@ -164,8 +177,8 @@ class TiffReader(ChannelSelectingReader):
         })
 
     def metadata(self) -> dict[str, Any]:
-        return {"axes": self.axes, "units": self.units, "scale": self.scale,
-                "translation": self.translation}
+        """Units, scale and translation of the axes this reader returns."""
+        return {"units": self.units, "scale": self.scale, "translation": self.translation}
 
     def close(self) -> None:
         tif = self.__dict__.pop("_tif", None)

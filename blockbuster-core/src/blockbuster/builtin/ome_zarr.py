@@ -28,13 +28,34 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster.builtin.channels import ChannelSelectingReader, channel_index
+from blockbuster.builtin.zarr_writer import ZarrLabelsWriter, label_compressors
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
-from blockbuster.formats._selection import ChannelSelectingReader, channel_index
-from blockbuster.writers import label_compressors, open_for_tile_writes
+from blockbuster.hookspecs import hookimpl
 
-ATTRS_KEY = "blockbuster"
 DEFAULT_AXES = ("t", "c", "z", "y", "x")
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+@hookimpl
+def register_readers(register) -> None:
+    register("ome-zarr", OmeZarrReader, aliases=("ome_zarr", "omezarr", "ngff"),
+             description="OME-Zarr image (NGFF 0.4/0.5, zarr v2/v3, bioformats2raw layout); "
+                         "options level=, channel= (index or omero label), series=")
+
+
+@hookimpl
+def register_writers(register) -> None:
+    register("ome-zarr", OmeZarrLabelsWriter, aliases=("ome_zarr", "omezarr", "ngff"),
+             description="labels/<name> of an OME-Zarr image (image-label metadata, the image's "
+                         "axes, units and scale, multiscale pyramid); options name=, image=, "
+                         "levels=, downsample=")
+
+
+@hookimpl(tryfirst=True)
+def pick_reader(source: Any) -> str | None:
+    """OME-Zarr paths go to this reader rather than the plain ``zarr`` one."""
+    return "ome-zarr" if is_ome_zarr(source) else None
 
 
 # -- metadata ---------------------------------------------------------------------------------
@@ -290,9 +311,9 @@ class OmeZarrReader(ChannelSelectingReader):
         })
 
     def metadata(self) -> dict[str, Any]:
-        """Axes, types, units, scale and translation of the axes this reader returns."""
-        return {"axes": self.axes, "axis_types": self.axis_types, "units": self.units,
-                "scale": self.scale, "translation": self.translation}
+        """Types, units, scale and translation of the axes this reader returns."""
+        return {"axis_types": self.axis_types, "units": self.units, "scale": self.scale,
+                "translation": self.translation}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -306,7 +327,7 @@ class OmeZarrReader(ChannelSelectingReader):
 
 
 # -- writer -----------------------------------------------------------------------------------
-class OmeZarrLabelsWriter:
+class OmeZarrLabelsWriter(ZarrLabelsWriter):
     """Writes labels as ``labels/<name>`` of an OME-Zarr image, with a multiscale pyramid.
 
     Parameters
@@ -367,27 +388,20 @@ class OmeZarrLabelsWriter:
     def labels_path(self) -> Path:
         return self.container / "labels" / self.label_name
 
-    def set_source(self, reader: Any, channel_axis: int | None = None) -> None:
-        """Take axes, units, scale and translation from the reader of the run (if it has them).
+    @property
+    def labels_node(self) -> Path:
+        return self.labels_path
 
-        ``channel_axis``: an axis of the reader that the labels do not have.
-        """
-        axes = getattr(reader, "axes", None)
-        scale = getattr(reader, "scale", None)
-        if axes is None or scale is None:
+    @property
+    def array_path(self) -> Path:
+        return self.labels_path / "0"
+
+    def set_source(self, image: Any) -> None:
+        """Take the spatial axes, units, scale and translation of the run's image view."""
+        physical = image.metadata
+        if image.axes is None or physical.get("scale") is None:
             return
-        keep = [i for i in range(len(axes)) if channel_axis is None
-                or i != channel_axis % len(axes)]
-
-        def pick(values):
-            return tuple(values[i] for i in keep) if values is not None else None
-
-        self.source_metadata = {
-            "axes": pick(tuple(axes)), "scale": pick(tuple(scale)),
-            "units": pick(getattr(reader, "units", None)),
-            "axis_types": pick(getattr(reader, "axis_types", None)),
-            "translation": pick(getattr(reader, "translation", None)),
-        }
+        self.source_metadata = {"axes": image.axes, **physical}
 
     # -- writer interface -------------------------------------------------------------------
     def check(self, fingerprint: str, source: str | None = None) -> None:
@@ -408,21 +422,14 @@ class OmeZarrLabelsWriter:
                     f"labels {self.label_name!r} would replace the input {str(src)!r}; "
                     "choose another name."
                 )
-        if not target.exists() or self.overwrite:
+        if not target.exists():
             return
-        if self.previous_fingerprint() == fingerprint:
-            return
-        raise OutputExistsError(
+        self.refuse_unless_same_job(
+            fingerprint,
             f"{str(self.container)!r} already has a labels image {self.label_name!r} that is not "
             "the output of this same job; choose another name=, or pass overwrite=True to "
-            "replace it (the image data is never touched)."
+            "replace it (the image data is never touched).",
         )
-
-    def previous_fingerprint(self) -> str | None:
-        found = _group_attrs(self.labels_path)
-        if found is None:
-            return None
-        return found[0].get(ATTRS_KEY, {}).get("fingerprint")
 
     def create(self, shape, chunks, dtype, fingerprint: str) -> None:
         import zarr
@@ -448,7 +455,7 @@ class OmeZarrLabelsWriter:
         names = list(_ome_attrs(labels.attrs.asdict(), fmt).get("labels", []))
         if self.label_name not in names:
             names.append(self.label_name)
-        _set_ome_attrs(labels, fmt, meta["version"], {"labels": names})
+        set_ome_attrs(labels, fmt, meta["version"], {"labels": names})
         group = labels.create_group(self.label_name)
         array = group.create_array(
             "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
@@ -457,13 +464,7 @@ class OmeZarrLabelsWriter:
         )
         del array
         self._write_group_metadata(group, [(shape, 1)], meta)
-        group.attrs[ATTRS_KEY] = {"fingerprint": fingerprint, "complete": False}
-
-    def write(self, region: tuple[slice, ...], labels: np.ndarray) -> None:
-        if self._array is None:
-            self._array = open_for_tile_writes(self.labels_path / "0")
-        if labels.any():
-            self._array[region] = labels
+        self.start_attrs(group, fingerprint)
 
     def finish(self, **info: Any) -> None:
         import zarr
@@ -472,24 +473,11 @@ class OmeZarrLabelsWriter:
         level0 = group["0"]
         meta = getattr(self, "_meta", None) or self._label_metadata(level0.shape)
         meta["zarr_format"] = group.metadata.zarr_format
-        factors = _factors(meta["axes"])
+        factors = pyramid_factors(meta["axes"])
         built = build_pyramid(group, factors, levels=self.levels, method=self.downsample,
                               dimension_names=meta["axes"])
         self._write_group_metadata(group, built, meta)
-        attrs = dict(group.attrs.get(ATTRS_KEY, {}))
-        attrs.update(info, complete=True)
-        group.attrs[ATTRS_KEY] = json.loads(json.dumps(attrs))
-
-    def open(self):
-        import dask.array as da
-        import zarr
-
-        return da.from_zarr(zarr.open_array(store=str(self.labels_path / "0"), mode="r"))
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_array"] = None
-        return state
+        self.mark_complete(group, info)
 
     # -- metadata ---------------------------------------------------------------------------
     def _label_metadata(self, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -542,7 +530,7 @@ class OmeZarrLabelsWriter:
 
     def _write_group_metadata(self, group, built: list[tuple[tuple[int, ...], int]],
                               meta: dict[str, Any]) -> None:
-        factors = _factors(meta["axes"])
+        factors = pyramid_factors(meta["axes"])
         datasets = []
         for index, _ in enumerate(built):
             scale = [s * f ** index for s, f in zip(meta["scale"], factors)]
@@ -563,11 +551,11 @@ class OmeZarrLabelsWriter:
         if meta["version"] == "0.4":
             multiscale = {"version": "0.4", **multiscale}
             image_label = {"version": "0.4", **image_label}
-        _set_ome_attrs(group, group.metadata.zarr_format, meta["version"],
+        set_ome_attrs(group, group.metadata.zarr_format, meta["version"],
                        {"multiscales": [multiscale], "image-label": image_label})
 
 
-def _factors(axes: Sequence[str]) -> tuple[int, ...]:
+def pyramid_factors(axes: Sequence[str]) -> tuple[int, ...]:
     """Pyramid downsampling factors: 2 along y and x, 1 along every other axis."""
     return tuple(2 if a in ("y", "x") else 1 for a in axes)
 
@@ -576,7 +564,7 @@ def _ome_attrs(attrs: dict, zarr_format: int) -> dict:
     return attrs.get("ome", {}) if zarr_format == 3 and "ome" in attrs else attrs
 
 
-def _set_ome_attrs(node, zarr_format: int, version: str, values: dict) -> None:
+def set_ome_attrs(node, zarr_format: int, version: str, values: dict) -> None:
     """Set OME keys: under ``ome`` (NGFF 0.5, zarr v3) or at the top level (NGFF 0.4, v2)."""
     if version == "0.5" and zarr_format == 3:
         ome = dict(node.attrs.get("ome", {}))
@@ -666,54 +654,3 @@ def downsample_block(block: np.ndarray, factors: Sequence[int], method: str = "n
     counts = counts * 2 + (candidates != 0)  # ties: a label beats background
     pick = counts.argmax(-1)
     return np.take_along_axis(candidates, pick[..., None], -1)[..., 0]
-
-
-# -- small images (examples and tests) --------------------------------------------------------
-def write_image(path: str | os.PathLike, data: np.ndarray, *, axes: Sequence[str],
-                scale: Sequence[float] | None = None, units: dict[str, str] | None = None,
-                channel_labels: Sequence[str] | None = None, version: str = "0.5",
-                levels: int = 1, chunks: Sequence[int] | None = None) -> Path:
-    """Write an in-memory array as an OME-Zarr image (NGFF 0.5 on zarr v3, or 0.4 on v2).
-
-    For examples and tests: ``levels`` halves y and x (nearest) per level. ``units`` maps axis
-    names to units, e.g. ``{"z": "micrometer", "y": "micrometer", "x": "micrometer"}``.
-    """
-    import zarr
-
-    if version not in ("0.4", "0.5"):
-        raise InvalidParameterError(f"version={version!r}; use '0.4' or '0.5'.")
-    axes = [a.lower() for a in axes]
-    if len(axes) != data.ndim:
-        raise InvalidParameterError(f"axes {axes} do not match data of shape {data.shape}.")
-    fmt = 3 if version == "0.5" else 2
-    scale = [float(s) for s in (scale or [1.0] * data.ndim)]
-    units = units or {}
-    group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
-    factors = _factors(axes)
-    chunks = tuple(chunks) if chunks is not None else tuple(min(s, 64) for s in data.shape)
-    datasets, level = [], data
-    for index in range(levels):
-        if index:
-            level = level[tuple(slice(None, None, f) for f in factors)]
-        group.create_array(str(index), data=level,
-                           chunks=tuple(min(c, s) for c, s in zip(chunks, level.shape)),
-                           dimension_names=axes if fmt == 3 else None)
-        datasets.append({"path": str(index), "coordinateTransformations": [
-            {"type": "scale", "scale": [s * f ** index for s, f in zip(scale, factors)]}]})
-    axes_meta = []
-    for name in axes:
-        entry = {"name": name, "type": AXIS_TYPES.get(name, "space")}
-        if name in units:
-            entry["unit"] = units[name]
-        axes_meta.append(entry)
-    multiscale = {"name": Path(path).stem, "axes": axes_meta, "datasets": datasets}
-    values: dict[str, Any] = {"multiscales": [multiscale]}
-    if channel_labels is not None:
-        values["omero"] = {"channels": [{"label": str(c), "active": True} for c in
-                                        channel_labels]}
-    if version == "0.4":
-        multiscale["version"] = "0.4"
-        if "omero" in values:
-            values["omero"]["version"] = "0.4"
-    _set_ome_attrs(group, fmt, version, values)
-    return Path(path)

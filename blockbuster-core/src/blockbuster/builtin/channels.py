@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.readers import BaseReader
 
 
-class ChannelSelectingReader:
+class ChannelSelectingReader(BaseReader):
     """Base of readers whose ``channel=`` option drops the ``c`` axis.
 
     Subclasses set ``shape``, ``channel_index`` (or ``None``) and ``_channel_axis`` (the c axis
@@ -21,19 +22,12 @@ class ChannelSelectingReader:
     def _source(self):
         raise NotImplementedError
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         region = tuple(region) + (slice(None),) * (len(self.shape) - len(region))
         if self.channel_index is not None:
             region = (region[: self._channel_axis] + (self.channel_index,)
                       + region[self._channel_axis:])
         return np.asarray(self._source()[region])
-
-    def __getitem__(self, region) -> np.ndarray:
-        return self.read(region if isinstance(region, tuple) else (region,))
 
 
 def channel_index(channel, labels: list[str], count: int, where: str) -> int:

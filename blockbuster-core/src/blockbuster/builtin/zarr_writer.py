@@ -1,0 +1,170 @@
+"""Built-in writer ``zarr`` and the base both zarr label writers share.
+
+:class:`ZarrLabelsWriter` holds what writing labels into zarr needs whatever the layout: the
+``blockbuster`` attributes (job fingerprint, ``complete``), fast tile writes, the lazy
+``open()``. :class:`ZarrWriter` writes one plain array; the OME-Zarr writer
+(:mod:`blockbuster.builtin.ome_zarr`) writes ``labels/<name>`` of an image with a pyramid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockbuster.errors import InvalidParameterError, OutputExistsError
+from blockbuster.hookspecs import hookimpl
+from blockbuster.writers import Writer
+
+ATTRS_KEY = "blockbuster"
+
+
+@hookimpl
+def register_writers(register) -> None:
+    register("zarr", ZarrWriter, description="zarr v3 (or v2) array, one chunk per tile")
+
+
+def label_compressors():
+    """A fast compressor for label images (long runs of equal values).
+
+    lz4 without byte shuffling: on 1024² uint32 labels it wrote in 8.2 ms and read in 2.0 ms
+    (0.25 MB) against 10.6 / 3.5 ms (0.37 MB) with shuffling.
+    """
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+
+
+def open_for_tile_writes(path: str | os.PathLike):
+    """Open a label array for writers that only ever write whole, non-empty chunks.
+
+    Writers skip all-zero tiles themselves, so zarr's own empty-chunk check (a full compare of
+    every chunk against the fill value: over half the cost of writing a 1024² uint32 chunk) is
+    switched off.
+    """
+    import zarr
+
+    return zarr.open_array(store=str(path), mode="r+").with_config({"write_empty_chunks": True})
+
+
+class ZarrLabelsWriter(Writer):
+    """Labels in a zarr node: ``labels_node`` holds the ``blockbuster`` attributes, ``array_path``
+    the full-resolution array the tiles are written to."""
+
+    overwrite: bool = False
+    _array: Any = None
+
+    @property
+    @abstractmethod
+    def labels_node(self) -> Path:
+        """The zarr array or group whose attributes hold the job fingerprint."""
+
+    @property
+    @abstractmethod
+    def array_path(self) -> Path:
+        """The full-resolution label array."""
+
+    def previous_fingerprint(self) -> str | None:
+        """The fingerprint of the job that wrote the labels there, if any."""
+        import zarr
+
+        try:
+            attrs = zarr.open(store=str(self.labels_node), mode="r").attrs.asdict()
+        except Exception:
+            return None
+        return attrs.get(ATTRS_KEY, {}).get("fingerprint")
+
+    def refuse_unless_same_job(self, fingerprint: str, message: str) -> None:
+        """Raise ``OutputExistsError(message)`` when labels of another job are there."""
+        if self.overwrite or self.previous_fingerprint() == fingerprint:
+            return
+        raise OutputExistsError(message)
+
+    def start_attrs(self, node, fingerprint: str) -> None:
+        node.attrs[ATTRS_KEY] = {"fingerprint": fingerprint, "complete": False}
+
+    def mark_complete(self, node, info: dict[str, Any]) -> None:
+        attrs = dict(node.attrs.get(ATTRS_KEY, {}))
+        attrs.update(info, complete=True)
+        node.attrs[ATTRS_KEY] = json.loads(json.dumps(attrs))
+
+    def write(self, region: tuple[slice, ...], labels: np.ndarray) -> None:
+        if self._array is None:
+            self._array = open_for_tile_writes(self.array_path)
+        if labels.any():
+            self._array[region] = labels
+
+    def open(self):
+        """The written labels as a lazy dask array."""
+        import dask.array as da
+        import zarr
+
+        return da.from_zarr(zarr.open_array(store=str(self.array_path), mode="r"))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+
+class ZarrWriter(ZarrLabelsWriter):
+    """Writes labels to a zarr array at ``path`` (zarr v3 by default, v2 with ``zarr_format=2``)."""
+
+    name = "zarr"
+
+    def __init__(self, path: str | os.PathLike, *, zarr_format: int = 3, overwrite: bool = False):
+        if zarr_format not in (2, 3):
+            raise InvalidParameterError(f"zarr_format={zarr_format!r}; use 2 or 3.")
+        self.path = Path(path)
+        self.zarr_format = zarr_format
+        self.overwrite = overwrite
+        self._array = None
+
+    @property
+    def labels_node(self) -> Path:
+        return self.path
+
+    @property
+    def array_path(self) -> Path:
+        return self.path
+
+    def check(self, fingerprint: str, source: str | None = None) -> None:
+        """Refuse to write over the input or over data that is not an earlier run of this job."""
+        if source and Path(source.split("::")[0]).resolve() == self.path.resolve():
+            raise OutputExistsError(
+                f"write_to {str(self.path)!r} is the input image; blockbuster never overwrites "
+                "image data. Write the labels to another path."
+            )
+        if not self.path.exists() or not any(self.path.iterdir()):
+            return
+        self.refuse_unless_same_job(
+            fingerprint,
+            f"write_to {str(self.path)!r} already holds data that is not the output of this same "
+            "job; choose another path, or pass overwrite=True to replace it.",
+        )
+
+    def create(self, shape, chunks, dtype, fingerprint: str) -> None:
+        import zarr
+
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        array = zarr.create_array(
+            store=str(self.path),
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=0,
+            zarr_format=self.zarr_format,
+            compressors=label_compressors() if self.zarr_format == 3 else "auto",
+        )
+        self.start_attrs(array, fingerprint)
+
+    def finish(self, **info: Any) -> None:
+        import zarr
+
+        self.mark_complete(zarr.open_array(store=str(self.path), mode="r+"), info)

@@ -1,0 +1,169 @@
+"""The worker side of a run: the :class:`Job` each worker receives once, and the three tasks.
+
+Everything here crosses the pickling boundary: the job is sent to each worker once by the
+executor (cloudpickle for processes, see :mod:`blockbuster.builtin.executors`), and each task
+``task(job, item)`` runs in a worker and returns a small, picklable result to the parent
+(:mod:`blockbuster.pipeline`). Tasks take short runs of neighbouring tiles and overlap their
+reads and writes with ``fn`` (:mod:`blockbuster.background`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from blockbuster.background import Background
+from blockbuster.errors import TileFunctionError
+from blockbuster.faces import inner_faces, local_labels, outer_faces
+from blockbuster.image import ImageView
+from blockbuster.merge import tile_edges
+from blockbuster.relabel import TileTable
+from blockbuster.segmenter import Segmenter
+from blockbuster.staging import Stage, TileRecord
+from blockbuster.table import tile_statistics
+from blockbuster.tiling import Tile, TileGrid
+from blockbuster.writers import Writer
+
+
+@dataclass
+class Job:
+    """Everything a worker needs; sent to each worker once per run."""
+
+    image: ImageView
+    segmenter: Segmenter
+    grid: TileGrid
+    merge: str
+    connectivity: int | None
+    stage: Stage
+    writer: Writer
+    keep_going: bool = False
+    skip_empty: Any = None
+    table: bool = False
+
+
+@dataclass
+class SegmentResult:
+    """What a segment task reports: label counts, time in ``fn``, and failed tiles."""
+
+    counts: list[tuple[int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+    empty: int = 0
+    failed: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+
+def batches(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive lists of ``size`` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# -- segment ------------------------------------------------------------------------------------
+def segment_task(job: Job, indices: list[int]) -> SegmentResult:
+    """Read, segment and stage a run of tiles, retrying ``fn`` on failure.
+
+    The next batch is read while ``fn`` works on this one, and staged tiles are written in the
+    background; the task returns once they are all on disk.
+    """
+    result = SegmentResult()
+    with Background() as io:
+        runs = batches(indices, job.segmenter.batch_size)
+        for tiles, images in io.read_ahead(runs, partial(_read_tiles, job)):
+            busy = [(t, image) for t, image in zip(tiles, images)
+                    if not _skipped_as_empty(job, t, image, result, io)]
+            if busy:
+                _segment_batch(job, busy, result, io)
+    result.peak_rss_mb = _peak_rss_mb()
+    return result
+
+
+def _read_tiles(job: Job, indices: list[int]) -> tuple[list[Tile], list[np.ndarray]]:
+    tiles = [job.grid.tile(i) for i in indices]
+    return tiles, [job.image.read(t.padded) for t in tiles]
+
+
+def _skipped_as_empty(job: Job, tile: Tile, image, result: SegmentResult, io: Background) -> bool:
+    if not _is_empty(job, tile, image):
+        return False
+    io.write(job.stage.write_tile, tile, None, TileRecord(0, {}, empty=True))
+    result.counts.append((tile.index, 0))
+    result.empty += 1
+    return True
+
+
+def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) -> None:
+    tiles, images = [t for t, _ in busy], [image for _, image in busy]
+    try:
+        labels, seconds = job.segmenter.segment(images, tiles)
+    except TileFunctionError as error:
+        if not job.keep_going:
+            raise
+        result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
+        return
+    result.seconds += seconds
+    for tile, raw in zip(tiles, labels):
+        local, record = _stage_contents(job, tile, raw)
+        io.write(job.stage.write_tile, tile, local, record)
+        result.counts.append((tile.index, record.count))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, TileRecord]:
+    """What to stage for a tile: its core renumbered ``1..n`` and its record."""
+    local, present = local_labels(raw[tile.core_in_padded], tile)
+    faces = inner_faces(local, tile, job.grid)
+    if job.merge == "overlap":
+        faces.update(outer_faces(raw, present, tile, job.grid))
+    return local, TileRecord(len(present), faces)
+
+
+def _is_empty(job: Job, tile: Tile, image: np.ndarray) -> bool:
+    rule = job.skip_empty
+    if rule is None:
+        return False
+    if np.isscalar(rule):
+        return bool(image.size == 0 or image.max() <= rule)
+    mask = np.asarray(rule)
+    region = tuple(
+        slice(c.start * m // s, max(c.start * m // s + 1, -(-c.stop * m // s)))
+        for c, m, s in zip(tile.core, mask.shape, job.grid.shape)
+    )
+    return not mask[region].any()
+
+
+# -- merge --------------------------------------------------------------------------------------
+def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The provisional-ID pairs (with their support) across the faces after tile ``index``."""
+    return tile_edges(job.grid.tile(index), job.grid, job.merge, job.stage.read_record,
+                      job.connectivity)
+
+
+# -- relabel ------------------------------------------------------------------------------------
+def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
+    """Rewrite a run of tiles' staged labels with final IDs into the output.
+
+    Staged labels are small and quick to read, so they are read here; the output writes go to
+    the background. Returns each tile's object statistics (``None`` unless a table was asked
+    for).
+    """
+    found = []
+    with Background() as io:
+        for index, table, dtype in run:
+            tile = job.grid.tile(index)
+            statistics = None
+            if table.count:
+                local = job.stage.read_local(tile, table.count)
+                labels = np.take(table.lookup().astype(dtype), local)
+                io.write(job.writer.write, tile.core, labels)
+                if job.table:
+                    statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
+            found.append(statistics)
+    return found
