@@ -122,3 +122,38 @@ def test_progress_bar_names_the_stages(capsys, image):
     tile_process(image, components, tile_shape=(20, 20), progress=True, compute=True)
     err = capsys.readouterr().err
     assert "segment" in err and "merge" in err and "relabel" in err
+
+
+def test_a_zero_d_input_is_a_typed_error():
+    from blockbuster.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="0-D"):
+        tile_process(np.float32(3.0), components, compute=True)
+    with pytest.raises(InvalidParameterError, match="leaves no spatial axis"):
+        tile_process(np.zeros(5, np.float32), components, channel_axis=0, compute=True)
+
+
+def test_the_image_view_is_the_spatial_side_of_the_reader():
+    from blockbuster.builtin.arrays import ArrayReader
+    from blockbuster.image import ImageView
+
+    reader = ArrayReader(zarr.create_array(store={}, shape=(3, 40, 50), chunks=(3, 16, 16),
+                                           dtype="u2"), axes=("c", "y", "x"))
+    view = ImageView.open(reader)  # the "c" axis is the channel axis
+    assert (view.channel_axis, view.shape, view.chunks, view.axes) == (0, (40, 50), (16, 16),
+                                                                        ("y", "x"))
+    assert view.read((slice(0, 4), slice(0, 5))).shape == (3, 4, 5) and view.channels == 3
+    last = ImageView.open(ArrayReader(np.zeros((40, 50, 2))), channel_axis=-1)
+    assert (last.channel_axis, last.shape, last.axes) == (2, (40, 50), None)
+    assert ImageView.open(ArrayReader(np.zeros((4, 5)))).metadata["scale"] is None
+
+
+def test_provisional_ids_round_trip():
+    from blockbuster.ids import MAX_LOCAL_LABELS, encode, first_of_tiles, local_of, tile_of
+
+    tiles = np.array([0, 1, 7, 2**20])
+    local = np.array([1, MAX_LOCAL_LABELS, 5, 3])
+    ids = encode(tiles, local)
+    assert ids.dtype == np.uint64
+    assert np.array_equal(tile_of(ids), tiles) and np.array_equal(local_of(ids), local)
+    assert np.all(first_of_tiles(tiles) < ids) and np.all(ids < first_of_tiles(tiles + 1))

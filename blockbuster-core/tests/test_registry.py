@@ -229,3 +229,24 @@ def test_alignment_rounds_chosen_tiles_and_warns_on_given_ones(tmp_path):
     assert chunks[0] < 100 and all(c % 8 == 0 for c in chunks)
     with pytest.warns(UserWarning, match="not a multiple of the segmenter's alignment"):
         tile_process(image, Aligned(), tile_shape=(30, 30), executor="serial", compute=True)
+
+
+def test_a_reader_missing_part_of_the_contract_is_named():
+    from blockbuster.errors import PluginContractError
+
+    class Bare:  # shape, dtype and read only: no chunks, axes, source, identity, metadata
+        shape, dtype = (4, 4), np.dtype(np.float32)
+
+        def read(self, region):
+            return np.zeros((4, 4), np.float32)[region]
+
+    class BarePlugin:
+        @hookimpl
+        def register_readers(self, register):
+            register("bare", lambda source: Bare())
+
+    registry = Registry(autoload=False, plugins=[BarePlugin()])
+    with pytest.raises(PluginContractError, match=r"reader 'bare' .* without chunks, axes, "
+                                                  r"source, identity, metadata"):
+        tile_process(np.eye(4), "threshold", reader="bare", registry=registry)
+

@@ -163,12 +163,12 @@ def test_tensorflow_threads_follow_worker_count(tiny_2d):
         "from blockbuster.worker import WorkerInfo, set_process_worker\n"
         "set_process_worker(WorkerInfo(0, 2))\n"
         "from blockbuster.plugins.stardist import stardist_fn\n"
-        "from blockbuster.plugins.stardist._tensorflow import threads_per_worker\n"
+        "from blockbuster.backend import threads_per_worker\n"
         f"stardist_fn({str(tiny_2d)!r}).model()\n"
         "import tensorflow as tf\n"
         "t = tf.config.threading\n"
         "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads(),"
-        " threads_per_worker(2))\n"
+        " threads_per_worker(WorkerInfo(0, 2)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=180)

@@ -148,11 +148,12 @@ def test_prepare_is_a_no_op_for_fixed_intensities(tiny_2d):
 
 
 def test_threads_per_worker_divides_the_cores():
-    from blockbuster.plugins.stardist._tensorflow import threads_per_worker
+    from blockbuster.backend import threads_per_worker
+    from blockbuster.worker import WorkerInfo
 
-    assert threads_per_worker(2, cores=8) == 4
-    assert threads_per_worker(3, cores=8) == 2
-    assert threads_per_worker(16, cores=8) == 1
+    assert threads_per_worker(WorkerInfo(0, 2), cores=8) == 4
+    assert threads_per_worker(WorkerInfo(1, 3), cores=8) == 2
+    assert threads_per_worker(WorkerInfo(0, 16), cores=8) == 1
 
 
 def test_fingerprint_tracks_model_content_and_options(tmp_path, tiny_2d):

@@ -18,12 +18,9 @@ from blockbuster.errors import (
 )
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.torch import TorchSegmenter, torch_fn
-from blockbuster.plugins.torch._device import (
-    Worker,
-    configure_threads,
-    resolve_device,
-    threads_per_worker,
-)
+from blockbuster.backend import threads_per_worker
+from blockbuster.plugins.torch._device import configure_threads, resolve_device
+from blockbuster.worker import WorkerInfo as Worker
 from blockbuster.plugins.torch._loading import _MODEL_CACHE
 from blockbuster.plugins.torch._tiles import batches, padded_shape, prepare_tile
 from blockbuster.testing import check_segmenter
@@ -265,6 +262,13 @@ def test_bad_option_values_raise_invalid_parameter(options):
 def test_unknown_option_is_a_backend_option_error_listing_valid_ones():
     with pytest.raises(BackendOptionError, match="valid options.*batch_size"):
         torch_fn(Identity(), batchsize=8)
+
+
+def test_an_option_of_the_wrong_type_is_one_typed_error_naming_it():
+    with pytest.raises(BackendOptionError, match=r"batch_size='eight' should be int, not str"):
+        torch_fn(Identity(), batch_size="eight")
+    with pytest.raises(BackendOptionError, match=r"threshold='high' should be float"):
+        torch_fn(Identity(), threshold="high")
 
 
 def test_needs_default_and_override():

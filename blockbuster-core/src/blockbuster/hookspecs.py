@@ -6,7 +6,8 @@ specs below. Packages expose their plugin module through the ``blockbuster`` ent
     [project.entry-points.blockbuster]
     mybackend = "my_package._plugin"
 
-The built-in backends (:mod:`blockbuster.builtin`) register through exactly these hooks.
+The built-in backends (:mod:`blockbuster.builtin`) register through exactly these hooks, each
+module next to the implementations it registers.
 
 Registration hooks (``register_*``) are **collect-all**: every plugin is called with a
 ``register`` callback and calls it once per backend it provides::
@@ -34,9 +35,10 @@ def register_readers(register) -> None:
     """Register image readers (collect-all).
 
     Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
-    called as ``factory(source, **options)`` and returns a reader: an object with ``shape``,
-    ``dtype``, ``chunks`` (or ``None``), ``axes`` (or ``None``), ``read(region) -> ndarray``
-    and ``identity() -> str``. Returns nothing.
+    called as ``factory(source, **options)`` and returns a reader fulfilling
+    :class:`~blockbuster.readers.Reader`: ``shape``, ``dtype``, ``chunks``, ``axes``,
+    ``source``, ``read(region)``, ``identity()`` and ``metadata()``
+    (:class:`~blockbuster.readers.BaseReader` provides the optional ones). Returns nothing.
     """
 
 
@@ -47,7 +49,9 @@ def register_segmenters(register) -> None:
     Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
     called as ``factory(**options)`` and returns a picklable callable ``tile -> labels``
     (see :mod:`blockbuster.segmenter` for the optional ``blockbuster_needs``, ``prepare`` and
-    ``segment_batch`` extras). Returns nothing.
+    ``segment_batch`` extras). Options are the factory's annotated keyword parameters; the
+    registry checks names and types before calling it (:mod:`blockbuster.options`). Returns
+    nothing.
     """
 
 
@@ -66,12 +70,11 @@ def register_writers(register) -> None:
     """Register label writers (collect-all).
 
     Receives ``register(name, factory, *, aliases=(), description="")``. The factory is
-    called as ``factory(path, overwrite=False, **options)`` and returns a writer with
-    ``check(fingerprint, source)``, ``create(shape, chunks, dtype, fingerprint)``,
-    ``write(region, labels)``, ``finish(**info)`` and ``open() -> dask array``
-    (see :class:`~blockbuster.writers.ZarrWriter`), and optionally
-    ``set_source(reader, channel_axis=None)`` to receive the input's metadata (axes, scale,
-    units) before ``check``. Returns nothing.
+    called as ``factory(path, overwrite=False, **options)`` and returns a writer fulfilling
+    :class:`~blockbuster.writers.Writer`: ``set_source(image)`` (the run's
+    :class:`~blockbuster.image.ImageView`: axes, scale, units), ``check(fingerprint, source)``,
+    ``create(shape, chunks, dtype, fingerprint)``, ``write(region, labels)``,
+    ``finish(**info)`` and ``open() -> dask array``. Returns nothing.
     """
 
 

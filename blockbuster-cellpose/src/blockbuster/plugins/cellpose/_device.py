@@ -6,7 +6,8 @@ import os
 import threading
 import warnings
 
-from blockbuster import current_worker
+from blockbuster.backend import gpu_of_worker, threads_per_worker
+from blockbuster.worker import current_worker
 
 
 class GPUUnavailableWarning(UserWarning):
@@ -30,7 +31,7 @@ def select_device(gpu: bool):
         return torch.device("cpu")
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n_gpus > 0:
-        return torch.device(f"cuda:{current_worker().index % n_gpus}")
+        return torch.device(f"cuda:{gpu_of_worker(n_gpus)}")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
@@ -62,8 +63,6 @@ def configure_cpu_threads() -> None:
     """
     import torch
 
-    count = current_worker().count
-    if count <= 1:
+    if current_worker().count <= 1:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // count))
+    torch.set_num_threads(threads_per_worker())

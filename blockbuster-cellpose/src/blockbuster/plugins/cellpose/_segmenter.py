@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from blockbuster import Needs
+from blockbuster.backend import checked_options, image_percentiles
 from blockbuster.errors import BackendOptionError, InvalidParameterError
 from blockbuster.plugins.cellpose import _compat, _layout, _loader, _weights
 
@@ -113,10 +114,7 @@ class CellposeSegmenter:
         s = self.settings
         if not s.global_normalization or s.normalize is not True or s.channel_axis is not None:
             return self
-        from blockbuster.sampling import sample_blocks
-
-        values = sample_blocks(image).astype(np.float64)
-        low, high = np.percentile(values, NORMALIZE_PERCENTILES)
+        low, high = image_percentiles(image, NORMALIZE_PERCENTILES)
         return CellposeSegmenter(dataclasses.replace(s, lowhigh=(float(low), float(high))))
 
     # -- model and arguments ---------------------------------------------------------------
@@ -152,6 +150,7 @@ class CellposeSegmenter:
         return args
 
 
+@checked_options
 def cellpose_fn(
     model: str | os.PathLike | None = None,
     *,

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from blockbuster.backend import DEFAULT_SAMPLE_VOXELS
+from blockbuster.backend import image_percentiles as whole_image_percentiles
 from blockbuster.errors import InvalidParameterError
 
 Scope = Literal["global", "tile"]
 _EPS = 1e-20  # csbdeep's normalize_mi_ma uses the same guard against hi == lo
 
-DEFAULT_MAX_SAMPLE_VOXELS = 2**22  # 4 Mi voxels (16 MiB as float32) per channel at most
+DEFAULT_MAX_SAMPLE_VOXELS = DEFAULT_SAMPLE_VOXELS  # 4 Mi voxels per channel at most
 
 
 @dataclass(frozen=True)
@@ -159,35 +161,21 @@ def image_percentiles(
     channel_axis: int | None,
     max_voxels: int = DEFAULT_MAX_SAMPLE_VOXELS,
 ) -> Intensities:
-    """Percentiles of a whole image from a small, evenly spread sample of blocks.
-
-    ``image`` is anything with ``shape`` and numpy slicing (numpy, zarr, dask, a blockbuster
-    reader). An image with at most ``max_voxels`` voxels per channel is read entirely, so the
-    result equals whole-image normalization exactly; a larger one is sampled by
-    :func:`blockbuster.sampling.sample_blocks` (full-resolution blocks, never the whole image).
-    """
+    """Percentiles of a whole image (per channel with ``channel_axis``), from
+    :func:`blockbuster.backend.image_percentiles`: read whole when small, else sampled."""
+    low, high = whole_image_percentiles(image, (pct.low, pct.high), channel_axis=channel_axis,
+                                        max_voxels=max_voxels)
     if channel_axis is None:
-        return _range_of(_sample(image, max_voxels), pct)
-    n_channels = int(image.shape[channel_axis])
-    return _per_channel(
-        [_range_of(_sample(_ChannelView(image, channel_axis, c), max_voxels), pct)
-         for c in range(n_channels)]
-    )
-
-
-def _sample(image: Any, max_voxels: int) -> np.ndarray:
-    """All voxels of a small image, else evenly spread full-resolution blocks."""
-    from blockbuster.sampling import sample_blocks
-
-    if int(np.prod(image.shape)) <= max_voxels:
-        whole = image[tuple(slice(None) for _ in image.shape)]
-        return np.asarray(getattr(whole, "compute", lambda: whole)()).ravel()
-    block = int(round(65536 ** (1 / max(1, len(image.shape)))))  # 256 in 2D, 40 in 3D
-    return sample_blocks(image, max_voxels=max_voxels, block=block)
+        return _finite(low, high)
+    return _per_channel([_finite(lo, hi) for lo, hi in zip(low, high)])
 
 
 def _range_of(values: np.ndarray, pct: Percentiles) -> Intensities:
     low, high = np.percentile(values, [pct.low, pct.high])
+    return _finite(low, high)
+
+
+def _finite(low: float, high: float) -> Intensities:
     if not high > low:  # flat sample (e.g. an empty border): keep the division finite
         high = low + 1.0
     return Intensities(float(low), float(high))
@@ -195,16 +183,3 @@ def _range_of(values: np.ndarray, pct: Percentiles) -> Intensities:
 
 def _per_channel(ranges: list[Intensities]) -> Intensities:
     return Intensities(tuple(r.low for r in ranges), tuple(r.high for r in ranges))
-
-
-class _ChannelView:
-    """One channel of an image as a lazily sliced array (``shape`` + ``__getitem__``)."""
-
-    def __init__(self, image: Any, channel_axis: int, channel: int):
-        self.image, self.axis, self.channel = image, channel_axis % len(image.shape), channel
-        self.shape = tuple(s for i, s in enumerate(image.shape) if i != self.axis)
-
-    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
-        full = region[: self.axis] + (self.channel,) + region[self.axis :]
-        values = self.image[full]
-        return np.asarray(getattr(values, "compute", lambda: values)())

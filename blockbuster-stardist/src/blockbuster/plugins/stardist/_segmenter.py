@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 from blockbuster import Needs
-from blockbuster.errors import BackendOptionError, InvalidParameterError
+from blockbuster.backend import checked_options
+from blockbuster.errors import InvalidParameterError
 
 from . import _models
 from ._normalization import (
@@ -27,12 +28,12 @@ from ._normalization import (
 )
 from ._tensorflow import configure_tensorflow
 
-# Extra keyword arguments of StarDist's predict_instances that make sense per tile.
-PREDICT_OPTIONS = frozenset(
-    {"sparse", "predict_kwargs", "nms_kwargs", "overlap_label", "verbose", "show_tile_progress"}
-)
+# Further keyword arguments of StarDist's predict_instances that make sense per tile.
+PREDICT_OPTIONS = ("sparse", "predict_kwargs", "nms_kwargs", "overlap_label", "verbose",
+                   "show_tile_progress")
 
 
+@checked_options
 def stardist_fn(
     model: Any,
     *,
@@ -45,7 +46,12 @@ def stardist_fn(
     axes: str | None = None,
     max_object_size: int | Sequence[int] | None = None,
     tf_threads: int | None = None,
-    **predict_kwargs: Any,
+    sparse: bool | None = None,
+    predict_kwargs: dict | None = None,
+    nms_kwargs: dict | None = None,
+    overlap_label: int | None = None,
+    verbose: bool | None = None,
+    show_tile_progress: bool | None = None,
 ) -> StarDistSegmenter:
     """A picklable StarDist segmenter for :func:`blockbuster.tile_process`.
 
@@ -78,24 +84,18 @@ def stardist_fn(
         plus this, so both tiles at a seam see such objects with full context. Default: none.
     tf_threads
         TensorFlow threads per worker; default ``cores // workers``.
-    **predict_kwargs
-        Further ``predict_instances`` options: ``sparse``, ``predict_kwargs``, ``nms_kwargs``,
-        ``overlap_label``.
+    sparse, predict_kwargs, nms_kwargs, overlap_label, verbose, show_tile_progress
+        Further ``predict_instances`` options, passed on when given.
 
     Raises
     ------
     blockbuster.errors.ModelNotFoundError
         The model name is not cached locally, or the folder has no config/weights.
     blockbuster.errors.BackendOptionError
-        An unknown keyword option.
+        An unknown keyword option, or a value of the wrong type.
     """
-    unknown = sorted(set(predict_kwargs) - PREDICT_OPTIONS)
-    if unknown:
-        raise BackendOptionError(
-            f"stardist has no option {', '.join(map(repr, unknown))}; valid options: model, "
-            "prob_thresh, nms_thresh, normalize, normalize_scope, n_tiles, scale, axes, "
-            f"max_object_size, tf_threads, {', '.join(sorted(PREDICT_OPTIONS))}."
-        )
+    given = locals()
+    extra = {name: given[name] for name in PREDICT_OPTIONS if given[name] is not None}
     spec, instance = _models.resolve_model(model)
     if instance is not None:
         _models.remember_instance(spec, instance)
@@ -109,7 +109,7 @@ def stardist_fn(
         axes=axes,
         max_object_size=max_object_size,
         tf_threads=tf_threads,
-        predict_kwargs=dict(predict_kwargs),
+        predict_kwargs=extra,
     )
 
 

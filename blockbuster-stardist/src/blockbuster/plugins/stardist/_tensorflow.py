@@ -11,23 +11,10 @@ import os
 import warnings
 
 from blockbuster import current_worker
+from blockbuster.backend import gpu_of_worker, threads_per_worker
 
 log = logging.getLogger(__name__)
 _done = False
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """``cores // workers`` (at least 1), so N workers do not oversubscribe the machine."""
-    cores = usable_cores() if cores is None else cores
-    return max(1, cores // max(1, workers))
 
 
 def configure_tensorflow(threads: int | None = None) -> None:
@@ -45,7 +32,7 @@ def configure_tensorflow(threads: int | None = None) -> None:
     import tensorflow as tf
 
     worker = current_worker()
-    n = threads or threads_per_worker(worker.count)
+    n = threads or threads_per_worker(worker)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)
@@ -57,18 +44,18 @@ def configure_tensorflow(threads: int | None = None) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-    _pick_gpu(tf, worker.index)
+    _pick_gpu(tf, worker)
     log.debug("TensorFlow: %d threads for worker %s", n, worker)
 
 
-def _pick_gpu(tf, index: int) -> None:
+def _pick_gpu(tf, worker) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return
-    gpu = gpus[index % len(gpus)]
+    gpu = gpus[gpu_of_worker(len(gpus), worker)]
     try:
         tf.config.set_visible_devices(gpu, "GPU")
         tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError as error:
-        warnings.warn(f"could not pin worker {index} to {gpu.name}: {error}", RuntimeWarning,
+        warnings.warn(f"could not pin worker {worker.index} to {gpu.name}: {error}", RuntimeWarning,
                       stacklevel=3)

@@ -1,53 +1,18 @@
-"""Device selection and CPU-thread sizing for one worker."""
+"""Device selection and CPU-thread sizing for one worker (on the core's backend kit)."""
 
 from __future__ import annotations
 
-import os
 import threading
-from dataclasses import dataclass
 
+from blockbuster.backend import gpu_of_worker, threads_per_worker
 from blockbuster.errors import InvalidParameterError
+from blockbuster.worker import WorkerInfo
 
 _AUTO = "auto"
 _THREADS_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Worker:
-    """Which worker the calling code runs in (``index`` in ``0..count-1``)."""
-
-    index: int = 0
-    count: int = 1
-
-
-def current_worker() -> Worker:
-    """Return the calling worker as reported by ``blockbuster.current_worker()``.
-
-    Falls back to a single worker when called outside ``tile_process`` (or when the
-    core returns nothing), so a segmenter can also be called directly.
-    """
-    try:
-        from blockbuster import current_worker as core_current_worker
-
-        info = core_current_worker()
-    except (ImportError, LookupError, RuntimeError):
-        info = None
-    if info is None:
-        return Worker()
-    return Worker(
-        index=int(getattr(info, "index", 0)), count=max(1, int(getattr(info, "count", 1)))
-    )
-
-
-def available_cores() -> int:
-    """Number of CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def resolve_device(device: str, worker: Worker) -> str:
+def resolve_device(device: str, worker: WorkerInfo) -> str:
     """Turn the user's ``device`` option into a concrete torch device string.
 
     ``"auto"`` picks CUDA when available (GPU ``worker.index % device_count`` so
@@ -81,10 +46,10 @@ def resolve_device(device: str, worker: Worker) -> str:
     return name
 
 
-def _cuda_for(worker: Worker) -> str:
+def _cuda_for(worker: WorkerInfo) -> str:
     import torch
 
-    return f"cuda:{worker.index % torch.cuda.device_count()}"
+    return f"cuda:{gpu_of_worker(torch.cuda.device_count(), worker)}"
 
 
 def _mps_available() -> bool:
@@ -94,13 +59,7 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def threads_per_worker(worker: Worker, cores: int | None = None) -> int:
-    """CPU threads one worker may use so ``worker.count`` workers don't oversubscribe."""
-    cores = available_cores() if cores is None else cores
-    return max(1, cores // max(1, worker.count))
-
-
-def configure_threads(num_threads: int | str | None, worker: Worker) -> None:
+def configure_threads(num_threads: int | str | None, worker: WorkerInfo) -> None:
     """Apply the thread budget with ``torch.set_num_threads``.
 
     ``"auto"`` uses ``cores // workers``; an int is used as given; ``None`` leaves

@@ -7,12 +7,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from blockbuster import Needs
-from blockbuster.errors import BackendOptionError, InvalidParameterError, TileFunctionError
-from blockbuster.plugins.torch._device import configure_threads, current_worker, resolve_device
+from blockbuster import Needs, current_worker
+from blockbuster.backend import declared_options, image_percentiles
+from blockbuster.errors import InvalidParameterError, TileFunctionError
+from blockbuster.plugins.torch._device import configure_threads, resolve_device
 from blockbuster.plugins.torch._loading import ModelSource, load_model, make_source
 from blockbuster.plugins.torch._postprocess import check_output, reduce_on_device, to_labels
 from blockbuster.plugins.torch._tiles import (
@@ -24,7 +26,6 @@ from blockbuster.plugins.torch._tiles import (
     check_pad_mode,
     check_pad_multiple,
     crop_to,
-    percentile_range,
     prepare_tile,
 )
 
@@ -42,6 +43,34 @@ resolution (inputs, activations and outputs together).  Multiplied by ``batch_si
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
+PLACEMENT = {"changes_labels": False}  # field metadata: left out of the job fingerprint
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Every option of :func:`torch_fn`, declared once (see :func:`torch_fn` for their meaning).
+
+    Options marked ``PLACEMENT`` change where and how fast the model runs, never the labels.
+    """
+
+    device: str = field(default="auto", metadata=PLACEMENT)
+    batch_size: int = field(default=1, metadata=PLACEMENT)
+    dtype: str = "float32"
+    amp: bool = False
+    normalize: Any = "dtype"
+    output: str = "instance"
+    instance: str | Callable[[np.ndarray], np.ndarray] = "connected-components"
+    channels: int | None = None
+    pad_multiple: int | Sequence[int] = 16
+    pad_mode: str = "reflect"
+    threshold: float = 0.5
+    activation: str | None = None
+    min_distance: int = 5
+    halo: int | Sequence[int] = field(default=DEFAULT_HALO, metadata=PLACEMENT)
+    bytes_per_voxel: float | None = field(default=None, metadata=PLACEMENT)
+    num_threads: int | str | None = field(default="auto", metadata=PLACEMENT)
+
+
 class TorchSegmenter:
     """Segment tiles with a PyTorch model (see :func:`torch_fn` for the options).
 
@@ -50,45 +79,26 @@ class TorchSegmenter:
     one copy per device, loaded on first use.
     """
 
-    def __init__(
-        self,
-        source: ModelSource,
-        *,
-        device: str = "auto",
-        batch_size: int = 1,
-        dtype: str = "float32",
-        amp: bool = False,
-        normalize: Any = "dtype",
-        output: str = "instance",
-        instance: Any = "connected-components",
-        channels: int | None = None,
-        pad_multiple: int | Sequence[int] = 16,
-        pad_mode: str = "reflect",
-        threshold: float = 0.5,
-        activation: str | None = None,
-        min_distance: int = 5,
-        halo: int | Sequence[int] = DEFAULT_HALO,
-        bytes_per_voxel: float | None = None,
-        num_threads: int | str | None = "auto",
-    ) -> None:
-        check_output(output, instance, activation)
+    def __init__(self, source: ModelSource, options: TorchOptions | None = None) -> None:
+        o = options or TorchOptions()
+        check_output(o.output, o.instance, o.activation)
         self.source = source
-        self.device = str(device)
-        self.batch_size = _check_batch_size(batch_size)
-        self.dtype = _check_dtype(dtype)
-        self.amp = bool(amp)
-        self.normalize = check_normalize(normalize)
-        self.output = output
-        self.instance = instance
-        self.channels = check_channels(channels)
-        self.pad_multiple = check_pad_multiple(pad_multiple)
-        self.pad_mode = check_pad_mode(pad_mode)
-        self.threshold = float(threshold)
-        self.activation = activation
-        self.min_distance = int(min_distance)
-        self.halo = _check_halo(halo)
-        self.bytes_per_voxel = bytes_per_voxel
-        self.num_threads = num_threads
+        self.device = str(o.device)
+        self.batch_size = _check_batch_size(o.batch_size)
+        self.dtype = _check_dtype(o.dtype)
+        self.amp = bool(o.amp)
+        self.normalize = check_normalize(o.normalize)
+        self.output = o.output
+        self.instance = o.instance
+        self.channels = check_channels(o.channels)
+        self.pad_multiple = check_pad_multiple(o.pad_multiple)
+        self.pad_mode = check_pad_mode(o.pad_mode)
+        self.threshold = float(o.threshold)
+        self.activation = o.activation
+        self.min_distance = int(o.min_distance)
+        self.halo = _check_halo(o.halo)
+        self.bytes_per_voxel = o.bytes_per_voxel
+        self.num_threads = o.num_threads
 
     def __repr__(self) -> str:
         return (
@@ -106,10 +116,9 @@ class TorchSegmenter:
         """
         if self.normalize != "percentile":
             return self
-        from blockbuster.sampling import sample_blocks
-
+        low, high = image_percentiles(image, DEFAULT_PERCENTILES)
         prepared = copy.copy(self)
-        prepared.normalize = percentile_range(sample_blocks(image), DEFAULT_PERCENTILES)
+        prepared.normalize = (low, high if high > low else low + 1.0)
         return prepared
 
     def blockbuster_fingerprint(self) -> str:
@@ -209,18 +218,8 @@ class TorchSegmenter:
         )
 
 
-_RESULT_OPTIONS = (
-    "dtype",
-    "amp",
-    "normalize",
-    "output",
-    "instance",
-    "channels",
-    "pad_multiple",
-    "pad_mode",
-    "threshold",
-    "activation",
-    "min_distance",
+_RESULT_OPTIONS = tuple(
+    f.name for f in fields(TorchOptions) if f.metadata.get("changes_labels", True)
 )
 
 
@@ -292,33 +291,13 @@ def _check_halo(halo: Any) -> int | tuple[int, ...]:
     return int(halo) if isinstance(halo, (int, np.integer)) else tuple(int(v) for v in values)
 
 
-# every option torch_fn takes: those that change labels, plus placement and loading
-_OPTIONS = ("device", "batch_size", *_RESULT_OPTIONS, "halo", "bytes_per_voxel", "num_threads",
-            "weights", "model_kwargs")
-
-
+@declared_options(TorchOptions)
 def torch_fn(
     model: Any,
     *,
-    device: str = "auto",
-    batch_size: int = 1,
-    dtype: str = "float32",
-    amp: bool = False,
-    normalize: Any = "dtype",
-    output: str = "instance",
-    instance: str | Callable[[np.ndarray], np.ndarray] = "connected-components",
-    channels: int | None = None,
-    pad_multiple: int | Sequence[int] = 16,
-    pad_mode: str = "reflect",
-    threshold: float = 0.5,
-    activation: str | None = None,
-    min_distance: int = 5,
-    halo: int | Sequence[int] = DEFAULT_HALO,
-    bytes_per_voxel: float | None = None,
-    num_threads: int | str | None = "auto",
     weights: str | os.PathLike | None = None,
     model_kwargs: dict | None = None,
-    **unknown: Any,
+    options: TorchOptions,
 ) -> TorchSegmenter:
     """Make a blockbuster segmenter from a PyTorch model.
 
@@ -354,29 +333,10 @@ def torch_fn(
         bytes_per_voxel: working memory estimate override (default 256 x batch_size).
         num_threads: CPU threads per worker: ``"auto"`` = cores // workers, an int,
             or None to leave torch's setting alone.
+        weights / model_kwargs: a state-dict file and keyword arguments for a model factory.
+
+    The options are declared once, in :class:`TorchOptions`; an unknown name or a value of
+    the wrong type raises :class:`~blockbuster.errors.BackendOptionError`.
     """
-    if unknown:
-        raise BackendOptionError(
-            f"unknown option(s) {sorted(unknown)} for the torch segmenter; valid options: model, "
-            f"{', '.join(_OPTIONS)}."
-        )
     source = make_source(model, weights=weights, model_kwargs=model_kwargs)
-    return TorchSegmenter(
-        source,
-        device=device,
-        batch_size=batch_size,
-        dtype=dtype,
-        amp=amp,
-        normalize=normalize,
-        output=output,
-        instance=instance,
-        channels=channels,
-        pad_multiple=pad_multiple,
-        pad_mode=pad_mode,
-        threshold=threshold,
-        activation=activation,
-        min_distance=min_distance,
-        halo=halo,
-        bytes_per_voxel=bytes_per_voxel,
-        num_threads=num_threads,
-    )
+    return TorchSegmenter(source, options)
