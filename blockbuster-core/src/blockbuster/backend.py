@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import os
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,24 +25,17 @@ from typing import Any
 import numpy as np
 
 from blockbuster.options import check_options
-from blockbuster.worker import WorkerInfo, current_worker
+from blockbuster.worker import WorkerInfo, current_worker, usable_cores
 
 DEFAULT_SAMPLE_VOXELS = 2**22  # 4 Mi voxels (16 MiB as float32) per channel at most
 
 
 # -- placement ----------------------------------------------------------------------------------
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 def threads_per_worker(worker: WorkerInfo | None = None, cores: int | None = None) -> int:
     """``cores // workers`` (at least 1), so a run's workers do not oversubscribe the machine.
 
-    ``worker`` defaults to the calling worker, ``cores`` to :func:`usable_cores`.
+    ``worker`` defaults to the calling worker, ``cores`` to
+    :func:`blockbuster.worker.usable_cores`.
     """
     worker = worker or current_worker()
     cores = usable_cores() if cores is None else cores

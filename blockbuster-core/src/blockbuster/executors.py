@@ -9,21 +9,14 @@ worker **once**; tasks are module-level functions ``task(context, item)`` from
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from blockbuster.worker import usable_cores
+
 Task = Callable[[Any, Any], Any]
-
-
-def default_workers() -> int:
-    """One worker per core available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Pool(ABC):
@@ -44,7 +37,7 @@ class Executor(ABC):
     name: str = ""
 
     def __init__(self, workers: int | None = None):
-        self.workers = int(workers) if workers else default_workers()
+        self.workers = int(workers) if workers else usable_cores()
 
     @abstractmethod
     @contextmanager

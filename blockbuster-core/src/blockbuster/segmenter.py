@@ -11,10 +11,12 @@ only by :class:`Segmenter`, the adapter the pipeline builds once per run:
   segmenter with image-wide settings fixed (e.g. a global threshold or global normalization
   percentiles) so neighbouring tiles agree.
 - ``batch_size`` and ``segment_batch(tiles) -> list[labels]``: tiles are handed over in batches.
+- ``blockbuster_fingerprint() -> str``: what identifies it in the job fingerprint (resume).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,8 +83,6 @@ class Segmenter:
 
     def describe(self) -> str:
         """A stable description of ``fn`` for the job fingerprint."""
-        from blockbuster.fingerprint import describe_function
-
         return describe_function(self.fn)
 
     def prepared(self, image: Any) -> Segmenter:
@@ -196,3 +196,32 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
 
 def _differs_beyond_unit_axes(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return tuple(s for s in got if s != 1) != tuple(s for s in want if s != 1)
+
+
+def describe_function(fn: Callable) -> str:
+    """A stable description of ``fn`` for job fingerprints.
+
+    A segmenter may define ``blockbuster_fingerprint()``; otherwise functions are described by
+    their code and simple closure values, objects by their ``repr`` (when the class defines one)
+    or their attributes.
+    """
+    custom = getattr(fn, "blockbuster_fingerprint", None)
+    if callable(custom):
+        return str(custom())
+    target = getattr(fn, "__func__", fn)
+    code = getattr(target, "__code__", None)
+    if code is not None:
+        name = f"{target.__module__}.{target.__qualname__}"
+        cells = [_simple(c.cell_contents) for c in (target.__closure__ or ())]
+        body = code.co_code + repr(code.co_consts).encode() + repr(cells).encode()
+        return name + ":" + hashlib.sha1(body).hexdigest()
+    kind = f"{type(fn).__module__}.{type(fn).__qualname__}"
+    if type(fn).__repr__ is not object.__repr__:
+        return f"{kind}:{fn!r}"
+    return f"{kind}:{sorted((k, _simple(v)) for k, v in vars(fn).items())!r}"
+
+
+def _simple(value: Any) -> Any:
+    if isinstance(value, int | float | str | bool | tuple | type(None)):
+        return value
+    return type(value).__qualname__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -36,3 +37,11 @@ def set_process_worker(info: WorkerInfo) -> None:
     """Record the worker identity of the whole process (process executors call this)."""
     global _process_default
     _process_default = info
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity-aware): one worker each by default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
