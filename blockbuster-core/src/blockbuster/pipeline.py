@@ -158,12 +158,7 @@ def tile_process(
 
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
-    fn = one_segmenter(fn, segmenter)
-    fn = registry.segmenter(fn, **(segmenter_options or {})) if isinstance(fn, str) else fn
-    if not callable(fn):
-        raise InvalidParameterError(
-            f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
-        )
+    fn = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options)
     image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
                            channel_axis)
     executor = registry.executor(executor, workers=workers, **(executor_options or {}))
@@ -192,7 +187,7 @@ def tile_process(
     bar = Progress(progress, len(grid))
     try:
         with executor.start(job) as pool:
-            counts = _segment_all(pool, job, executor.workers, done, bar, stats, retries)
+            counts = _segment_all(pool, job, executor.workers, done, bar, stats)
             edges = _merge_all(pool, job, bar, stats)
             relabeling = Relabeling(counts, edges)
             out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
@@ -215,9 +210,19 @@ def tile_process(
 
 MAX_RUN = 16  # tiles per task at most
 
+
+def _segmenter_callable(registry, fn, options: dict | None) -> Callable:
+    """``fn`` itself, or the registered segmenter it names, built with ``options``."""
+    fn = registry.segmenter(fn, **(options or {})) if isinstance(fn, str) else fn
+    if not callable(fn):
+        raise InvalidParameterError(
+            f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
+        )
+    return fn
+
 # -- stages -----------------------------------------------------------------------------------
 def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
-                 stats: RunStats, retries: int) -> np.ndarray:
+                 stats: RunStats) -> np.ndarray:
     bar.stage("segment")
     t0 = time.perf_counter()
     counts = np.zeros(len(job.grid), np.int64)
@@ -237,8 +242,9 @@ def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progre
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if failed:
         raise TilesFailedError(
-            f"{len(failed)} of {len(job.grid)} tiles failed after {retries} retries; every "
-            "other tile is staged, so rerunning the same call resumes with just these:\n"
+            f"{len(failed)} of {len(job.grid)} tiles failed after {job.segmenter.retries} "
+            "retries; every other tile is staged, so rerunning the same call resumes with just "
+            "these:\n"
             + "\n".join(failed)
         )
     return counts
