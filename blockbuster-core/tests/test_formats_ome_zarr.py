@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 from blockbuster import tile_process
-from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
 from blockbuster.builtin.ome_zarr import OmeZarrLabelsWriter, OmeZarrReader, downsample_block
+from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
 from blockbuster.image import ImageView
 from blockbuster.registry import Registry
 from blockbuster.synthetic import write_image

@@ -9,7 +9,6 @@ from typing import Literal
 import numpy as np
 import pytest
 import zarr
-
 from blockbuster.backend import (
     checked_options,
     gpu_of_worker,
@@ -58,7 +57,8 @@ def test_unknown_names_list_the_valid_options():
     def factory(source, *, level: int = 0):
         return source
 
-    with pytest.raises(BackendOptionError, match="reader 'x' has no option 'levle'; valid options: level"):
+    with pytest.raises(BackendOptionError,
+                       match="reader 'x' has no option 'levle'; valid options: level"):
         check_options(factory, {"levle": 1}, "reader 'x'", skip=1)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchnets
 from blockbuster import Needs
+from blockbuster.backend import threads_per_worker
 from blockbuster.errors import (
     BackendOptionError,
     InvalidParameterError,
@@ -18,12 +19,11 @@ from blockbuster.errors import (
 )
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.torch import TorchSegmenter, torch_fn
-from blockbuster.backend import threads_per_worker
 from blockbuster.plugins.torch._device import configure_threads, resolve_device
-from blockbuster.worker import WorkerInfo as Worker
 from blockbuster.plugins.torch._loading import _MODEL_CACHE
 from blockbuster.plugins.torch._tiles import batches, padded_shape, prepare_tile
 from blockbuster.testing import check_segmenter
+from blockbuster.worker import WorkerInfo as Worker
 from torch import nn
 
 

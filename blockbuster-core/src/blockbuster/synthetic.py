@@ -61,7 +61,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray, *, axes: Sequence[str
     """Write an in-memory array as an OME-Zarr image (NGFF 0.5 on zarr v3, or 0.4 on v2).
 
     For examples, tests and benchmarks: ``levels`` halves y and x (nearest) per level.
-    ``units`` maps axis names to units, e.g. ``{"z": "micrometer", "y": "micrometer", "x": "micrometer"}``.
+    ``units`` maps axis names to units, e.g. ``{"y": "micrometer", "x": "micrometer"}``.
     """
     import zarr
 
