@@ -304,3 +304,20 @@ def test_readme_starts_with_title_sentence_then_the_two_commands():
     assert [line.split()[:2] for line in first_block.splitlines()] == [
         ["make", "example"], ["make", "test"]]
     assert text.index("Tiled processing") < text.index("```bash")
+
+
+def test_a_factory_error_naming_no_option_says_the_backend_could_not_be_created():
+    class Picky:
+        def __init__(self, level: int = 0):
+            raise TypeError("unsupported platform")
+
+    class Plugin:
+        @hookimpl
+        def register_segmenters(self, register):
+            register("picky", Picky)
+
+    registry = Registry(autoload=False, plugins=[Plugin()])
+    with pytest.raises(InvalidParameterError) as error:
+        registry.segmenter("picky", level=2)
+    assert str(error.value).endswith(
+        "could not be created with level=2: TypeError: unsupported platform.")

@@ -94,13 +94,19 @@ class Backend:
             raise self._rejected(options, error) from error
 
     def _rejected(self, options: dict, error: Exception) -> InvalidParameterError:
+        """One line naming this backend and the option the factory's message mentions."""
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        named = [k for k in options if k in reason] or list(options)
-        given = ", ".join(f"{k}={options[k]!r}" for k in named)
-        what = f"option {given}" if len(named) == 1 else f"options {given or '(none given)'}"
+        named = [k for k in options if k in reason]
+        what = f"{self.kind} {self.name!r} (plugin {self.plugin})"
+        if len(named) == 1:
+            return InvalidParameterError(
+                f"{what} rejected option {named[0]}={options[named[0]]!r}: {reason}. Change "
+                "that value in the config or call."
+            )
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None)
         return InvalidParameterError(
-            f"{self.kind} {self.name!r} (plugin {self.plugin}) rejected {what}: {reason}. "
-            "Change that value in the config or call."
+            f"{what} could not be created{f' with {given}' if given else ''}: "
+            f"{type(error).__name__}: {reason}."
         )
 
 
