@@ -321,3 +321,18 @@ def test_a_factory_error_naming_no_option_says_the_backend_could_not_be_created(
         registry.segmenter("picky", level=2)
     assert str(error.value).endswith(
         "could not be created with level=2: TypeError: unsupported platform.")
+
+
+def dies(tile):
+    import os
+
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_a_worker_crashed_error():
+    from blockbuster.errors import WorkerCrashedError
+
+    with pytest.raises(WorkerCrashedError, match="a worker process died") as error:
+        tile_process(np.ones((32, 64)), dies, tile_shape=(32, 32), executor="processes",
+                     workers=2)
+    assert not isinstance(error.value, MissingMainGuardError)
