@@ -158,7 +158,7 @@ class Registry:
         if self.autoload:
             self._load_entry_points()
         for plugin in plugins:
-            self._register(plugin, getattr(plugin, "__name__", repr(plugin)), "", "")
+            self._register(plugin, self._code_plugin_name(plugin), "", "")
         self.pm.check_pending()
         self._backends: dict[str, dict[str, Backend]] | None = None
 
@@ -166,6 +166,11 @@ class Registry:
     def _register(self, plugin: Any, name: str, distribution: str, version: str) -> None:
         self.pm.register(plugin, name=name)
         self._sources[id(plugin)] = (name, distribution, version)
+
+    def _code_plugin_name(self, plugin: Any) -> str:
+        """A module's name, else its class name (its ``repr`` if that name is taken)."""
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        return repr(plugin) if self.pm.has_plugin(name) else name
 
     def _load_entry_points(self) -> None:
         from importlib_metadata import entry_points
