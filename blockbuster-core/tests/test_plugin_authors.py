@@ -190,8 +190,7 @@ def test_keep_going_on_the_cli_lists_the_failed_tiles_shortened(tmp_path, monkey
     assert lines[0].startswith("blockbuster: error: 16 of 16 tiles failed")
     assert lines[0].endswith("resumes with just these:")
     assert lines[1] == ("  tile 0 at [0:32, 0:32]: fn raised RuntimeError: model diverged on "
-                        "tile 0 at [0:32, 0:32]; fix the function or the input there. "
-                        "Original traceback:")
+                        "tile 0 at [0:32, 0:32]; fix the function or the input there.")
     assert [line.split()[1] for line in lines[1:11]] == [str(i) for i in range(10)]
     assert lines[11:] == ["  ... and 6 more"]
 
@@ -336,3 +335,19 @@ def test_a_worker_that_dies_is_a_worker_crashed_error():
         tile_process(np.ones((32, 64)), dies, tile_shape=(32, 32), executor="processes",
                      workers=2)
     assert not isinstance(error.value, MissingMainGuardError)
+
+
+@pytest.mark.parametrize("guard, guarded", [
+    ('if __name__ == "__main__":', True),
+    ("if '__main__' == __name__:", True),
+    ('if __name__ == "__main__" and len(sys.argv) > 0:', True),
+    ('if __name__ != "worker":', False),
+    ("if True:", False),
+])
+def test_the_main_guard_is_recognised_in_its_usual_spellings(tmp_path, guard, guarded):
+    from blockbuster.executors import _inside_main_guard
+
+    script = tmp_path / "job.py"
+    script.write_text(f"import sys\n{guard}\n    run()\n")
+    assert _inside_main_guard(str(script), 3) is guarded
+    assert _inside_main_guard(str(script), 1) is False

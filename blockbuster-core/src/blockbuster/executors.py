@@ -220,6 +220,8 @@ def _inside_main_guard(path: str, line: int) -> bool:
 
 
 def _is_main_test(test: ast.expr) -> bool:
+    if isinstance(test, ast.BoolOp):  # if __name__ == "__main__" and ...:
+        return any(_is_main_test(value) for value in test.values)
     if not (isinstance(test, ast.Compare) and len(test.comparators) == 1):
         return False
     sides = [test.left, test.comparators[0]]

@@ -388,7 +388,8 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
     except TileFunctionError as error:
         if not job.keep_going:
             raise
-        reason = str(error).splitlines()[0]  # the traceback stays out of the summary
+        # one line each: the traceback stays on the error, out of the summary
+        reason = str(error).splitlines()[0].removesuffix(" Original traceback:")
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
