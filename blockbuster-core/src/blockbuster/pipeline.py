@@ -30,7 +30,12 @@ import numpy as np
 
 from blockbuster._version import __version__
 from blockbuster.background import Background
-from blockbuster.errors import InvalidParameterError, TileFunctionError, TilesFailedError
+from blockbuster.errors import (
+    ContractViolationError,
+    InvalidParameterError,
+    TileFunctionError,
+    TilesFailedError,
+)
 from blockbuster.executors import Executor
 from blockbuster.faces import inner_faces, local_labels, outer_faces
 from blockbuster.fingerprint import job_fingerprint
@@ -221,7 +226,7 @@ def tile_process(
 
     fn = prepare(fn, source, channel_axis)
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
-    done = stage.open(fingerprint, resume=resume)
+    done = stage.open(fingerprint, resume=resume, replace_other=overwrite)
     job = Job(source, fn, grid, channel_axis, merge, connectivity, stage, out, retries,
               keep_going, skip_empty, table_path is not None, executor.workers)
     stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
@@ -272,12 +277,30 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress,
         bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if failed:
-        raise TilesFailedError(
-            f"{len(failed)} of {len(job.grid)} tiles failed after {job.retries} retries; every "
-            "other tile is staged, so rerunning the same call resumes with just these:\n"
-            + "\n".join(failed)
-        )
+        raise tiles_failed(failed, len(job.grid), job.retries)
     return counts
+
+
+SHOWN_FAILURES = 10  # failed tiles listed in the message; the rest are counted
+
+
+def tiles_failed(failed: list[str], n_tiles: int, retries: int) -> TilesFailedError:
+    """The error for a ``keep_going`` run: the first failed tiles, one line each, then a count."""
+    failed = sorted(failed, key=_tile_number)
+    shown = failed[:SHOWN_FAILURES]
+    if len(failed) > SHOWN_FAILURES:
+        shown.append(f"... and {len(failed) - SHOWN_FAILURES} more")
+    error = TilesFailedError(
+        f"{len(failed)} of {n_tiles} tiles failed (contract violations at once, other errors "
+        f"after {retries} retries); every other tile is staged, so rerunning the same call "
+        "resumes with just these:\n" + "\n".join(f"  {line}" for line in shown)
+    )
+    error.failed = failed
+    return error
+
+
+def _tile_number(line: str) -> int:
+    return int(line.split()[1])
 
 
 def _runs(items: list, job: Job) -> list[list]:
@@ -365,7 +388,9 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
     except TileFunctionError as error:
         if not job.keep_going:
             raise
-        result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
+        # one line each: the traceback stays on the error, out of the summary
+        reason = str(error).splitlines()[0].removesuffix(" Original traceback:")
+        result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
     for tile, (local, record) in zip(tiles, staged):
@@ -385,6 +410,8 @@ def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:
         t0 = time.perf_counter()
         try:
             return run_on_tiles(job.fn, images, tiles), time.perf_counter() - t0
+        except ContractViolationError:
+            raise  # deterministic: the same tiles would break the contract again
         except TileFunctionError:
             if attempt == job.retries:
                 raise

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import TileFunctionError
+from blockbuster.errors import ContractViolationError, TileFunctionError
 from blockbuster.tiling import Tile
 
 
@@ -81,7 +81,7 @@ def run_on_tiles(fn: Callable, images: list[np.ndarray], tiles: Sequence[Tile]) 
         except Exception as error:
             raise _tile_failure(tiles[0], error, batch=len(tiles)) from error
         if len(outputs) != len(images):
-            raise TileFunctionError(
+            raise ContractViolationError(
                 f"segment_batch returned {len(outputs)} results for {len(images)} tiles "
                 f"(first tile {tiles[0].index} at {tiles[0].bounds()}); return one per tile."
             )
@@ -110,12 +110,12 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
     """
     where = f"tile {tile.index} at {tile.bounds()} (padded window shape {spatial_shape})"
     if output is None:
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned None for {where}; it must return an integer label array "
             "(did the function forget a `return`?)."
         )
     if isinstance(output, tuple) and output and hasattr(output[0], "shape"):
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned a tuple for {where}; return only the label array "
             "(e.g. `lambda t: model.eval(t)[0]`)."
         )
@@ -123,7 +123,7 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
     if labels.shape != spatial_shape:
         squeezed = labels.reshape(spatial_shape) if labels.size == np.prod(spatial_shape) else None
         if squeezed is None or _differs_beyond_unit_axes(labels.shape, spatial_shape):
-            raise TileFunctionError(
+            raise ContractViolationError(
                 f"fn returned shape {labels.shape} for {where}; labels must have the tile's "
                 f"spatial shape {spatial_shape} (drop the channel axis, keep size-1 axes)."
             )
@@ -134,13 +134,13 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
         labels, _ = ndimage.label(labels)
         return labels
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned dtype {labels.dtype} for {where}; labels must be integers "
             "(0 = background). Threshold probabilities and label them, or cast with "
             ".astype(np.int32) if the values are whole numbers."
         )
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned negative labels (min {labels.min()}) for {where}; labels must be "
             ">= 0 with 0 as background."
         )
