@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from blockbuster.errors import InvalidParameterError
 from blockbuster.metrics import MatchResult, match_objects
 
 
@@ -79,3 +80,7 @@ def test_empty_images():
     assert counts(all_spurious) == (0, 2, 0, 0, 0)
     assert (all_spurious.precision, all_spurious.recall, all_spurious.f1) == (0.0, 1.0, 0.0)
 
+
+def test_shapes_must_match():
+    with pytest.raises(InvalidParameterError, match="shapes differ"):
+        match_objects(np.zeros((2, 3)), np.zeros((3, 2, 1)))
