@@ -51,8 +51,9 @@ def test_every_backend_spreads_the_workers_of_a_run_over_the_gpus(monkeypatch):
             _tensorflow._done = False
             _tensorflow.configure_tensorflow(threads=1)
             tensorflow_gpu = visible[-1]
+        worker = torch_worker()
         picks.append((current_worker().index, str(select_device(True)),
-                      resolve_device("auto", torch_worker()), resolve_device("cuda", torch_worker()),
+                      resolve_device("auto", worker), resolve_device("cuda", worker),
                       tensorflow_gpu))
         time.sleep(0.02)  # keep every worker busy, so all three take tiles
         return np.ones(tile.shape, np.uint8)

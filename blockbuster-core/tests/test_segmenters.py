@@ -30,7 +30,7 @@ def dim_and_bright_blobs(shape=(200, 240), seed=4):
     return image.astype(np.float32)
 
 
-@pytest.mark.parametrize("fn", ["threshold", Threshold()], ids=["by name", "instance"])
+@pytest.mark.parametrize("fn", ["threshold", Threshold()], ids=["by-name", "instance"])
 def test_tiled_threshold_equals_whole_image_otsu(fn):
     image = dim_and_bright_blobs()
     expected = ndimage.label(image > threshold_otsu(image))[0]
