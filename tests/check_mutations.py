@@ -15,7 +15,7 @@ Usage (from the repository root; not part of ``make test``, it takes several min
 
 It first runs the named tests unmutated (they must pass), then prints a table
 ``mutation | caught by``. Exit status 0 when every mutation is caught, 1 otherwise, 2 when a
-mutation no longer applies or the unmutated tests fail.
+mutation no longer applies, the unmutated tests fail or the copy cannot be imported.
 """
 
 from __future__ import annotations
@@ -181,14 +181,18 @@ def environment(copy: Path) -> dict[str, str]:
     return env
 
 
+class StaleMutation(Exception):
+    """A mutation's old text is not in its file exactly once (the code moved or changed)."""
+
+
 def apply(copy: Path, mutation: Mutation) -> str:
     """Patch the copy; return the original text (to restore). Fails loudly when stale."""
     path = copy / mutation.path
-    text = path.read_text()
+    text = path.read_text() if path.is_file() else ""
     found = text.count(mutation.old)
     if found != 1:
-        raise SystemExit(f"mutation {mutation.name!r}: its old text occurs {found} times in "
-                         f"{mutation.path} (expected once); update the entry in {__file__}.")
+        raise StaleMutation(f"mutation {mutation.name!r}: its old text occurs {found} times in "
+                            f"{mutation.path} (expected once); update the entry in {__file__}.")
     path.write_text(text.replace(mutation.old, mutation.new))
     return text
 
@@ -217,7 +221,7 @@ def run_tests(copy: Path, tests, timeout: float, parent_peak_mib: int = 0
     return done.returncode, sorted(set(failed)), output
 
 
-def check_imported_from_copy(copy: Path) -> None:
+def imports_from_copy(copy: Path) -> bool:
     """The copy's sources, not the working tree's, must be the ones imported."""
     probe = ("import blockbuster.merge, blockbuster.plugins.torch._device as t; "
              "print(blockbuster.merge.__file__); print(t.__file__)")
@@ -225,12 +229,13 @@ def check_imported_from_copy(copy: Path) -> None:
                           capture_output=True, text=True)
     files = done.stdout.split()
     if done.returncode or not files or not all(f.startswith(str(copy)) for f in files):
-        raise SystemExit(f"the copy's sources are not the ones imported: {done.stdout}"
-                         f"{done.stderr}")
+        print(f"the copy's sources are not the ones imported: {done.stdout}{done.stderr}",
+              file=sys.stderr)
+        return False
+    return True
 
 
-def describe(result, failed: list[str]) -> str:
-    code, _ = result
+def describe(code: int | str, failed: list[str]) -> str:
     if code == "timeout":
         return "NOT CAUGHT (timed out)"
     if code == 1 and failed:
@@ -264,36 +269,50 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="blockbuster-mutations-") as folder:
         copy = copy_repository(Path(folder) / "repo")
-        check_imported_from_copy(copy)
-        for m in chosen:  # every entry still applies, before any time is spent
-            (copy / m.path).write_text(apply(copy, m))
-        if not args.no_baseline:
-            tests = sorted({t for m in chosen for t in m.tests})
-            code, failed, output = run_tests(copy, tests, args.timeout)
-            if code != 0:
-                print(output[-4000:])
-                print(f"the tests fail without any mutation (exit {code}): {failed}")
-                return 2
-        rows = []
-        for m in chosen:
-            original = apply(copy, m)
-            start = time.perf_counter()
-            try:
-                code, failed, _ = run_tests(copy, m.tests, args.timeout, m.parent_peak_mib)
-            finally:
-                (copy / m.path).write_text(original)
-            rows.append((m, describe((code, None), failed), time.perf_counter() - start))
-            print(f"[{m.item}] {m.name}: {rows[-1][1]} ({rows[-1][2]:.0f} s)", flush=True)
-    print()
-    print("| item | mutation | caught by |")
-    print("|---|---|---|")
+        if not imports_from_copy(copy):
+            return 2
+        try:
+            for m in chosen:  # every entry still applies, before any time is spent
+                (copy / m.path).write_text(apply(copy, m))
+        except StaleMutation as error:
+            print(error, file=sys.stderr)
+            return 2
+        if not args.no_baseline and not baseline_passes(copy, chosen, args.timeout):
+            return 2
+        rows = [(m, *check(copy, m, args.timeout)) for m in chosen]
+    print_table(rows)
+    return 1 if any(caught.startswith("NOT CAUGHT") for _, caught, _ in rows) else 0
+
+
+def baseline_passes(copy: Path, chosen: list[Mutation], timeout: float) -> bool:
+    """Without any mutation every named test passes (else "caught" would mean nothing)."""
+    code, failed, output = run_tests(copy, sorted({t for m in chosen for t in m.tests}), timeout)
+    if code != 0:
+        print(output[-4000:])
+        print(f"the tests fail without any mutation (exit {code}): {failed}", file=sys.stderr)
+    return code == 0
+
+
+def check(copy: Path, mutation: Mutation, timeout: float) -> tuple[str, float]:
+    """Apply one mutation, run its tests, restore the file; return (caught by, seconds)."""
+    original = apply(copy, mutation)
+    start = time.perf_counter()
+    try:
+        code, failed, _ = run_tests(copy, mutation.tests, timeout, mutation.parent_peak_mib)
+    finally:
+        (copy / mutation.path).write_text(original)
+    caught, seconds = describe(code, failed), time.perf_counter() - start
+    print(f"[{mutation.item}] {mutation.name}: {caught} ({seconds:.0f} s)", flush=True)
+    return caught, seconds
+
+
+def print_table(rows) -> None:
+    print("\n| item | mutation | caught by |\n|---|---|---|")
     for m, caught, _ in rows:
         parent = f", pytest's parent at {m.parent_peak_mib} MiB" if m.parent_peak_mib else ""
         print(f"| {m.item} | {m.name} (`{m.path}`{parent}) | {caught} |")
-    missed = [m for m, caught, _ in rows if caught.startswith("NOT CAUGHT")]
-    print(f"\n{len(rows) - len(missed)} of {len(rows)} mutations caught.")
-    return 1 if missed else 0
-
+    missed = sum(caught.startswith("NOT CAUGHT") for _, caught, _ in rows)
+    print(f"\n{len(rows) - missed} of {len(rows)} mutations caught.")
 
 if __name__ == "__main__":
     sys.exit(main())
