@@ -95,18 +95,6 @@ def test_processes_load_the_model_once_per_worker_and_number_workers(tmp_path):
     assert {(index, count) for _, index, count in tiles} <= {("0", "2"), ("1", "2")}
 
 
-def test_gpu_choice_per_worker_is_index_mod_devices(monkeypatch):
-    """The rule backends follow (mocked at the boundary: no GPU here)."""
-    from blockbuster.worker import WorkerInfo, set_thread_worker
-
-    picks = []
-    for index in range(5):
-        set_thread_worker(WorkerInfo(index, 5))
-        picks.append(current_worker().index % 2)  # 2 GPUs
-    set_thread_worker(WorkerInfo(0, 1))
-    assert picks == [0, 1, 0, 1, 0]
-
-
 def test_jobqueue_cluster_is_built_from_config_options(monkeypatch):
     import dask_jobqueue
 
