@@ -17,14 +17,16 @@ Usage: python bench/cellpose_figures.py [--skip-memory] [--out bench/results]
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reporting import figure_arguments, save  # noqa: E402
+
 PACKAGE = HERE.parent / "blockbuster-cellpose"
 TINY = PACKAGE / "tests" / "data" / "tiny_disks_cp3"
 DIAMETER = 24  # the tiny network's disks; the default halo is 2 x 24 = 48 px
@@ -126,20 +128,12 @@ def markdown(found: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
+    args = figure_arguments(__doc__)
     found = agreement_and_time()
     found["stock_512"] = stock_network_time()
     if not args.skip_memory:
         found["memory"] = memory()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cellpose.json").write_text(json.dumps(found, indent=1))
-    (out / "cellpose.md").write_text(markdown(found))
-    print(json.dumps(found, indent=1))
-    print(markdown(found))
+    save(args.out, "cellpose", found, markdown(found))
 
 
 if __name__ == "__main__":

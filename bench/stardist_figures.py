@@ -20,7 +20,6 @@ Usage: python bench/stardist_figures.py [--skip-memory] [--out bench/results]
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -32,6 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reporting import figure_arguments, save  # noqa: E402
+
 TESTS = HERE.parent / "blockbuster-stardist" / "tests"
 TINY_2D = TESTS / "data" / "tiny_2d"
 TILE = (600, 600)
@@ -159,16 +161,9 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
+    args = figure_arguments(__doc__)
     report = {"agreement": agreement(), "memory": [] if args.skip_memory else memory()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stardist.json").write_text(json.dumps(report, indent=1))
-    (out / "stardist.md").write_text(markdown(report))
-    print(markdown(report))
+    save(args.out, "stardist", report, markdown(report))
 
 
 if __name__ == "__main__":
