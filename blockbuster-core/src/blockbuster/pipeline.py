@@ -399,10 +399,10 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this worker process so far (Linux reports KiB)."""
-    import resource
+    """Peak resident memory of this worker process so far: its own, not its parent's."""
+    from blockbuster.memory import peak_rss_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def _call_with_retries(job: Job, images, tiles) -> tuple[list[Any], float]:
