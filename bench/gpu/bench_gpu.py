@@ -22,8 +22,9 @@ the default workers (one per GPU) and once with ``--workers`` threads sharing th
                          every forward pass of the network, over the wall time (the network
                          only: Cellpose's flow dynamics on the GPU count as idle);
 - ``gpu_busy_nvml``      mean NVML utilisation sampled every 20 ms during the run;
-- ``whole_s``            the same segmenter on the whole image (or the largest crop that fits),
-                         and ``tiled_vs_whole``: tiled wall / whole-image time per pixel.
+- ``whole_s``            the same segmenter on the whole image (on a GPU a crop: see
+                         ``WHOLE_MAX_SIDE``), and ``tiled_vs_whole``: tiled wall time over the
+                         whole-image time scaled to the image's pixels.
 
 ``--tiny`` runs every case on the CPU with tiny networks on a 256² image and checks that the
 tiled labels of the U-Net (float64, halo beyond its receptive field) equal its whole-image
@@ -285,11 +286,18 @@ class _Nothing:
         return None
 
 
-def whole_run(fn, image: np.ndarray, cuda: bool) -> tuple[dict, np.ndarray | None]:
+#: Largest whole-image side per case on a GPU: 32 channels x 8192² is 2^31 elements, past the
+#: 32-bit indexing of some CUDA kernels, so the networks run on a 5792² crop (half the pixels);
+#: the Cellpose pipeline on a 4096² crop (a quarter) to fit the time of one device call.
+WHOLE_MAX_SIDE = {"unet": 5792, "cpnet": 5792, "cellpose": 4096}
+
+
+def whole_run(fn, image: np.ndarray, cuda: bool,
+              max_side: int | None = None) -> tuple[dict, np.ndarray | None]:
     """The segmenter on the whole image, or on the largest square crop that fits."""
     import torch
 
-    side = image.shape[0]
+    side = min(image.shape[0], max_side or image.shape[0])
     while True:
         crop = image[:side, :side]
         try:
@@ -332,7 +340,7 @@ def run_case(name: str, args, image: np.ndarray, source: Path, folder: Path) -> 
                                 module, cuda)
         rows.append({**common, **row})
         print(json.dumps(rows[-1]), flush=True)
-    whole, whole_labels = whole_run(fn, image, cuda)
+    whole, whole_labels = whole_run(fn, image, cuda, WHOLE_MAX_SIDE[name] if cuda else None)
     tiled = np.asarray(labels[: whole.get("whole_side", 0), : whole.get("whole_side", 0)])
     if whole_labels is not None and whole["whole_side"] == image.shape[0]:
         whole["foreground_agreement"] = round(float(np.mean((tiled > 0) == (whole_labels > 0))), 5)
