@@ -390,8 +390,8 @@ def targets(rows: list[dict]) -> list[dict]:
                                   ("outside_fn", TARGET_OUTSIDE, "le")):
             value = row.get(key)
             met = None if value is None else (value >= goal if better == "ge" else value <= goal)
-            found.append({"case": row["case"], "target": f"{key} {'>=' if better == 'ge' else '<='} "
-                          f"{goal}", "value": value,
+            sign = ">=" if better == "ge" else "<="
+            found.append({"case": row["case"], "target": f"{key} {sign} {goal}", "value": value,
                           "status": "not measured" if met is None else "met" if met else "missed"})
     return found
 
