@@ -379,3 +379,22 @@ def test_infer_nbase_of_state_dict():
     with pytest.raises(InvalidParameterError, match="not a Cellpose 3 network"):
         _loader.infer_nbase({"w": torch.zeros(1)})
 
+
+
+def test_patch_batch_and_workers_follow_the_gpu(monkeypatch):
+    import torch
+
+    from blockbuster.plugins.cellpose import _device
+
+    assert _device.patch_batch(torch.device("cpu"), None) == _device.CPU_PATCH_BATCH
+    assert _device.patch_batch(torch.device("cpu"), 3) == 3
+    assert _device.gpu_workers(False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _device.gpu_workers(True) == 2
+    free = {"bytes": 80 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 0))
+    assert _device.patch_batch(torch.device("cuda:0"), None) == _device.MAX_PATCH_BATCH
+    free["bytes"] = 10 * _device.BYTES_PER_PATCH  # half of it planned with: 5 patches
+    assert _device.patch_batch(torch.device("cuda:0"), None) == 5
+    assert _device.patch_batch(torch.device("cuda:0"), 12) == 12

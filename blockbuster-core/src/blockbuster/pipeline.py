@@ -169,7 +169,7 @@ def tile_process(
     executor, workers, executor_options
         ``"threads"`` (default), ``"processes"``, ``"serial"``, ``"dask"``, another registered
         executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
-        default.
+        default, or as many as the segmenter asks for (``Needs.workers``: one per GPU).
     write_to, overwrite
         Output zarr path; refuses to replace data that is not this same job unless
         ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
@@ -206,8 +206,9 @@ def tile_process(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
     source = registry.open_image(image, reader=reader, **(reader_options or {}))
-    executor = registry.executor(executor, workers=workers, **(executor_options or {}))
     needs = registry.needs(fn)
+    executor = registry.executor(executor, workers=workers or needs.workers,
+                                 **(executor_options or {}))
     channel_axis, grid = plan_tiling(source, channel_axis, tile_shape, overlap, needs,
                                      executor.workers, memory_budget)
     merge = resolve_merge(merge, grid)

@@ -38,11 +38,15 @@ class Needs:
         a network's downsampling factor: a window that starts off that lattice sees shifted
         pooling phases and predicts slightly differently at the seams. Chosen tile shapes
         (``None``/``"auto"``) are rounded to it; given ones that miss it get a warning.
+    workers
+        Workers to run when the user names none, e.g. one per GPU for a GPU model (its
+        CPU-side work is overlapped inside the worker); ``None``: one per core.
     """
 
     halo: int | tuple[int, ...] | None = None
     bytes_per_voxel: float | None = None
     align: int | tuple[int, ...] | None = None
+    workers: int | None = None
 
 
 def needs_of(fn: Callable) -> Needs:
