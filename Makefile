@@ -42,7 +42,8 @@ install-cellpose4: $(CP4_PY)
 
 ## test-cellpose4: the cellpose backend against Cellpose 4 (.venv-cp4, ~6 GB, ~5 min fresh)
 test-cellpose4: install-cellpose4
-	$(CP4_PY) -m pytest -c pyproject.toml blockbuster-cellpose/tests
+	$(CP4_PY) -m pytest -c pyproject.toml blockbuster-cellpose/tests/test_cellpose4.py \
+		blockbuster-cellpose/tests/test_cellpose_unit.py
 
 docs: install-all
 	$(VENV)/bin/mkdocs serve
