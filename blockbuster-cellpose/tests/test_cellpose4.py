@@ -23,6 +23,7 @@ from blockbuster.metrics import match_objects
 from blockbuster.plugins.cellpose import _compat, cellpose_fn, model_cache
 
 from ._local_cpsam import blob_cpsam_state, synthetic_blobs
+from .conftest import check_tiled_against_whole
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,14 +89,7 @@ def test_tiled_matches_whole_image(cpsam, blobs):
     assert whole.shape == (1, 256, 256) and whole.dtype == np.uint32
     tiled = tile_process(image[None], fn, tile_shape=(1, 128, 256), executor="threads",
                          compute=True)
-
-    versus_truth = match_objects(truth, whole[0], iou_threshold=0.5)
-    versus_whole = match_objects(whole[0], tiled[0], iou_threshold=0.5)
-    print(f"{truth.max()} blobs, F1 whole vs truth {versus_truth.f1:.3f}, "
-          f"tiled vs whole {versus_whole.f1:.3f}")
-    assert versus_truth.f1 >= 0.95, "the blob-finding weights should find the blobs"
-    assert versus_whole.f1 >= 0.97
-    assert versus_whole.false_merges == 0 and versus_whole.false_splits == 0
+    check_tiled_against_whole(truth, whole[0], tiled[0], min_f1_truth=0.95)
     assert model_cache.loads == 1
 
 
