@@ -3,11 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# Cellpose 4 needs its own environment (another torch, torchvision): see docs/cellpose.md
+CP4_VENV := .venv-cp4
+CP4_PY   := $(CP4_VENV)/bin/python
 
-.PHONY: example test test-cellpose4 install-core install-all docs bench bench-env clean
+.PHONY: example test test-cellpose4 install-core install-all install-cellpose4 docs bench \
+	bench-env clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
+
+$(CP4_PY):
+	$(PYTHON) -m venv $(CP4_VENV)
 
 install-core: $(VENV)/bin/python
 	$(PIP) -e ./blockbuster-core
@@ -22,17 +29,21 @@ example: install-core
 	$(PY) examples/make_example_image.py examples/data/nuclei.zarr
 	$(VENV)/bin/blockbuster run examples/nuclei.toml --progress
 
-## test: install every package and run the whole suite, then build the docs strictly
+## test: install every package and run the whole suite, build the docs strictly, then run
+## the cellpose backend's tests again against Cellpose 4 in its own environment
 test: install-all
 	$(PY) -m pytest
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	$(MAKE) test-cellpose4
 
-## test-cellpose4: the cellpose backend against Cellpose 4 in its own environment (~6 GB)
-test-cellpose4:
-	$(PYTHON) -m venv .venv-cp4
-	.venv-cp4/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "cellpose>=4" \
-		pytest -e ./blockbuster-core -e ./blockbuster-cellpose
-	.venv-cp4/bin/python -m pytest -c pyproject.toml blockbuster-cellpose/tests
+install-cellpose4: $(CP4_PY)
+	$(CP4_PY) -m pip install --quiet --disable-pip-version-check -r requirements-cellpose4.txt \
+		-e ./blockbuster-core -e "./blockbuster-cellpose[test]"
+
+## test-cellpose4: the cellpose backend against Cellpose 4 (.venv-cp4, ~6 GB, ~5 min fresh)
+test-cellpose4: install-cellpose4
+	$(CP4_PY) -m pytest -c pyproject.toml blockbuster-cellpose/tests/test_cellpose4.py \
+		blockbuster-cellpose/tests/test_cellpose_unit.py
 
 docs: install-all
 	$(VENV)/bin/mkdocs serve
@@ -47,4 +58,4 @@ bench-env:
 		-r bench/requirements-cellpose-distributed.txt
 
 clean:
-	rm -rf $(VENV) .venv-cp4 bench/.venv-cellpose-distributed build site examples/data
+	rm -rf $(VENV) $(CP4_VENV) bench/.venv-cellpose-distributed build site examples/data

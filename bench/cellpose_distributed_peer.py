@@ -23,6 +23,7 @@ per block.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -31,11 +32,22 @@ from pathlib import Path
 import dask
 import distributed
 import numpy as np
-from peers import peak_rss_mb  # this script's folder is on sys.path
 
 WORKERS = 2
+#: blockbuster's memory helper (standard library only), loaded by path: this environment has
+#: no blockbuster (it needs zarr 3, this one zarr 2).
+MEMORY_MODULE = Path(__file__).resolve().parents[1] / "blockbuster-core/src/blockbuster/memory.py"
 #: Width of the style vector ``cellpose.core.run_net`` stores (the stock bottleneck).
 STYLE_SIZE = 256
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS in MB (``blockbuster.memory.peak_rss_mb``). Defined in the
+    script, so dask sends it to the workers by value and each loads the helper itself."""
+    spec = importlib.util.spec_from_file_location("blockbuster_memory", MEMORY_MODULE)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    return memory.peak_rss_mb()
 
 
 def network_widths(state: dict) -> list[int]:

@@ -33,7 +33,6 @@ import argparse
 import functools
 import importlib.util
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from blockbuster.memory import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -313,19 +313,6 @@ def cellpose_distributed_unavailable() -> str | None:
 
 def _last_line(text: str) -> str:
     return text.strip().splitlines()[-1] if text.strip() else "failed"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of the calling process in MB.
-
-    ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from the parent through fork
-    and exec, so every child would report at least the parent's peak.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM"))
-        return int(hwm.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_child(case: Case, peer: str, workdir: str) -> dict:

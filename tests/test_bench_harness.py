@@ -1,5 +1,7 @@
 """The peer benchmark harness runs end to end on tiny cases (the benchmark is not a test)."""
 
+import functools
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,7 +26,61 @@ def test_peers_harness_runs_on_a_tiny_case(tmp_path):
     assert cc and all(r["f1"] == 1.0 and r["identical"] for r in cc)  # components are exact
     distributed = [r for r in rows if r["peer"] == "cellpose-distributed"]
     assert all("--tiny" in r["skipped"] for r in distributed)
-    statuses = {t["status"] for t in report["targets"]}
-    assert report["targets"] and statuses <= {"met", "missed", "not measured"}
+    assert report["targets"] == peers().targets(rows)
+    for row in (r for r in cc if r["peer"] == "blockbuster"):  # recomputed from the rows
+        dask_image = next(r for r in measured if (r["case"], r["peer"]) == (row["case"],
+                                                                           "dask-image"))
+        status = next(t["status"] for t in report["targets"]
+                      if t["target"].startswith(f"{row['case']}: blockbuster faster"))
+        assert status == ("met" if dask_image["wall_s"] > row["wall_s"] else "missed")
     markdown = (tmp_path / "peers.md").read_text()
     assert markdown.startswith("| case | peer |") and "## Targets" in markdown
+
+
+@functools.cache
+def peers():
+    """bench/peers.py as a module (registered first: its dataclasses look themselves up)."""
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(case, kind, peer, **values):
+    return {"case": case, "kind": kind, "peer": peer, **values}
+
+
+def test_targets_are_met_missed_or_not_measured_from_the_rows():
+    """Each target's status follows from the measured rows (hand-made rows, no run)."""
+    bench = peers()
+    rows = [
+        row("cc-fast", "cc", "blockbuster", wall_s=1.0, identical=True),
+        row("cc-fast", "cc", "dask-image", wall_s=2.0, identical=True),
+        row("cc-slow", "cc", "blockbuster", wall_s=3.0, identical=False),
+        row("cc-slow", "cc", "dask-image", wall_s=2.0, identical=True),
+        row("ws", "watershed", "blockbuster", wall_s=1.0, f1=bench.F1_TARGET - 0.001),
+        row("ws-ok", "watershed", "blockbuster", wall_s=1.0, f1=bench.F1_TARGET),
+        row("cp", "cellpose", "blockbuster", wall_s=1.0, f1=1.0, outside_fn_share=0.5,
+            false_merges=2),
+        row("cp", "cellpose", "cellpose-distributed", skipped="no zarr-2 environment"),
+    ]
+    status = {t["target"]: t["status"] for t in bench.targets(rows)}
+    measured = {t["target"]: t["measured"] for t in bench.targets(rows)}
+    assert status == {
+        "cc-fast: blockbuster's objects identical to whole-image and dask-image": "met",
+        f"cc-fast: blockbuster faster than dask-image on {bench.WORKERS} workers": "met",
+        "cc-slow: blockbuster's objects identical to whole-image and dask-image": "missed",
+        f"cc-slow: blockbuster faster than dask-image on {bench.WORKERS} workers": "missed",
+        f"ws: blockbuster F1 >= {bench.F1_TARGET} vs whole-image": "missed",
+        f"ws-ok: blockbuster F1 >= {bench.F1_TARGET} vs whole-image": "met",
+        f"cp: blockbuster F1 >= {bench.F1_TARGET} vs whole-image": "met",
+        f"cp: blockbuster's time outside fn <= {bench.OUTSIDE_FN_TARGET:.0%} of its wall time":
+            "missed",
+        "cp: blockbuster's false merges none, or fewer than cellpose-distributed's":
+            "not measured",
+    }
+    assert measured[f"cc-slow: blockbuster faster than dask-image on {bench.WORKERS} workers"
+                    ].startswith("x1.50 slower")
+    assert "no zarr-2 environment" in measured[
+        "cp: blockbuster's false merges none, or fewer than cellpose-distributed's"]

@@ -30,6 +30,21 @@ def _load_script():
 make_tiny_model = _load_script()
 
 
+def check_tiled_against_whole(truth, whole, tiled, *, min_f1_truth: float):
+    """Object F1 at IoU >= 0.5: the whole-image run finds the truth, the tiled run agrees with
+    it (F1 >= 0.97, no false merges or splits). Returns both matches."""
+    from blockbuster.metrics import match_objects
+
+    versus_truth = match_objects(truth, whole, iou_threshold=0.5)
+    versus_whole = match_objects(whole, tiled, iou_threshold=0.5)
+    print(f"{truth.max()} objects, F1 whole vs truth {versus_truth.f1:.4f}, "
+          f"tiled vs whole {versus_whole.f1:.4f}")
+    assert versus_truth.f1 >= min_f1_truth, f"whole-image run vs truth: {versus_truth}"
+    assert versus_whole.f1 >= 0.97, f"tiled vs whole-image run: {versus_whole}"
+    assert versus_whole.false_merges == 0 and versus_whole.false_splits == 0, versus_whole
+    return versus_truth, versus_whole
+
+
 def synthetic_disks(shape=(256, 256), *, seed=0, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Image and true labels of noisy disks (same distribution the tiny network saw)."""
     return make_tiny_model.synthetic_disks(shape, seed=seed, **kwargs)

@@ -1,18 +1,29 @@
-"""Cellpose 4 (Cellpose-SAM) plumbing with the real library: runs only where cellpose 4 is
-installed (the main test environment has cellpose 3.1, where this file is skipped).
+"""The cellpose backend against the real Cellpose 4 (Cellpose-SAM) code.
 
-No Cellpose-SAM weights can be downloaded here, so a randomly initialised ViT-L network is
-saved under the built-in name ``cpsam``: it finds no cells, but every call path is real
-(weights lookup by name, ``CellposeModel`` construction, argument mapping, tile layouts).
-ViT-L on a CPU: about 2 minutes per call on a 2-core machine, so several minutes in all.
+Runs only where cellpose 4 is installed: ``make test`` builds that environment
+(``.venv-cp4``) after the main suite, which has cellpose 3.1 and skips this file.
+
+No Cellpose-SAM weights can be downloaded here, so the stock ViT-L network gets weights that
+make it a local blob finder (``_local_cpsam.py``): every layer still runs, and Cellpose's own
+``CellposeModel``, ``eval``, tiling and mask dynamics turn its outputs into labels.
+Their flows are blur gradients, not Cellpose's diffusion flows, so the tests pass
+``flow_threshold=0`` (Cellpose's flow-error check would reject every mask). ViT-L on a CPU
+costs ~20 s per 256² patch on 2 cores, so these tests run 5 patches.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
-from blockbuster.errors import BackendOptionError
-from blockbuster.plugins.cellpose import _compat, cellpose_fn
+from blockbuster import tile_process
+from blockbuster.errors import BackendOptionError, ModelNotFoundError
+from blockbuster.metrics import match_objects
+from blockbuster.plugins.cellpose import _compat, cellpose_fn, model_cache
+
+from ._local_cpsam import blob_cpsam_state, synthetic_blobs
+from .conftest import check_tiled_against_whole
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,35 +32,91 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def random_cpsam(tmp_path_factory):
-    """A models folder holding random Cellpose-SAM weights as ``cpsam``."""
+def models_folder(tmp_path_factory):
+    """A models folder holding the blob-finding Cellpose-SAM weights as ``cpsam``."""
     import torch
 
-    try:
-        from cellpose.vit import CPSAM as network  # cellpose >= 4.2
-
-        prefix = ""
-    except ImportError:
-        from cellpose.vit_sam import Transformer as network  # cellpose 4.0, 4.1
-
-        prefix = "module."  # their loader strips the DataParallel prefix unconditionally
-
     folder = tmp_path_factory.mktemp("models")
-    state = network().state_dict()
-    torch.save({prefix + k: v for k, v in state.items()}, folder / "cpsam")
-    return folder
+    torch.save(blob_cpsam_state(), folder / "cpsam")
+    yield folder
+    (folder / "cpsam").unlink()  # 1.2 GB: do not leave it in pytest's kept temp folders
 
 
-def test_cpsam_by_name_and_layouts(random_cpsam, monkeypatch):
-    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(random_cpsam))
-    fn = cellpose_fn("cpsam", diameter=30)
-    assert fn.settings.major == 4
-    rng = np.random.default_rng(0)
-    labels = fn(rng.random((1, 96, 96), dtype=np.float32))
-    assert labels.shape == (1, 96, 96) and labels.dtype == np.uint32
-    with_channels = cellpose_fn("cpsam", channel_axis=0)
-    assert with_channels(rng.random((2, 80, 96), dtype=np.float32)).shape == (80, 96)
-    prepared = fn.prepare(rng.random((128, 128), dtype=np.float32))
-    assert prepared(rng.random((64, 64), dtype=np.float32)).shape == (64, 64)
+@pytest.fixture()
+def cpsam(models_folder, monkeypatch):
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(models_folder))
+    return "cpsam"
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """256² image of Gaussian blobs and their true labels (disks around the centres)."""
+    return synthetic_blobs((256, 256), seed=3)
+
+
+def test_names_options_and_default_come_from_the_installed_cellpose(cpsam, tmp_path,
+                                                                     monkeypatch):
+    from cellpose import models
+
+    assert _compat.builtin_models(4) == tuple(dict.fromkeys(models.MODEL_NAMES))
+    init = inspect.signature(models.CellposeModel.__init__).parameters
+    assert _compat.default_model(4) == init["pretrained_model"].default
+    eval_parameters = set(inspect.signature(models.CellposeModel.eval).parameters) - {"self",
+                                                                                       "x"}
+    assert _compat.extra_eval_keywords(4) == (eval_parameters - _compat.MANAGED_EVAL_KEYWORDS
+                                              - _compat.OWN_EVAL_KEYWORDS)
+    assert "interp" not in eval_parameters
+    with pytest.raises(BackendOptionError, match="only in cellpose 3"):
+        cellpose_fn(cpsam, interp=False)
+
+    fn = cellpose_fn(cpsam, diameter=30)
+    assert fn.settings.major == 4 and fn.settings.weights.endswith("cpsam")
     with pytest.raises(BackendOptionError, match="no `channels` option"):
-        cellpose_fn("cpsam", channels=[2, 3])
+        cellpose_fn(cpsam, channels=[2, 3])
+    assert cellpose_fn(cpsam, channels=[0, 0]).settings.channels is None
+    with pytest.raises(ModelNotFoundError, match="cellpose<4"):
+        cellpose_fn("cyto3")
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match=init["pretrained_model"].default):
+        cellpose_fn()
+
+
+def test_tiled_matches_whole_image(cpsam, blobs):
+    """Per-slice tiles (1, 128, 256) with the default halo agree with one whole-image run."""
+    image, truth = blobs
+    fn = cellpose_fn(cpsam, flow_threshold=0)
+    whole = fn(image[None])
+    assert whole.shape == (1, 256, 256) and whole.dtype == np.uint32
+    tiled = tile_process(image[None], fn, tile_shape=(1, 128, 256), executor="threads",
+                         compute=True)
+    check_tiled_against_whole(truth, whole[0], tiled[0], min_f1_truth=0.95)
+    assert model_cache.loads == 1
+
+
+def test_channel_axis_reaches_eval_in_order(cpsam, blobs, monkeypatch):
+    """A (C, Y, X) tile reaches ``CellposeModel.eval`` channels-last, channel 0 first, without
+    ``channels``; its labels are those of calling Cellpose directly, and find the blobs."""
+    image, truth = blobs
+    image, truth = image[:128, :160], truth[:128, :160]
+    noise = np.random.default_rng(1).random(image.shape, dtype=np.float32)
+    tile = np.stack([image, noise])  # the network reads the first channel only
+    fn = cellpose_fn(cpsam, channel_axis=0, diameter=30, flow_threshold=0)
+    model = fn.load_model()
+    real_eval, calls = model.eval, []
+
+    def spy(x, **kwargs):
+        calls.append((x.shape, kwargs))
+        return real_eval(x, **kwargs)
+
+    monkeypatch.setattr(model, "eval", spy)
+    labels = fn(tile)
+    assert labels.shape == (128, 160) and labels.dtype == np.uint32
+    (shape, kwargs), = calls
+    assert shape == (128, 160, 2) and kwargs["channel_axis"] == 2
+    assert "channels" not in kwargs and kwargs["diameter"] == 30
+    assert kwargs["flow_threshold"] == 0
+
+    direct, _, _ = real_eval(np.moveaxis(tile, 0, -1), channel_axis=-1, diameter=30,
+                               flow_threshold=0)
+    np.testing.assert_array_equal(labels, direct)
+    assert match_objects(truth, labels, iou_threshold=0.5).f1 >= 0.9

@@ -20,7 +20,7 @@ from blockbuster import tile_process
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.cellpose import GPUUnavailableWarning, cellpose_fn, model_cache
 
-from .conftest import synthetic_disks
+from .conftest import check_tiled_against_whole, synthetic_disks
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +41,12 @@ def test_tiled_matches_whole_image(tiny_weights, big_image, record_property):
     t0 = time.perf_counter()
     tiled = tile_process(image, fn, tile_shape=(256, 256), executor="threads", compute=True)
     t_tiled = time.perf_counter() - t0
-
-    versus_whole = match_objects(whole, tiled, iou_threshold=0.5)
-    versus_truth = match_objects(truth, whole, iou_threshold=0.5)
+    record_property("seconds_whole_tiled", (t_whole, t_tiled))
+    print(f"whole {t_whole:.1f}s, tiled {t_tiled:.1f}s")
+    versus_truth, versus_whole = check_tiled_against_whole(truth, whole, tiled,
+                                                           min_f1_truth=0.9)
     record_property("f1_tiled_vs_whole", versus_whole.f1)
     record_property("f1_whole_vs_truth", versus_truth.f1)
-    record_property("seconds_whole_tiled", (t_whole, t_tiled))
-    print(f"F1 tiled vs whole {versus_whole.f1:.4f}, whole vs truth {versus_truth.f1:.4f}, "
-          f"{whole.max()} cells, whole {t_whole:.1f}s, tiled {t_tiled:.1f}s")
-    assert versus_truth.f1 >= 0.9, "the tiny network should find the disks"
-    assert versus_whole.f1 >= 0.97
-    assert versus_whole.false_merges == 0 and versus_whole.false_splits == 0
     assert model_cache.loads == 1
 
 

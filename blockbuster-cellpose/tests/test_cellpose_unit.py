@@ -1,7 +1,9 @@
-"""Fast tests of the Cellpose backend: no network runs (stand-ins replace the model).
+"""Tests of the Cellpose backend's plumbing: options, weights lookup, caching, layouts, devices.
 
-Cellpose 4 is covered here with a stand-in ``cellpose.models`` and a faked installed
-version: argument mapping, model names, weights lookup and the ``channels`` refusal.
+Where a model runs it is the tiny trained Cellpose 3 network (``tests/data``, a few seconds
+per test, marked ``slow``), whose ``eval`` a spy records; only the multi-GPU test, which no
+CPU can build models for, uses a stand-in.
+Cellpose 4 runs for real in ``test_cellpose4.py`` (its own environment in ``make test``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from blockbuster.plugins.cellpose import (
 )
 from blockbuster.worker import set_thread_worker
 
+from .conftest import synthetic_disks
+
 INSTALLED_MAJOR = _compat.major_version()
 cp3_only = pytest.mark.skipif(INSTALLED_MAJOR != 3, reason="tests Cellpose 3 names/layouts")
 
@@ -43,20 +47,33 @@ def weights_file(tmp_path):
     return path
 
 
+def spy_on_eval(model, monkeypatch) -> list:
+    """Record ``(x.shape, kwargs, x)`` of every ``model.eval`` call; the real eval runs."""
+    real_eval, calls = model.eval, []
+
+    def spy(x, **kwargs):
+        calls.append((x.shape, kwargs, np.array(x)))
+        return real_eval(x, **kwargs)
+
+    monkeypatch.setattr(model, "eval", spy)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def disks():
+    """128² image of the disks the tiny network was trained on."""
+    return synthetic_disks((128, 128), seed=8)[0]
+
+
 class FakeModel:
-    """Stands in for ``CellposeModel``: records eval calls, labels one square per plane."""
+    """Stands in for ``CellposeModel`` on (pretended) GPUs: labels one square per plane."""
 
     nchan = 2
 
-    def __init__(self, device="cpu", **kwargs):
+    def __init__(self, device="cpu"):
         self.device = device
-        self.kwargs = kwargs
-        self.calls = []
-        self.inputs = []
 
     def eval(self, x, **kwargs):
-        self.calls.append((x.shape, kwargs))
-        self.inputs.append(x)
         plane = x.shape[:-1] if kwargs.get("channel_axis") is not None else x.shape
         masks = np.zeros(plane, np.uint16)
         masks[..., 2:6, 2:6] = 1
@@ -85,23 +102,25 @@ def test_factory_checks_and_reports_needs(weights_file):
     assert "my_model" in repr(fn)
 
 
-def test_segmenter_pickles_small_and_without_model(weights_file, fake_builds):
-    fn = cellpose_fn(weights_file)
-    fn(np.zeros((16, 16), np.float32))
+@pytest.mark.slow  # the tiny Cellpose 3 network runs
+def test_segmenter_pickles_small_and_without_model(tiny_weights, disks):
+    fn = cellpose_fn(tiny_weights)
+    assert fn(disks).max() > 5
     payload = cloudpickle.dumps(fn)
     assert len(payload) < 4000
     clone = cloudpickle.loads(payload)
     assert clone == fn and clone.blockbuster_fingerprint() == fn.blockbuster_fingerprint()
-    assert b"FakeModel" not in payload
+    assert b"CellposeModel" not in payload and b"CPnet" not in payload
 
 
-def test_model_built_once_and_reused(weights_file, fake_builds):
-    fn = cellpose_fn(weights_file, diameter=12)
-    for _ in range(5):
-        fn(np.zeros((16, 16), np.float32))
+@pytest.mark.slow  # the tiny Cellpose 3 network runs
+def test_model_built_once_and_reused(tiny_weights, disks):
+    fn = cellpose_fn(tiny_weights, diameter=24)
+    first = fn(disks)
+    np.testing.assert_array_equal(fn(disks), first)
     clone = cloudpickle.loads(cloudpickle.dumps(fn))
-    clone(np.zeros((8, 8), np.float32))
-    assert len(fake_builds) == 1 and _loader.CACHE.loads == 1
+    np.testing.assert_array_equal(clone(disks), first)
+    assert _loader.CACHE.loads == 1 and len(_loader.CACHE) == 1
     assert fn.load_model() is clone.load_model()
 
 
@@ -194,82 +213,10 @@ def test_bad_options_raise_typed_errors(weights_file):
         "niter": 50, "augment": True}
 
 
-# -- Cellpose 4 mapping (stand-in) ---------------------------------------------------------
-#: The parts of cellpose 4.0's ``cellpose/models.py`` that blockbuster reads (with ast).
-STANDIN_CP4_MODELS_SOURCE = """
-MODEL_NAMES = ["cpsam"]
-
-class CellposeModel():
-    def __init__(self, gpu=False, pretrained_model="cpsam", model_type=None,
-                 diam_mean=None, device=None, nchan=None, use_bfloat16=True):
-        pass
-
-    def eval(self, x, batch_size=8, resample=True, channels=None, channel_axis=None,
-             z_axis=None, normalize=True, invert=False, rescale=None, diameter=None,
-             flow_threshold=0.4, cellprob_threshold=0.0, do_3D=False, anisotropy=None,
-             flow3D_smooth=0, stitch_threshold=0.0, min_size=15, max_size_fraction=0.4,
-             niter=None, augment=False, tile_overlap=0.1, bsize=256, compute_masks=True,
-             progress=None, active_head="cells"):
-        pass
-"""
-
-
-@pytest.fixture()
-def cellpose4(monkeypatch):
-    """Pretend cellpose 4.0.6 is installed (version metadata and models.py source)."""
-    import ast
-
-    monkeypatch.setattr(_compat, "installed_version", lambda: "4.0.6")
-    monkeypatch.setattr(_compat, "_models_source",
-                        lambda: ast.parse(STANDIN_CP4_MODELS_SOURCE))
-    return 4
-
-
-def test_cp4_names_and_defaults(cellpose4, tmp_path, monkeypatch):
-    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="cpsam"):
-        cellpose_fn()
-    (tmp_path / "cpsam").write_bytes(b"w")
-    fn = cellpose_fn()
-    assert fn.settings.model == "cpsam" and fn.settings.major == 4
-    with pytest.raises(ModelNotFoundError, match="cellpose<4"):
-        cellpose_fn("cyto3")
+def test_weights_file_names():
     assert _compat.weights_filename("nuclei", 3) == "nucleitorch_0"
+    assert _compat.weights_filename("cyto3", 3) == "cyto3"
     assert _compat.weights_filename("cpsam", 4) == "cpsam"
-    assert "active_head" in _compat.extra_eval_keywords(4)
-    assert "interp" not in _compat.extra_eval_keywords(4)
-
-
-def test_cp4_has_no_channels(cellpose4, weights_file):
-    with pytest.raises(BackendOptionError, match="no `channels` option"):
-        cellpose_fn(weights_file, channels=[2, 3])
-    assert cellpose_fn(weights_file, channels=[0, 0]).settings.channels is None
-    with pytest.raises(BackendOptionError, match="only in cellpose 3"):
-        cellpose_fn(weights_file, interp=False)
-
-
-def test_cp4_eval_arguments_and_build(cellpose4, weights_file, monkeypatch):
-    """The Cellpose 4 path builds ``CellposeModel(pretrained_model=<path>)`` and never
-    passes ``channels``; a stand-in ``cellpose.models`` records what it is given."""
-    import types
-
-    cellpose = pytest.importorskip("cellpose")
-    built = []
-
-    class CP4Model(FakeModel):
-        def __init__(self, gpu=False, pretrained_model="cpsam", device=None, **kw):
-            super().__init__(device=device)
-            built.append({"gpu": gpu, "pretrained_model": pretrained_model, **kw})
-
-    monkeypatch.setattr(cellpose, "models", types.SimpleNamespace(CellposeModel=CP4Model),
-                        raising=False)
-    fn = cellpose_fn(weights_file, diameter=25, channel_axis=0)
-    labels = fn(np.zeros((3, 32, 40), np.float32))
-    assert labels.shape == (32, 40) and labels.max() == 1
-    assert built == [{"gpu": False, "pretrained_model": str(weights_file.resolve())}]
-    (shape, kwargs), = fn.load_model().calls
-    assert shape == (32, 40, 3) and "channels" not in kwargs
-    assert kwargs["diameter"] == 25 and kwargs["channel_axis"] == 2
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -302,18 +249,19 @@ def test_gpu_workers_build_one_model_per_device(monkeypatch, fake_builds, weight
     assert set(devices) <= {"cuda:0", "cuda:1"} and len(devices) == len(set(devices))
 
 
-def test_no_gpu_warns_once_per_process(monkeypatch, fake_builds, weights_file):
+@pytest.mark.slow  # the tiny Cellpose 3 network runs
+def test_no_gpu_warns_once_per_process(monkeypatch, tiny_weights, disks):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    fn = cellpose_fn(weights_file, gpu=True)
+    fn = cellpose_fn(tiny_weights, gpu=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(6):
-            fn(np.zeros((16, 16), np.float32))
+        for _ in range(2):
+            fn(disks[:64, :64])
     gpu_warnings = [w for w in caught if issubclass(w.category, GPUUnavailableWarning)]
     assert len(gpu_warnings) == 1 and "running on the CPU" in str(gpu_warnings[0].message)
-    assert [device for _, _, device in fake_builds] == ["cpu"]
+    assert fn.load_model().device.type == "cpu" and _loader.CACHE.loads == 1
 
 
 # -- tile layouts --------------------------------------------------------------------------
@@ -346,27 +294,31 @@ def test_bad_tile_layouts_say_what_to_do():
         _layout.to_cellpose(np.zeros((30, 40)), channel_axis=3, volumetric=False)
 
 
-@cp3_only
-def test_per_slice_tile_keeps_its_shape(weights_file, fake_builds):
-    fn = cellpose_fn(weights_file)
-    labels = fn(np.zeros((1, 20, 24), np.float32))
-    assert labels.shape == (1, 20, 24) and labels.dtype == np.uint32
-    (shape, kwargs), = fn.load_model().calls
-    assert shape == (20, 24) and kwargs["channels"] == [0, 0] and kwargs["z_axis"] is None
+@pytest.mark.slow  # the tiny Cellpose 3 network runs
+def test_per_slice_tile_keeps_its_shape(tiny_weights, disks, monkeypatch):
+    fn = cellpose_fn(tiny_weights, diameter=24)
+    calls = spy_on_eval(fn.load_model(), monkeypatch)
+    labels = fn(disks[None, :80, :96])
+    assert labels.shape == (1, 80, 96) and labels.dtype == np.uint32
+    np.testing.assert_array_equal(labels[0], fn(disks[:80, :96]))
+    (shape, kwargs, _), _ = calls
+    assert shape == (80, 96) and kwargs["channels"] == [0, 0] and kwargs["z_axis"] is None
 
 
-def test_prepare_fixes_normalization_image_wide(weights_file, fake_builds):
+@pytest.mark.slow  # the tiny Cellpose 3 network runs
+def test_prepare_fixes_normalization_image_wide(tiny_weights, monkeypatch):
     image = np.linspace(0, 100, 200 * 200, dtype=np.float32).reshape(200, 200)
-    fn = cellpose_fn(weights_file).prepare(image)
+    fn = cellpose_fn(tiny_weights).prepare(image)
     assert fn.settings.lowhigh == pytest.approx((1.0, 99.0), abs=0.1)
+    calls = spy_on_eval(fn.load_model(), monkeypatch)
     fn(image[:20, :20])
-    (shape, kwargs), = fn.load_model().calls
+    (_, kwargs, tile), = calls
     assert kwargs["normalize"] is False  # the tile was normalized with the image's bounds
     expected = (image[:20, :20] - fn.settings.lowhigh[0]) / np.ptp(fn.settings.lowhigh)
-    np.testing.assert_allclose(fn.load_model().inputs[0], expected, rtol=1e-5, atol=1e-6)
-    assert cellpose_fn(weights_file, global_normalization=False).prepare(image).settings \
+    np.testing.assert_allclose(tile, expected, rtol=1e-5, atol=1e-6)
+    assert cellpose_fn(tiny_weights, global_normalization=False).prepare(image).settings \
         .lowhigh is None
-    assert cellpose_fn(weights_file, channel_axis=0).prepare(image).settings.lowhigh is None
+    assert cellpose_fn(tiny_weights, channel_axis=0).prepare(image).settings.lowhigh is None
 
 
 @cp3_only
@@ -379,3 +331,22 @@ def test_infer_nbase_of_state_dict():
     with pytest.raises(InvalidParameterError, match="not a Cellpose 3 network"):
         _loader.infer_nbase({"w": torch.zeros(1)})
 
+
+
+def test_patch_batch_and_workers_follow_the_gpu(monkeypatch):
+    import torch
+
+    from blockbuster.plugins.cellpose import _device
+
+    assert _device.patch_batch(torch.device("cpu"), None) == _device.CPU_PATCH_BATCH
+    assert _device.patch_batch(torch.device("cpu"), 3) == 3
+    assert _device.gpu_workers(False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _device.gpu_workers(True) == 2
+    free = {"bytes": 80 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 0))
+    assert _device.patch_batch(torch.device("cuda:0"), None) == _device.MAX_PATCH_BATCH
+    free["bytes"] = 10 * _device.BYTES_PER_PATCH  # half of it planned with: 5 patches
+    assert _device.patch_batch(torch.device("cuda:0"), None) == 5
+    assert _device.patch_batch(torch.device("cuda:0"), 12) == 12

@@ -118,7 +118,9 @@ def test_plugins_json_and_text(capsys):
     assert names["blockbuster.builtin.segmenters"]["backends"]["segmenter"] == [
         "threshold", "watershed"]
     assert main(["plugins"]) == 0
-    assert "segmenters: threshold, watershed" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "segmenter threshold (aliases: otsu) - global threshold" in text
+    assert text.index("segmenter threshold") < text.index("segmenter watershed")
 
 
 def test_info_and_version(job, capsys):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -22,13 +22,30 @@ class Components:
 
 
 @st.composite
+def axes(draw, longest, split):
+    """``(size, tile, halo)`` of one axis; a ``split`` axis has 2+ tiles and a halo."""
+    if split:
+        size = draw(st.integers(3, longest))
+        tile = draw(st.integers(2, size - 1))
+        return size, tile, draw(st.integers(1, min(tile - 1, 3)))
+    size = draw(st.integers(1, longest))
+    tile = draw(st.integers(1, size + 3))  # 1 px .. larger than the image
+    return size, tile, draw(st.integers(0, min(tile - 1, 3)))
+
+
+@st.composite
 def cases(draw, max_ndim=3):
+    """Images, tilings and merge modes; every ``"overlap"`` case splits an axis with a halo.
+
+    Without such an axis the overlap rule never runs (``merge=None`` would fall back to
+    touching), so the split axis is drawn first and shrinks to a 3 px axis of two tiles.
+    """
     ndim = draw(st.integers(2, max_ndim))
-    shape = tuple(draw(st.lists(st.integers(1, 24 if ndim == 2 else 10), min_size=ndim,
-                                max_size=ndim)))
-    tile_shape = tuple(draw(st.integers(1, s + 3)) for s in shape)  # 1 px .. larger than image
-    overlap = tuple(draw(st.integers(0, max(0, min(t - 1, 3)))) for t in tile_shape)
-    merge = draw(st.sampled_from(["touch", "overlap"])) if any(overlap) else "touch"
+    merge = draw(st.sampled_from(["overlap", "touch"]))
+    split = draw(st.integers(0, ndim - 1)) if merge == "overlap" else None
+    longest = 24 if ndim == 2 else 10
+    shape, tile_shape, overlap = zip(*(draw(axes(longest, axis == split))
+                                       for axis in range(ndim)))
     connectivity = draw(st.sampled_from([1, ndim]))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
@@ -41,10 +58,9 @@ def cases(draw, max_ndim=3):
 def _check(case, executor):
     image, tile_shape, overlap, merge, connectivity = case
     fn = Components(connectivity)
-    if merge == "overlap" and not any(
-        o for o, t, s in zip(overlap, tile_shape, image.shape) if t < s
-    ):
-        merge = None  # nothing is split along an axis with a halo: the default applies
+    split_with_halo = [o > 0 and t < s for o, t, s in zip(overlap, tile_shape, image.shape)]
+    assert merge == "touch" or any(split_with_halo)  # the overlap rule really runs
+    event(f"merge={merge}")
     tiled = tile_process(image, fn, tile_shape=tile_shape, overlap=overlap, merge=merge,
                          connectivity=connectivity,
                          executor=executor, workers=2, compute=True)

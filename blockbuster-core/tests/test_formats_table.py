@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from blockbuster import tile_process
 from blockbuster.errors import InvalidParameterError
 from blockbuster.image import ImageView
 from blockbuster.readers import BaseReader
@@ -121,3 +122,53 @@ def test_image_view_gives_the_table_the_spatial_axes_of_the_reader_metadata():
 
     plain = ImageView.open(Plain()).table_metadata()
     assert plain["scale"] is None and plain["axes"] is None and plain["ndim"] == 2
+
+
+def objects_across_tiles(shape, seed):
+    """Blobs larger than a tile, so most objects span several tiles and merge across faces."""
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random(shape), 3)
+    return ((smooth - smooth.mean()) / smooth.std()).astype(np.float32)
+
+
+class Components:
+    def __call__(self, tile):
+        return ndimage.label(tile > 1.0)[0]
+
+
+@pytest.mark.parametrize("shape,tile_shape,table", [
+    ((90, 110), (24, 32), True),                    # beside the labels: <write_to>.objects.csv
+    ((14, 60, 52), (5, 20, 16), "objects.parquet"),
+])
+def test_the_run_table_equals_regionprops_of_the_run_labels(tmp_path, shape, tile_shape, table):
+    """Every column of a real run's table against skimage on the labels it wrote."""
+    if str(table).endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+        table = tmp_path / table
+        write_to = None
+    else:
+        write_to = tmp_path / "labels.zarr"
+    labels = tile_process(objects_across_tiles(shape, seed=len(shape)), Components(),
+                          tile_shape=tile_shape, overlap=2, write_to=write_to, table=table,
+                          executor="threads", workers=2, compute=True)
+    path = table if table is not True else tmp_path / "labels.zarr.objects.csv"
+    result = read_table(path)
+    axes = ("z", "y", "x")[-len(shape):]
+    reference = pd.DataFrame(regionprops_table(labels, properties=("label", "area", "bbox",
+                                                                   "centroid")))
+    assert set(result.columns) == {"label", "voxels", "n_tiles", "tiles"} | {
+        f"{column}_{axis}" for column in ("bbox_min", "bbox_max", "centroid") for axis in axes}
+    assert len(result) == len(reference) == labels.max() > 5
+    np.testing.assert_array_equal(result["label"], reference["label"])
+    np.testing.assert_array_equal(result["voxels"], reference["area"])
+    for i, axis in enumerate(axes):
+        np.testing.assert_array_equal(result[f"bbox_min_{axis}"], reference[f"bbox-{i}"])
+        np.testing.assert_array_equal(result[f"bbox_max_{axis}"],
+                                      reference[f"bbox-{i + len(shape)}"])
+        np.testing.assert_allclose(result[f"centroid_{axis}"], reference[f"centroid-{i}"])
+    grid = TileGrid(shape, tile_shape, (0,) * len(shape))
+    spans = expected_tiles(labels, grid)
+    assert [list(t) for t in result["tiles"]] == [spans[int(lab)] for lab in result["label"]]
+    assert (result["n_tiles"] == result["tiles"].map(len)).all()
+    assert result["n_tiles"].max() >= 4  # objects merged across several tiles
+    assert (result[[f"bbox_min_{axis}" for axis in axes]] > 0).all(axis=1).any()

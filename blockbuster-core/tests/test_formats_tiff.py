@@ -133,10 +133,11 @@ def test_paths_no_reader_accepts(tmp_path):
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np
     from scipy import ndimage
     from blockbuster import tile_process
+    from blockbuster.memory import peak_baseline, peak_rss_bytes
     from blockbuster.registry import Registry
 
     path, out, executor = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -148,11 +149,11 @@ MEMORY_SCRIPT = textwrap.dedent("""
     # warm up: thread pool, codecs and imports of a run count in the baseline, not the file
     tile_process(np.full((1024, 1024), 255, np.uint8), fn, tile_shape=(512, 512), overlap=8,
                  executor=executor, workers=2, compute=True)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_baseline()  # this process's own memory now, not its parent's peak
     labels, stats = tile_process(path, fn, tile_shape=(512, 512), overlap=8, merge="overlap",
                                  write_to=out, executor=executor, workers=2,
                                  return_stats=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(json.dumps({"baseline": baseline, "peak": peak, "tiles": stats.n_tiles,
                       "objects": stats.n_objects}))
 """)

@@ -95,7 +95,23 @@ def test_per_slice_processing_of_a_stack():
     assert_same_labels(ndimage.label(image > 0.3)[0], labels)  # slices join where they touch
 
 
-def test_uint64_output_when_needed(monkeypatch):
+def test_uint64_labels_exactly_when_the_objects_outnumber_uint32():
+    """The rule itself, at its boundary (tile counts only: no 2**32-object image is made)."""
+    from blockbuster.ids import encode as provisional
+    from blockbuster.relabel import Relabeling
+
+    no_edges = np.empty((0, 2), np.uint64)
+    assert Relabeling(np.array([2**32 - 2, 1]), no_edges).dtype == np.uint32  # ID 2**32 - 1
+    big = Relabeling(np.array([2**32 - 2, 2]), no_edges)
+    assert big.n_objects == 2**32 and big.dtype == np.uint64
+    assert big.table(1).lookup()[2] == 2**32  # the last ID does not fit uint32
+    one_merge = np.array([[provisional(0, np.array(1))[()], provisional(1, np.array(1))[()]]])
+    merged = Relabeling(np.array([2**32 - 2, 2]), one_merge)
+    assert merged.n_objects == 2**32 - 1 and merged.dtype == np.uint32
+
+
+def test_output_takes_the_relabeling_dtype(monkeypatch):
+    """The pipeline writes the dtype the rule picks (the rule is forced here)."""
     import blockbuster.relabel as relabel
 
     monkeypatch.setattr(relabel.Relabeling, "dtype", property(lambda self: np.dtype(np.uint64)))

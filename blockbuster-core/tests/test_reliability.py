@@ -186,7 +186,8 @@ def test_a_dead_worker_process_is_explained(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode != 0
-    assert "WorkerCrashedError" in done.stderr and "__main__" in done.stderr
+    # refused before any worker starts, with the typed WorkerCrashedError subclass and the fix
+    assert "MissingMainGuardError" in done.stderr and "__main__" in done.stderr
 
 
 def test_a_crashed_run_never_resumes_on_different_data(tmp_path):

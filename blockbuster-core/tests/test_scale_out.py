@@ -95,18 +95,6 @@ def test_processes_load_the_model_once_per_worker_and_number_workers(tmp_path):
     assert {(index, count) for _, index, count in tiles} <= {("0", "2"), ("1", "2")}
 
 
-def test_gpu_choice_per_worker_is_index_mod_devices(monkeypatch):
-    """The rule backends follow (mocked at the boundary: no GPU here)."""
-    from blockbuster.worker import WorkerInfo, set_thread_worker
-
-    picks = []
-    for index in range(5):
-        set_thread_worker(WorkerInfo(index, 5))
-        picks.append(current_worker().index % 2)  # 2 GPUs
-    set_thread_worker(WorkerInfo(0, 1))
-    assert picks == [0, 1, 0, 1, 0]
-
-
 def test_jobqueue_cluster_is_built_from_config_options(monkeypatch):
     import dask_jobqueue
 
@@ -125,3 +113,30 @@ def test_jobqueue_cluster_is_built_from_config_options(monkeypatch):
     executor = DaskExecutor(workers=8, cluster="slurm", cores=4, memory="16GB", queue="gpu")
     executor._make_cluster()
     assert made == {"options": {"cores": 4, "memory": "16GB", "queue": "gpu"}, "scale": 8}
+
+
+class AsksForWorkers:
+    """A segmenter that asks for ``count`` workers (as a GPU backend asks for one per GPU)."""
+
+    def __init__(self, count):
+        self.count = count
+        self.seen = set()
+
+    def blockbuster_needs(self):
+        from blockbuster import Needs
+
+        return Needs(workers=self.count)
+
+    def __call__(self, tile):
+        self.seen.add(current_worker().count)
+        return FN(tile)
+
+
+def test_needs_workers_sets_the_default_worker_count_and_workers_overrides_it():
+    asks = AsksForWorkers(3)
+    labels = tile_process(IMAGE, asks, tile_shape=(64, 64), overlap=40, compute=True)
+    assert asks.seen == {3}
+    given = AsksForWorkers(3)
+    same = tile_process(IMAGE, given, tile_shape=(64, 64), overlap=40, workers=1, compute=True)
+    assert given.seen == {1}
+    assert np.array_equal(labels, same)

@@ -6,10 +6,10 @@ from blockbuster.tiling import TileGrid, auto_tile_shape
 
 
 @st.composite
-def grids(draw):
+def grids(draw, min_tile=1):
     ndim = draw(st.integers(1, 3))
     shape = draw(st.lists(st.integers(1, 12), min_size=ndim, max_size=ndim))
-    tiles = draw(st.lists(st.integers(1, 14), min_size=ndim, max_size=ndim))
+    tiles = draw(st.lists(st.integers(min_tile, 14), min_size=ndim, max_size=ndim))
     overlap = [draw(st.integers(0, t - 1)) for t in tiles]
     return TileGrid(shape, tiles, overlap)
 
@@ -25,13 +25,26 @@ def test_cores_partition_the_image_and_halos_are_clipped(grid):
     assert (cover == 1).all()
 
 
-@given(grids())
-def test_neighbours_after_are_adjacent_tiles(grid):
+@given(grids(min_tile=3))  # at most 4 tiles per axis: the brute force below stays quick
+def test_neighbours_after_are_exactly_the_tiles_one_step_on(grid):
+    """Every tile one step after along ``axis`` and within one step on the others, no other."""
     for tile in grid:
         for axis in range(grid.ndim):
-            for other in grid.neighbours_after(tile, axis):
-                assert other.position[axis] == tile.position[axis] + 1
-                assert all(abs(a - b) <= 1 for a, b in zip(other.position, tile.position))
+            expected = [
+                other.index for other in grid
+                if other.position[axis] == tile.position[axis] + 1
+                and all(abs(a - b) <= 1 for a, b in zip(other.position, tile.position))
+            ]
+            found = [other.index for other in grid.neighbours_after(tile, axis)]
+            assert sorted(found) == expected and len(set(found)) == len(found)
+
+
+def test_neighbours_after_the_centre_of_a_3x3_grid():
+    grid = TileGrid((30, 30), (10, 10), (2, 2))
+    centre = grid.tile(grid.index((1, 1)))
+    assert sorted(t.position for t in grid.neighbours_after(centre, 0)) == [(2, 0), (2, 1), (2, 2)]
+    assert sorted(t.position for t in grid.neighbours_after(centre, 1)) == [(0, 2), (1, 2), (2, 2)]
+    assert grid.neighbours_after(grid.tile(grid.index((2, 2))), 0) == []
 
 
 def test_auto_tile_shape_fits_budget_and_aligns_to_chunks():

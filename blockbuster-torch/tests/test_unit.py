@@ -265,7 +265,7 @@ def test_unknown_option_is_a_backend_option_error_listing_valid_ones():
 
 
 def test_an_option_of_the_wrong_type_is_one_typed_error_naming_it():
-    with pytest.raises(BackendOptionError, match=r"batch_size='eight' should be int, not str"):
+    with pytest.raises(BackendOptionError, match=r"batch_size='eight' should be int or one of 'auto' or None, not str"):
         torch_fn(Identity(), batch_size="eight")
     with pytest.raises(BackendOptionError, match=r"threshold='high' should be float"):
         torch_fn(Identity(), threshold="high")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.options import check_options
+from blockbuster.sampling import read_region
 from blockbuster.worker import WorkerInfo, current_worker, usable_cores
 
 DEFAULT_SAMPLE_VOXELS = 2**22  # 4 Mi voxels (16 MiB as float32) per channel at most
@@ -78,7 +79,7 @@ def _sample(image: Any, max_voxels: int) -> np.ndarray:
     from blockbuster.sampling import sample_blocks
 
     if int(np.prod(image.shape)) <= max_voxels:
-        return _computed(image[tuple(slice(None) for _ in image.shape)]).ravel()
+        return _computed(read_region(image, tuple(slice(None) for _ in image.shape))).ravel()
     block = int(round(65536 ** (1 / max(1, len(image.shape)))))  # 256 in 2D, 40 in 3D
     return sample_blocks(image, max_voxels=max_voxels, block=block)
 
@@ -95,7 +96,8 @@ class _ChannelView:
         self.shape = tuple(s for i, s in enumerate(image.shape) if i != self.axis)
 
     def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
-        return _computed(self.image[region[: self.axis] + (self.channel,) + region[self.axis :]])
+        full = region[: self.axis] + (slice(self.channel, self.channel + 1),) + region[self.axis :]
+        return np.squeeze(_computed(read_region(self.image, full)), axis=self.axis)
 
 
 # -- options ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The ``blockbuster`` command: ``run``, ``plugins``, ``info`` and ``--version``.
 
 Exit codes: 0 on success; 1 with a one-line error on stderr for any blockbuster error (the
-full traceback only with ``--debug``); 2 for a usage error.
+full traceback only with ``--debug``; a ``keep_going`` run adds the list of failed tiles); 2 for
+a usage error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import tomllib
 
 from blockbuster._version import __version__
-from blockbuster.errors import BlockbusterError, ConfigError
+from blockbuster.errors import BlockbusterError, ConfigError, TilesFailedError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BlockbusterError, OSError) as error:
         if args.debug:
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"blockbuster: error: {message}", file=sys.stderr)
+        print(f"blockbuster: error: {error_message(error)}", file=sys.stderr)
         return 1
+
+
+def error_message(error: BaseException) -> str:
+    """One line for an error; a ``keep_going`` failure keeps its list of failed tiles."""
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, TilesFailedError) else text.splitlines()[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,20 +129,51 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from blockbuster.registry import Registry
 
     registry = Registry()
-    plugins = [vars(p) for p in registry.plugins()]
-    failures = [vars(f) for f in registry.failures]
     if args.json:
-        print(json.dumps({"plugins": plugins, "failures": failures}, indent=2))
+        print(json.dumps(plugins_report(registry), indent=2))
         return 0
-    for plugin in plugins:
-        where = f"{plugin['distribution']} {plugin['version']}".strip()
-        print(f"{plugin['name']}  ({where or 'registered in code'})")
-        for kind, names in sorted(plugin["backends"].items()):
-            print(f"    {kind}s: {', '.join(names)}")
-    for failure in failures:
-        print(f"FAILED {failure['name']}  ({failure['distribution']} {failure['version']}): "
-              f"{failure['error']}")
+    for line in plugins_text(registry):
+        print(line)
     return 0
+
+
+def plugins_report(registry) -> dict[str, Any]:
+    """What ``blockbuster plugins --json`` prints: plugins, backends with aliases, failures."""
+    from blockbuster.registry import KINDS
+
+    backends = {kind: [{"name": b.name, "aliases": list(b.aliases),
+                        "description": b.description, "plugin": b.plugin}
+                       for b in registry.backends(kind)] for kind in KINDS}
+    return {"plugins": [vars(p) for p in registry.plugins()], "backends": backends,
+            "failures": [vars(f) for f in registry.failures],
+            "blocked": [vars(f) for f in registry.skipped]}
+
+
+def plugins_text(registry) -> list[str]:
+    """One line per plugin, then one per backend: name, aliases and a one-line description."""
+    from blockbuster.registry import KINDS
+
+    lines = []
+    for plugin in registry.plugins():
+        where = f"{plugin.distribution} {plugin.version}".strip()
+        lines.append(f"{plugin.name}  ({where or 'registered in code'})")
+        for kind in KINDS:
+            for backend in registry.backends(kind):
+                if backend.plugin == plugin.name:
+                    lines.append("    " + describe_backend(backend))
+    for failure in registry.failures:
+        lines.append(f"FAILED {failure.name}  ({failure.distribution} {failure.version}): "
+                     f"{failure.error}")
+    for skipped in registry.skipped:
+        lines.append(f"BLOCKED {skipped.name}  ({skipped.distribution} {skipped.version}): "
+                     f"{skipped.error}")
+    return lines
+
+
+def describe_backend(backend) -> str:
+    aliases = f" (aliases: {', '.join(backend.aliases)})" if backend.aliases else ""
+    about = backend.description.splitlines()[0] if backend.description else ""
+    return f"{backend.kind:<9} {backend.name}{aliases}" + (f" - {about}" if about else "")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -26,6 +26,13 @@ class TileFunctionError(BlockbusterError, RuntimeError):
     """The segmentation function failed or returned something that is not labels for a tile."""
 
 
+class ContractViolationError(TileFunctionError):
+    """``fn`` returned something that breaks the segmenter contract (shape, dtype, count).
+
+    Deterministic, so never retried: the same tile would break it again.
+    """
+
+
 class OutputExistsError(BlockbusterError, FileExistsError):
     """``write_to`` already holds data that this run would overwrite."""
 
@@ -40,6 +47,11 @@ class TilesFailedError(BlockbusterError, RuntimeError):
 
 class WorkerCrashedError(BlockbusterError, RuntimeError):
     """A worker process died mid-run; finished tiles stay staged for a resume."""
+
+
+class MissingMainGuardError(WorkerCrashedError):
+    """The ``processes`` executor was started from a script's top level without the
+    ``if __name__ == "__main__":`` guard, so each worker would rerun the script."""
 
 
 class NotPicklableError(BlockbusterError, TypeError):
@@ -68,6 +80,10 @@ class BackendNotInstalledError(PluginError, LookupError):
 
 class BackendBrokenError(PluginError, ImportError):
     """The backend's package is installed but failed to import."""
+
+
+class BackendBlockedError(PluginError, LookupError):
+    """The backend's plugin is installed but blocked (``[plugins] block`` or ``block=``)."""
 
 
 class BackendOptionError(PluginError, TypeError):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blockbuster.errors import InvalidParameterError
+
 
 @dataclass(frozen=True)
 class MatchResult:
@@ -41,10 +43,14 @@ class MatchResult:
 
 def match_objects(reference, result, iou_threshold: float = 0.5) -> MatchResult:
     """Match the objects of ``result`` to those of ``reference`` (arrays of the same shape)."""
-    reference = np.asarray(reference).ravel()
-    result = np.asarray(result).ravel()
+    reference = np.asarray(reference)
+    result = np.asarray(result)
     if reference.shape != result.shape:
-        raise ValueError(f"shapes differ: {reference.shape} vs {result.shape}")
+        raise InvalidParameterError(
+            f"shapes differ: {reference.shape} vs {result.shape}; compare label images of "
+            "the same shape."
+        )
+    reference, result = reference.ravel(), result.ravel()
     ref_ids, ref_sizes = _sizes(reference)
     res_ids, res_sizes = _sizes(result)
     both = (reference != 0) & (result != 0)

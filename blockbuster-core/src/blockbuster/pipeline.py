@@ -128,7 +128,7 @@ def tile_process(
     executor, workers, executor_options
         ``"threads"`` (default), ``"processes"``, ``"serial"``, ``"dask"``, another registered
         executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
-        default.
+        default, or as many as the segmenter asks for (``Needs.workers``: one per GPU).
     write_to, overwrite
         Output zarr path; refuses to replace data that is not this same job unless
         ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
@@ -161,9 +161,10 @@ def tile_process(
     fn = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options)
     image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
                            channel_axis)
-    executor = registry.executor(executor, workers=workers, **(executor_options or {}))
     check_retries(retries)
     segmenter = Segmenter.of(fn, registry.needs(fn), retries)
+    executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
+                                 **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
                        memory_budget)
     merge = resolve_merge(merge, grid)
@@ -180,7 +181,7 @@ def tile_process(
 
     segmenter = segmenter.prepared(image)
     stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
-    done = stage.open(fingerprint, resume=resume)
+    done = stage.open(fingerprint, resume=resume, replace_other=overwrite)
     job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going, skip_empty,
               table_path is not None)
     stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
@@ -241,13 +242,30 @@ def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progre
         bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if failed:
-        raise TilesFailedError(
-            f"{len(failed)} of {len(job.grid)} tiles failed after {job.segmenter.retries} "
-            "retries; every other tile is staged, so rerunning the same call resumes with just "
-            "these:\n"
-            + "\n".join(failed)
-        )
+        raise tiles_failed(failed, len(job.grid), job.segmenter.retries)
     return counts
+
+
+SHOWN_FAILURES = 10  # failed tiles listed in the message; the rest are counted
+
+
+def tiles_failed(failed: list[str], n_tiles: int, retries: int) -> TilesFailedError:
+    """The error for a ``keep_going`` run: the first failed tiles, one line each, then a count."""
+    failed = sorted(failed, key=_tile_number)
+    shown = failed[:SHOWN_FAILURES]
+    if len(failed) > SHOWN_FAILURES:
+        shown.append(f"... and {len(failed) - SHOWN_FAILURES} more")
+    error = TilesFailedError(
+        f"{len(failed)} of {n_tiles} tiles failed (contract violations at once, other errors "
+        f"after {retries} retries); every other tile is staged, so rerunning the same call "
+        "resumes with just these:\n" + "\n".join(f"  {line}" for line in shown)
+    )
+    error.failed = failed
+    return error
+
+
+def _tile_number(line: str) -> int:
+    return int(line.split()[1])
 
 
 def _runs(items: list, job: Job, workers: int) -> list[list]:

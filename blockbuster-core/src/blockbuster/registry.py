@@ -21,9 +21,11 @@ import pluggy
 from blockbuster import hookspecs
 from blockbuster.builtin import PLUGINS as BUILTIN_PLUGINS
 from blockbuster.errors import (
+    BackendBlockedError,
     BackendBrokenError,
     BackendNotInstalledError,
     ImageReadError,
+    BlockbusterError,
     InvalidParameterError,
     PluginContractError,
     UnknownBackendError,
@@ -73,10 +75,35 @@ class Backend:
         return target
 
     def create(self, *args: Any, **options: Any) -> Any:
-        """Call the factory with ``options`` after checking it accepts them."""
+        """Call the factory with ``options`` after checking it accepts them.
+
+        A ``ValueError``/``TypeError`` from the factory (``sigma must be > 0``) becomes an
+        :class:`InvalidParameterError` naming this backend and the option concerned.
+        """
         factory = self.load()
         check_options(factory, options, f"{self.kind} {self.name!r}", skip=len(args))
-        return factory(*args, **options)
+        try:
+            return factory(*args, **options)
+        except (ValueError, TypeError) as error:
+            if isinstance(error, BlockbusterError) and not isinstance(error, InvalidParameterError):
+                raise
+            raise self._rejected(options, error) from error
+
+    def _rejected(self, options: dict, error: Exception) -> InvalidParameterError:
+        """One line naming this backend and the option the factory's message mentions."""
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        named = [k for k in options if k in reason]
+        what = f"{self.kind} {self.name!r} (plugin {self.plugin})"
+        if len(named) == 1:
+            return InvalidParameterError(
+                f"{what} rejected option {named[0]}={options[named[0]]!r}: {reason}. Change "
+                "that value in the config or call."
+            )
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None)
+        return InvalidParameterError(
+            f"{what} could not be created{f' with {given}' if given else ''}: "
+            f"{type(error).__name__}: {reason}."
+        )
 
 
 @dataclass(frozen=True)
@@ -119,13 +146,15 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.blocked = set(block)
+        self.skipped: list[PluginFailure] = []  # entry points left out by ``block``
+        self.autoload = autoload if autoload is not None else not os.environ.get(DISABLE_AUTOLOAD_ENV)
         self._sources: dict[int, tuple[str, str, str]] = {}
         for module in BUILTIN_PLUGINS:
             self._register(importlib.import_module(module), module, "blockbuster-core", _core_version())
-        if autoload if autoload is not None else not os.environ.get(DISABLE_AUTOLOAD_ENV):
+        if self.autoload:
             self._load_entry_points()
         for plugin in plugins:
-            self._register(plugin, getattr(plugin, "__name__", repr(plugin)), "", "")
+            self._register(plugin, self._code_plugin_name(plugin), "", "")
         self.pm.check_pending()
         self._backends: dict[str, dict[str, Backend]] | None = None
 
@@ -134,13 +163,22 @@ class Registry:
         self.pm.register(plugin, name=name)
         self._sources[id(plugin)] = (name, distribution, version)
 
+    def _code_plugin_name(self, plugin: Any) -> str:
+        """A module's name, else its class name (its ``repr`` if that name is taken)."""
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        return repr(plugin) if self.pm.has_plugin(name) else name
+
     def _load_entry_points(self) -> None:
         from importlib_metadata import entry_points
 
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
-            if ep.name in self.blocked or dist in self.blocked or self.pm.has_plugin(ep.name):
+            if ep.name in self.blocked or dist in self.blocked:
+                blocked_by = ep.name if ep.name in self.blocked else dist
+                self.skipped.append(PluginFailure(ep.name, dist, version, f"blocked as {blocked_by!r}"))
+                continue
+            if self.pm.has_plugin(ep.name):
                 continue
             try:
                 plugin = ep.load()
@@ -177,27 +215,52 @@ class Registry:
         return sorted({b.name for b in self._collect()[kind].values()})
 
     def get(self, kind: str, name: str) -> Backend:
-        """The backend called ``name`` (or an alias), or a precise error."""
+        """The backend called ``name`` (or an alias), or a precise error.
+
+        Broken (its plugin failed to import), blocked, known but not installed, or unknown:
+        each says what to do.
+        """
         table = self._collect()[kind]
         if name in table:
             return table[name]
         for failure in self.failures:
-            if name in (failure.name,) or KNOWN_PACKAGES.get((kind, name)) == failure.distribution:
+            if _may_provide(failure, kind, name):
                 raise BackendBrokenError(
-                    f"{kind} {name!r} is installed ({failure.distribution} {failure.version}) but "
-                    f"failed to import: {failure.error}. Fix or reinstall that package."
+                    f"{kind} {name!r}: its plugin {failure.name!r} ({failure.distribution} "
+                    f"{failure.version}) is installed but failed to import: {failure.error}. Fix "
+                    "or reinstall that package (`blockbuster plugins` shows every failure)."
+                )
+        for skipped in self.skipped:
+            if _may_provide(skipped, kind, name):
+                raise BackendBlockedError(
+                    f"{kind} {name!r}: its plugin {skipped.name!r} ({skipped.distribution}) is "
+                    f"installed but {skipped.error}; remove that name from `[plugins] block` in "
+                    "the config (or from `block=`) to use it."
                 )
         if (kind, name) in KNOWN_PACKAGES:
             raise BackendNotInstalledError(
                 f"{kind} {name!r} is not installed; install it with "
-                f"`pip install {KNOWN_PACKAGES[(kind, name)]}`."
+                f"`pip install {KNOWN_PACKAGES[(kind, name)]}`.{self._autoload_note()}"
             )
-        installed = self.names(kind)
+        raise self._unknown(kind, name, table)
+
+    def _unknown(self, kind: str, name: str, table: dict) -> UnknownBackendError:
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownBackendError(
-            f"unknown {kind} {name!r}.{hint} Installed {kind}s: {', '.join(installed) or 'none'}."
+        installed = ", ".join(self.names(kind)) or "none"
+        others = [f"{f.name!r} failed to import ({f.error})" for f in self.failures]
+        others += [f"{f.name!r} is {f.error}" for f in self.skipped]
+        note = f" Plugins that may provide it: {'; '.join(others)}." if others else ""
+        return UnknownBackendError(
+            f"unknown {kind} {name!r}.{hint} Installed {kind}s: {installed}.{note}"
+            f"{self._autoload_note()}"
         )
+
+    def _autoload_note(self) -> str:
+        if self.autoload:
+            return ""
+        return (f" Entry-point plugins were not loaded ({DISABLE_AUTOLOAD_ENV} is set or "
+                "autoload=False); unset it to use installed plugins.")
 
     # -- creation ---------------------------------------------------------------------------
     def segmenter(self, spec: Callable | str, **options: Any) -> Callable:
@@ -255,16 +318,30 @@ class Registry:
         return unique
 
     def plugins(self) -> list[PluginInfo]:
-        """Loaded plugins with the backends each registered."""
-        infos: dict[str, PluginInfo] = {}
-        for plugin in self.pm.get_plugins():
-            name, dist, version = self._sources.get(id(plugin), (self.pm.get_name(plugin), "", ""))
-            infos[name] = PluginInfo(name, dist, version)
+        """Loaded plugins with the backends each registered: built-ins first, then entry points
+        by name, each kind's backends by name (a stable order for ``blockbuster plugins``)."""
+        infos = {name: PluginInfo(name, dist, version)
+                 for name, dist, version in self._sources.values()}
         for kind in KINDS:
-            for backend in self._unique(kind):
+            for backend in self.backends(kind):
                 if backend.plugin in infos:
                     infos[backend.plugin].backends.setdefault(kind, []).append(backend.name)
         return list(infos.values())
+
+    def backends(self, kind: str) -> list[Backend]:
+        """The installed backends of ``kind`` (each once, aliases on it), sorted by name."""
+        return sorted(self._unique(kind), key=lambda backend: backend.name)
+
+
+def _may_provide(plugin: PluginFailure, kind: str, name: str) -> bool:
+    """Whether an entry point that did not load is the likely home of backend ``name``.
+
+    Its entry-point name, its distribution (``blockbuster-<name>``) or the package known to
+    ship that backend gives it away; anything else cannot be known without importing it.
+    """
+    dist = plugin.distribution.lower().replace("_", "-")
+    known = KNOWN_PACKAGES.get((kind, name), "").split("[")[0]
+    return name in (plugin.name, dist.removeprefix("blockbuster-")) or (bool(known) and known == dist)
 
 
 def _fulfils(made: Any, members: tuple[str, ...], backend: Backend, base: str) -> Any:

@@ -15,8 +15,8 @@ import numpy as np
 def sample_blocks(image, *, max_voxels: int = 2**22, block: int = 256) -> np.ndarray:
     """Flattened values of up to ``max_voxels`` voxels from evenly spread blocks of ``image``.
 
-    ``image`` is anything with ``shape`` and numpy slicing (a reader, zarr, dask or numpy
-    array). Blocks of side ``block`` (whole axes when shorter) are taken on a regular grid of
+    ``image`` is a reader (anything with ``shape`` and ``read(region)``, the reader contract)
+    or an array with numpy slicing (zarr, dask or numpy). Blocks of side ``block`` (whole axes when shorter) are taken on a regular grid of
     positions, so the sample is deterministic and covers the whole image.
     """
     shape = tuple(int(s) for s in image.shape)
@@ -29,11 +29,17 @@ def sample_blocks(image, *, max_voxels: int = 2**22, block: int = 256) -> np.nda
         np.linspace(0, s - side, n, dtype=int) for s, side, n in zip(shape, sides, counts)
     ]):
         region = tuple(slice(int(c), int(c) + side) for c, side in zip(corner, sides))
-        piece = image[region]
+        piece = read_region(image, region)
         if hasattr(piece, "compute"):  # dask
             piece = piece.compute()
         values.append(np.asarray(piece).ravel())
     return np.concatenate(values)
+
+
+def read_region(image, region: tuple[slice, ...]):
+    """``image.read(region)`` for a reader (the contract names only ``read``), else slicing."""
+    read = getattr(image, "read", None)
+    return read(region) if callable(read) else image[region]
 
 
 def _spread(shape, sides, n_blocks) -> list[int]:

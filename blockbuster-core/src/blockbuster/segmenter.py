@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import TileFunctionError
+from blockbuster.errors import ContractViolationError, TileFunctionError
 from blockbuster.tiling import Tile
 
 
@@ -43,11 +43,15 @@ class Needs:
         a network's downsampling factor: a window that starts off that lattice sees shifted
         pooling phases and predicts slightly differently at the seams. Chosen tile shapes
         (``None``/``"auto"``) are rounded to it; given ones that miss it get a warning.
+    workers
+        Workers to run when the user names none, e.g. one per GPU for a GPU model (its
+        CPU-side work is overlapped inside the worker); ``None``: one per core.
     """
 
     halo: int | tuple[int, ...] | None = None
     bytes_per_voxel: float | None = None
     align: int | tuple[int, ...] | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,17 @@ class Segmenter:
         """Labels for each tile (checked by :func:`as_labels`) and the seconds spent in ``fn``.
 
         A call that raises is tried ``retries`` more times, then raises
-        :class:`~blockbuster.errors.TileFunctionError` naming the tile.
+        :class:`~blockbuster.errors.TileFunctionError` naming the tile; a broken contract
+        (:class:`~blockbuster.errors.ContractViolationError`: wrong shape, dtype or count) is
+        deterministic and raised at once.
         """
         for attempt in range(self.retries + 1):
             started = time.perf_counter()
             try:
                 outputs = self._call(images, tiles)
                 break
+            except ContractViolationError:
+                raise  # deterministic: the same tiles would break the contract again
             except TileFunctionError:
                 if attempt == self.retries:
                     raise
@@ -128,7 +136,7 @@ class Segmenter:
             except Exception as error:
                 raise _tile_failure(tiles[0], error, batch=len(tiles)) from error
             if len(outputs) != len(images):
-                raise TileFunctionError(
+                raise ContractViolationError(
                     f"segment_batch returned {len(outputs)} results for {len(images)} tiles "
                     f"(first tile {tiles[0].index} at {tiles[0].bounds()}); return one per tile."
                 )
@@ -157,12 +165,12 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
     """
     where = f"tile {tile.index} at {tile.bounds()} (padded window shape {spatial_shape})"
     if output is None:
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned None for {where}; it must return an integer label array "
             "(did the function forget a `return`?)."
         )
     if isinstance(output, tuple) and output and hasattr(output[0], "shape"):
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned a tuple for {where}; return only the label array "
             "(e.g. `lambda t: model.eval(t)[0]`)."
         )
@@ -170,7 +178,7 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
     if labels.shape != spatial_shape:
         squeezed = labels.reshape(spatial_shape) if labels.size == np.prod(spatial_shape) else None
         if squeezed is None or _differs_beyond_unit_axes(labels.shape, spatial_shape):
-            raise TileFunctionError(
+            raise ContractViolationError(
                 f"fn returned shape {labels.shape} for {where}; labels must have the tile's "
                 f"spatial shape {spatial_shape} (drop the channel axis, keep size-1 axes)."
             )
@@ -181,13 +189,13 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
         labels, _ = ndimage.label(labels)
         return labels
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned dtype {labels.dtype} for {where}; labels must be integers "
             "(0 = background). Threshold probabilities and label them, or cast with "
             ".astype(np.int32) if the values are whole numbers."
         )
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise TileFunctionError(
+        raise ContractViolationError(
             f"fn returned negative labels (min {labels.min()}) for {where}; labels must be "
             ">= 0 with 0 as background."
         )

@@ -54,21 +54,24 @@ class Stage:
         self._lock = threading.Lock()
 
     # -- creation and resume ----------------------------------------------------------------
-    def open(self, fingerprint: str, *, resume: bool = True) -> dict[int, int]:
+    def open(self, fingerprint: str, *, resume: bool = True,
+             replace_other: bool = False) -> dict[int, int]:
         """Create the stage, or reopen a crashed run's stage of this same job.
 
         Returns the label counts of the tiles already done (empty for a fresh stage). A stage
-        left by a different job is never reused: :class:`StageMismatchError` says what differs.
+        left by a different job is never reused: :class:`StageMismatchError` says what differs,
+        unless ``replace_other`` (the run's ``overwrite=True``) says to clear it.
         """
         previous = self.fingerprint()
-        if previous is None or not resume:
+        if previous is None or not resume or (replace_other and previous != fingerprint):
             self.create(fingerprint)
             return {}
         if previous != fingerprint:
             raise StageMismatchError(
                 f"the staging area {str(self.root)!r} holds a crashed run of a different job "
                 f"(it differs in: {', '.join(_differences(previous, fingerprint))}), so it cannot "
-                "be resumed. Delete that folder, or pass resume=False, to start fresh."
+                "be resumed. Delete that folder, or pass overwrite=True (or resume=False) to start "
+                "fresh."
             )
         return {index: self.read_record(index).count for index in self.done_tiles()}
 

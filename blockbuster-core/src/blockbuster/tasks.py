@@ -100,7 +100,9 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
     except TileFunctionError as error:
         if not job.keep_going:
             raise
-        result.failed.extend(f"tile {t.index} at {t.bounds()}: {error}" for t in tiles)
+        # one line each: the traceback stays on the error, out of the summary
+        reason = str(error).splitlines()[0].removesuffix(" Original traceback:")
+        result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
     for tile, raw in zip(tiles, labels):
@@ -110,10 +112,10 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this worker process so far (Linux reports KiB)."""
-    import resource
+    """Peak resident memory of this worker process so far: its own, not its parent's."""
+    from blockbuster.memory import peak_rss_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, TileRecord]:

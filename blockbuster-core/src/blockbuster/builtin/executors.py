@@ -9,17 +9,19 @@ held by ``fn`` is loaded once per worker; choose it for pure-Python functions th
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import importlib.util
 import itertools
 import multiprocessing
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from blockbuster.errors import NotPicklableError, WorkerCrashedError
+from blockbuster.errors import MissingMainGuardError, NotPicklableError, WorkerCrashedError
 from blockbuster.executors import Executor, Pool, Task
 from blockbuster.hookspecs import hookimpl
 from blockbuster.worker import WorkerInfo, set_process_worker, set_thread_worker
@@ -61,11 +63,21 @@ class SerialExecutor(Executor):
 
 
 # -- futures-based pools ----------------------------------------------------------------------
+WORKER_DIED = (
+    "a worker process died: killed for lack of memory (use smaller tiles or fewer "
+    "workers), crashed in native code, or the calling script lacks the "
+    "`if __name__ == \"__main__\":` guard the processes executor needs. Finished "
+    "tiles are staged: rerun the same call to resume, or use executor='threads'."
+)
+
+
 class _FuturesPool(Pool):
-    def __init__(self, executor: cf.Executor, workers: int, call: Callable):
+    def __init__(self, executor: cf.Executor, workers: int, call: Callable,
+                 crashes: tuple[type[BaseException], ...] = ()):
         self.executor = executor
         self.window = 4 * workers  # bounded submission keeps memory flat
         self.call = call
+        self.crashes = crashes  # errors that mean a worker process is gone
 
     def map_unordered(self, task, items):
         items = iter(items)
@@ -77,13 +89,8 @@ class _FuturesPool(Pool):
                     yield future.result()
                 for item in itertools.islice(items, len(done)):
                     pending.add(self.executor.submit(self.call, task, item))
-        except BrokenProcessPool as error:
-            raise WorkerCrashedError(
-                "a worker process died: killed for lack of memory (use smaller tiles or fewer "
-                "workers), crashed in native code, or the calling script lacks the "
-                "`if __name__ == \"__main__\":` guard the processes executor needs. Finished "
-                "tiles are staged: rerun the same call to resume, or use executor='threads'."
-            ) from error
+        except self.crashes as error:
+            raise WorkerCrashedError(WORKER_DIED) from error
         finally:
             for future in pending:
                 future.cancel()
@@ -123,6 +130,8 @@ class ProcessExecutor(Executor):
 
     @contextmanager
     def start(self, context):
+        if self.start_method != "fork":
+            check_main_guard()
         payload = serialize(context)
         mp = multiprocessing.get_context(self.start_method)
         counter = mp.Value("i", 0)
@@ -130,7 +139,68 @@ class ProcessExecutor(Executor):
             self.workers, mp_context=mp, initializer=_init_process,
             initargs=(payload, counter, self.workers),
         ) as pool:
-            yield _FuturesPool(pool, self.workers, _call_in_process)
+            yield _FuturesPool(pool, self.workers, _call_in_process,
+                               crashes=(BrokenProcessPool, BrokenPipeError, EOFError))
+
+
+def check_main_guard() -> None:
+    """Refuse to start worker processes from a script's unguarded top level.
+
+    Worker processes (``spawn``/``forkserver``) import the main script again; a script that
+    calls ``tile_process`` at its top level would rerun in each worker and fail there with a
+    raw ``RuntimeError``/``BrokenPipeError``. Checked in the parent (the call sits outside an
+    ``if __name__ == "__main__":`` block of the main file) and in a worker (the call happens
+    while the worker imports the script as ``__mp_main__``).
+    """
+    script = _unguarded_main_script(sys._getframe(1))
+    if script is not None:
+        raise MissingMainGuardError(
+            f"executor='processes' was started from the top level of {script} without the "
+            "`if __name__ == \"__main__\":` guard, so every worker process would run the script "
+            "again. Move the call under that guard (or into a function called from it), or use "
+            "executor='threads'."
+        )
+
+
+def _unguarded_main_script(frame) -> str | None:
+    """The main script whose top level, outside its guard, is making this call (or ``None``)."""
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if frame.f_code.co_name == "<module>" and name in ("__main__", "__mp_main__"):
+            path = frame.f_code.co_filename
+            if name == "__mp_main__" or not _inside_main_guard(path, frame.f_lineno):
+                return path
+            return None
+        frame = frame.f_back
+    return None
+
+
+def _inside_main_guard(path: str, line: int) -> bool:
+    """Whether ``line`` of the file at ``path`` lies in an ``if __name__ == "__main__":`` block.
+
+    A source that cannot be read or parsed (``python -c``, a notebook cell) is given the benefit
+    of the doubt.
+    """
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    return any(
+        isinstance(node, ast.If) and _is_main_test(node.test)
+        and node.lineno <= line <= node.end_lineno
+        for node in ast.walk(tree)
+    )
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    if isinstance(test, ast.BoolOp):  # if __name__ == "__main__" and ...:
+        return any(_is_main_test(value) for value in test.values)
+    if not (isinstance(test, ast.Compare) and len(test.comparators) == 1):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = {s.id for s in sides if isinstance(s, ast.Name)}
+    values = {s.value for s in sides if isinstance(s, ast.Constant)}
+    return names == {"__name__"} and values == {"__main__"}
 
 
 def serialize(context: Any) -> bytes:

@@ -4,6 +4,7 @@ import numpy as np
 from scipy import ndimage
 
 from blockbuster import Needs
+from blockbuster.errors import InvalidParameterError
 
 
 @dataclass(frozen=True)
@@ -13,8 +14,12 @@ class BlurThreshold:
     sigma: float = 2.0
     level: float = 0.5
 
+    def __post_init__(self):  # runs when the backend is created: reject bad options early
+        if self.sigma <= 0:
+            raise InvalidParameterError(f"sigma must be > 0, got {self.sigma}")
+
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         return ndimage.label(ndimage.gaussian_filter(tile.astype(np.float32), self.sigma) > self.level)[0]
 
-    def blockbuster_needs(self) -> Needs:  # halo for an exact blur at tile borders
+    def blockbuster_needs(self) -> Needs:  # context so the blur at tile borders sees its neighbours
         return Needs(halo=int(4 * self.sigma) + 1, bytes_per_voxel=12)

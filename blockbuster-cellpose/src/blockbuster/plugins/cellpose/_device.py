@@ -39,6 +39,41 @@ def select_device(gpu: bool):
     return torch.device("cpu")
 
 
+#: Patches per network call on the CPU (Cellpose's own default).
+CPU_PATCH_BATCH = 8
+#: Working memory of one 224 x 224 patch through the stock Cellpose 3 network on a GPU
+#: (activations of every level plus cuDNN workspace), rounded up.
+BYTES_PER_PATCH = 96 * 2**20
+#: Largest patch batch chosen from free memory, and the share of free memory it may use.
+MAX_PATCH_BATCH = 64
+GPU_MEMORY_FRACTION = 0.5
+
+
+def gpu_workers(gpu: bool) -> int | None:
+    """Workers to run by default: one per CUDA GPU with ``gpu=True``, else ``None`` (per core)."""
+    if not gpu:
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count or None
+
+
+def patch_batch(device, given: int | None) -> int:
+    """Patches per network call: ``given``, else as many as fit in this worker's share of the
+    GPU's free memory (1..``MAX_PATCH_BATCH``), else Cellpose's default on the CPU."""
+    if given is not None:
+        return given
+    if getattr(device, "type", "cpu") != "cuda":
+        return CPU_PATCH_BATCH
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    sharing = -(-current_worker().count // max(1, torch.cuda.device_count()))
+    fitting = free * GPU_MEMORY_FRACTION / sharing // BYTES_PER_PATCH
+    return int(max(1, min(MAX_PATCH_BATCH, fitting)))
+
+
 def _warn_no_gpu_once() -> None:
     """Warn that ``gpu=True`` falls back to the CPU, at most once per process."""
     global _warned

@@ -13,7 +13,7 @@ import numpy as np
 from blockbuster import Needs
 from blockbuster.backend import checked_options, image_percentiles
 from blockbuster.errors import BackendOptionError, InvalidParameterError
-from blockbuster.plugins.cellpose import _compat, _layout, _loader, _weights
+from blockbuster.plugins.cellpose import _compat, _device, _layout, _loader, _weights
 
 #: Cell diameter (pixels) assumed for the halo when ``diameter`` is None (Cellpose's default).
 DEFAULT_DIAMETER = 30.0
@@ -40,7 +40,7 @@ class CellposeSettings:
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
     min_size: int = 15
-    batch_size: int = 8
+    batch_size: int | None = None
     normalize: bool | dict = True
     do_3D: bool = False
     anisotropy: float | None = None
@@ -85,13 +85,17 @@ class CellposeSegmenter:
         if s.lowhigh is not None:
             layout = dataclasses.replace(layout, data=normalize_fixed(layout.data, s.lowhigh))
         model = self.load_model()
-        masks = model.eval(layout.data, **self.eval_arguments(layout))[0]
+        arguments = self.eval_arguments(layout)
+        arguments["batch_size"] = _device.patch_batch(getattr(model, "device", None), s.batch_size)
+        masks = model.eval(layout.data, **arguments)[0]
         return _layout.from_cellpose(masks, layout)
 
     def blockbuster_needs(self) -> Needs:
-        """Halo of two cell diameters (as Cellpose's own distributed mode), memory per voxel."""
+        """Halo of two cell diameters (as Cellpose's own distributed mode), memory per voxel,
+        and one worker per GPU with ``gpu=True``."""
         diameter = self.settings.diameter or DEFAULT_DIAMETER
-        return Needs(halo=int(round(2 * diameter)), bytes_per_voxel=BYTES_PER_VOXEL)
+        return Needs(halo=int(round(2 * diameter)), bytes_per_voxel=BYTES_PER_VOXEL,
+                     workers=_device.gpu_workers(self.settings.gpu))
 
     def blockbuster_fingerprint(self) -> str:
         """Stable description for job fingerprints: weights file identity and all settings."""
@@ -161,7 +165,7 @@ def cellpose_fn(
     flow_threshold: float = 0.4,
     cellprob_threshold: float = 0.0,
     min_size: int = 15,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     normalize: bool | dict = True,
     do_3D: bool = False,
     anisotropy: float | None = None,
@@ -194,7 +198,8 @@ def cellpose_fn(
         Axis of the tile holding channels (the same value as ``tile_process(channel_axis=)``);
         ``None`` for grayscale images.
     flow_threshold, cellprob_threshold, min_size, batch_size, normalize
-        As in ``CellposeModel.eval`` (``batch_size``: 224 px patches per network call).
+        As in ``CellposeModel.eval`` (``batch_size``: 224 px patches per network call;
+        ``None``: 8 on the CPU, on a GPU as many as fit in its free memory, at most 64).
     do_3D, anisotropy, stitch_threshold
         As in ``CellposeModel.eval``. With ``do_3D`` or ``stitch_threshold > 0`` tiles are
         ``Z, Y, X`` volumes; otherwise tiles must be planes, ``(Y, X)`` or ``(1, Y, X)``.
@@ -230,7 +235,7 @@ def cellpose_fn(
         flow_threshold=float(flow_threshold),
         cellprob_threshold=float(cellprob_threshold),
         min_size=int(min_size),
-        batch_size=int(batch_size),
+        batch_size=None if batch_size is None else int(batch_size),
         normalize=normalize,
         do_3D=bool(do_3D),
         anisotropy=float(anisotropy) if anisotropy else None,
@@ -256,7 +261,7 @@ def _check_numbers(*, diameter, min_size, batch_size, anisotropy, stitch_thresho
         raise InvalidParameterError(
             f"diameter must be a cell diameter in pixels (> 0) or None, got {diameter!r}."
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InvalidParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if not isinstance(min_size, int):
         raise InvalidParameterError(f"min_size must be an integer (pixels), got {min_size!r}.")

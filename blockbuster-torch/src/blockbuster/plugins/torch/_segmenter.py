@@ -8,24 +8,33 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from blockbuster import Needs, current_worker
 from blockbuster.backend import declared_options, image_percentiles
 from blockbuster.errors import InvalidParameterError, TileFunctionError
 from blockbuster.plugins.torch._device import configure_threads, resolve_device
+from blockbuster.plugins.torch._gpu import (
+    AUTO_TILES_PER_CALL,
+    batch_from_free_memory,
+    download,
+    gpu_count,
+    upload,
+    uses_cuda,
+)
 from blockbuster.plugins.torch._loading import ModelSource, load_model, make_source
 from blockbuster.plugins.torch._postprocess import check_output, reduce_on_device, to_labels
 from blockbuster.plugins.torch._tiles import (
     DEFAULT_PERCENTILES,
     PreparedTile,
-    batches,
     check_channels,
     check_normalize,
     check_pad_mode,
     check_pad_multiple,
     crop_to,
+    group_indices,
+    network_shape,
     prepare_tile,
 )
 
@@ -54,7 +63,7 @@ class TorchOptions:
     """
 
     device: str = field(default="auto", metadata=PLACEMENT)
-    batch_size: int = field(default=1, metadata=PLACEMENT)
+    batch_size: int | Literal["auto"] | None = field(default=None, metadata=PLACEMENT)
     dtype: str = "float32"
     amp: bool = False
     normalize: Any = "dtype"
@@ -84,7 +93,7 @@ class TorchSegmenter:
         check_output(o.output, o.instance, o.activation)
         self.source = source
         self.device = str(o.device)
-        self.batch_size = _check_batch_size(o.batch_size)
+        self.given_batch_size = _check_batch_size(o.batch_size)
         self.dtype = _check_dtype(o.dtype)
         self.amp = bool(o.amp)
         self.normalize = check_normalize(o.normalize)
@@ -105,6 +114,17 @@ class TorchSegmenter:
             f"TorchSegmenter({self.source.describe()}, device={self.device!r}, "
             f"batch_size={self.batch_size}, output={self.output!r})"
         )
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles the core hands to :meth:`segment_batch` at once.
+
+        The given ``batch_size``; without one, 1 on the CPU and ``AUTO_TILES_PER_CALL`` on a
+        GPU, where each forward pass then takes as many of them as fit in free memory.
+        """
+        if self.given_batch_size is not None:
+            return self.given_batch_size
+        return AUTO_TILES_PER_CALL if uses_cuda(self.device) else 1
 
     # -- blockbuster protocol ------------------------------------------------------------
     def prepare(self, image: Any) -> TorchSegmenter:
@@ -131,31 +151,37 @@ class TorchSegmenter:
         return json.dumps({"model": self.source.fingerprint(), **options}, sort_keys=True)
 
     def blockbuster_needs(self) -> Needs:
-        """Halo the model wants and its working memory per voxel of a padded tile."""
+        """Halo the model wants, its working memory per voxel of a padded tile, and one
+        worker per GPU when it runs on CUDA (the worker overlaps its own CPU work)."""
         per_voxel = self.bytes_per_voxel
         if per_voxel is None:
-            per_voxel = float(FEATURE_BYTES_PER_VOXEL * self.batch_size)
-        return Needs(halo=self.halo, bytes_per_voxel=per_voxel)
+            per_voxel = float(FEATURE_BYTES_PER_VOXEL * (self.given_batch_size or 1))
+        return Needs(halo=self.halo, bytes_per_voxel=per_voxel, workers=gpu_count(self.device))
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Segment one tile; returns int32 labels of the tile's spatial shape."""
         return self.segment_batch([tile])[0]
 
     def segment_batch(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        """Segment several tiles, ``batch_size`` at a time through one forward pass.
+        """Segment several tiles, grouped into forward passes of one padded shape.
 
-        Tiles are grouped by padded shape, so border tiles of other shapes never get
-        extra padding: each result equals what the tile gives alone.
+        Border tiles of other shapes never get extra padding: each result equals what the
+        tile gives alone. On a GPU the passes overlap: pass ``k + 1`` is prepared and
+        copied while pass ``k`` runs, and pass ``k`` is labelled while ``k + 1`` runs.
         """
         if not tiles:
             return []
         model, device = self._model()
-        prepared = [self._prepare(tile) for tile in tiles]
-        results: list[np.ndarray | None] = [None] * len(prepared)
-        for indices in batches(prepared, self.batch_size):
-            raw = self._forward(model, device, np.stack([prepared[i].data for i in indices]))
-            for row, index in enumerate(indices):
-                results[index] = self._labels(crop_to(raw[row], prepared[index].spatial_shape))
+        shapes = [network_shape(tile, self.channels, self.pad_multiple) for tile in tiles]
+        results: list[np.ndarray | None] = [None] * len(tiles)
+        pending = None
+        for indices in group_indices(shapes, self._forward_batch(device, shapes[0])):
+            prepared = [self._prepare(tiles[i]) for i in indices]
+            launched = self._launch(model, device, prepared)
+            if pending is not None:
+                self._finish(*pending, results)
+            pending = (indices, prepared, launched)
+        self._finish(*pending, results)
         return results  # type: ignore[return-value]
 
     # -- steps ---------------------------------------------------------------------------
@@ -177,27 +203,49 @@ class TorchSegmenter:
             pad_mode=self.pad_mode,
         )
 
-    def _forward(self, model: Any, device: str, batch: np.ndarray) -> np.ndarray:
-        """One forward pass in inference mode; returns ``(N, 1, *spatial)`` on the host
-        (class map, probability or labels; see ``reduce_on_device``)."""
+    def _forward_batch(self, device: str, shape: tuple[int, ...]) -> int:
+        """Tiles per forward pass: the given ``batch_size``, else as many as fit in the
+        GPU's free memory (shared with the other workers on it), else 1."""
+        if self.given_batch_size is not None:
+            return self.given_batch_size
+        if not device.startswith("cuda"):
+            return 1
         import torch
 
-        inputs = torch.from_numpy(batch).to(device=device, dtype=getattr(torch, self.dtype))
+        per_voxel = self.bytes_per_voxel or FEATURE_BYTES_PER_VOXEL
+        sharing = -(-current_worker().count // max(1, torch.cuda.device_count()))
+        return batch_from_free_memory(device, int(np.prod(shape)), per_voxel, sharing)
+
+    def _launch(self, model: Any, device: str, prepared: list[PreparedTile]) -> Any:
+        """Queue one forward pass and the copy of its reduced output to the host."""
+        import torch
+
+        arrays = [tile.data for tile in prepared]
+        shape = (len(arrays), *arrays[0].shape)
+        inputs = upload(arrays, device, getattr(torch, self.dtype))
         try:
             with torch.inference_mode(), self._autocast(device):
                 result = model(inputs)
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise TileFunctionError(
-                f"the model failed on a batch of shape {tuple(batch.shape)} (N, C, *spatial) on "
+                f"the model failed on a batch of shape {shape} (N, C, *spatial) on "
                 f"{device}: {type(exc).__name__}: {exc}. If the network needs sides divisible by "
                 "some number, pass pad_multiple=<that number>; if it expects another channel "
                 "count, set channels= to the tile's channel axis; a torch.export program must be "
                 "exported with dynamic_shapes for batch and spatial axes."
             ) from exc
-        prediction = _check_output_shape(_main_tensor(result), batch.shape)
+        prediction = _check_output_shape(_main_tensor(result), shape)
         with torch.inference_mode():
             reduced = reduce_on_device(prediction, output=self.output, activation=self.activation)
-            return reduced.cpu().numpy()
+            return download(reduced)
+
+    def _finish(self, indices: list[int], prepared: list[PreparedTile], launched: Any,
+                results: list) -> None:
+        """Wait for a pass's output (``(N, 1, *spatial)``: class map, probability or labels)
+        and label each of its tiles."""
+        raw = launched.result()
+        for row, (index, tile) in enumerate(zip(indices, prepared, strict=True)):
+            results[index] = self._labels(crop_to(raw[row], tile.spatial_shape))
 
     def _autocast(self, device: str):
         import torch
@@ -265,13 +313,18 @@ def _check_output_shape(output: Any, input_shape: tuple[int, ...]) -> Any:
     return output
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is None or batch_size == "auto":
+        return None
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, (int, np.integer))
         or batch_size < 1
     ):
-        raise InvalidParameterError(f"batch_size={batch_size!r} must be a positive int.")
+        raise InvalidParameterError(
+            f"batch_size={batch_size!r} must be a positive int, or None/'auto' (sized from "
+            "the GPU's free memory)."
+        )
     return int(batch_size)
 
 
@@ -309,7 +362,9 @@ def torch_fn(
             once per worker process and device, in ``eval()`` mode.
         device: ``"auto"`` (CUDA GPU ``worker index % GPU count``, else MPS, else CPU),
             ``"cpu"``, ``"cuda"`` (spread over GPUs), ``"cuda:N"`` or ``"mps"``.
-        batch_size: tiles per forward pass; results equal ``batch_size=1``.
+        batch_size: tiles per forward pass; results equal ``batch_size=1``. ``None``
+            (default): 1 on the CPU; on a GPU as many as fit in its free memory (at most 8,
+            16 tiles per call, so copies and labelling overlap the GPU's work).
         dtype: model/input precision (``"float32"``, ``"float16"``, ``"bfloat16"``).
         amp: run under ``torch.autocast`` (float16 on GPUs, bfloat16 on CPU).
         normalize: ``"dtype"`` (integers scaled to [0, 1]; floats unchanged), ``None``,

@@ -156,12 +156,24 @@ def batches(tiles: Sequence[PreparedTile], batch_size: int) -> Iterator[list[int
     Tiles of one shape are stacked unchanged, so each tile sees exactly the input it
     would see alone: results equal those of batch size 1.
     """
+    return group_indices([tile.data.shape for tile in tiles], batch_size)
+
+
+def group_indices(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``shapes`` grouped by equal shape, at most ``batch_size`` per group."""
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for index, tile in enumerate(tiles):
-        groups[tile.data.shape].append(index)
+    for index, shape in enumerate(shapes):
+        groups[tuple(shape)].append(index)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             yield indices[start : start + batch_size]
+
+
+def network_shape(tile: np.ndarray, channels: int | None,
+                  pad_multiple: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The ``(C, *padded_spatial)`` shape :func:`prepare_tile` gives ``tile``, computed cheaply."""
+    layout = to_channels_first(np.asarray(tile), channels)
+    return (layout.shape[0], *padded_shape(tuple(layout.shape[1:]), pad_multiple))
 
 
 def check_channels(channels: Any) -> int | None:

@@ -1,0 +1,100 @@
+"""blockbuster.memory: a process's own peak memory, not the peak its parent handed down."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from blockbuster.memory import peak_rss_bytes, rss_bytes
+
+MiB = 2**20
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+GROWTH = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from blockbuster.memory import peak_baseline, peak_rss_bytes
+
+    start = peak_rss_bytes()
+    baseline = peak_baseline()
+    block = np.ones(int(sys.argv[1]) * 2**20, np.uint8)  # touched: resident
+    del block
+    print(json.dumps({"start": start, "grown": peak_rss_bytes() - baseline}))
+""")
+
+
+def child(megabytes):
+    done = subprocess.run([sys.executable, "-c", GROWTH, str(megabytes)], capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@linux_only
+def test_child_reports_its_own_peak_not_its_parents():
+    """A parent that peaked at 600 MiB starts a child: the child's peak is its own (~30-60 MiB).
+
+    ``ru_maxrss`` would report at least the parent's 600 MiB here: Linux copies it through
+    fork and exec."""
+    block = np.ones(600 * MiB, np.uint8)
+    parent_peak = peak_rss_bytes()
+    del block
+    assert parent_peak >= 600 * MiB
+    assert child(1)["start"] < 300 * MiB
+
+
+@linux_only
+@pytest.mark.parametrize("megabytes", [16, 128])
+def test_growth_from_baseline_is_the_work_alone(megabytes):
+    grown = child(megabytes)["grown"]
+    assert (megabytes - 1) * MiB <= grown < (megabytes + 8) * MiB
+
+
+@linux_only
+def test_reset_lowers_the_peak_to_the_current_size():
+    code = textwrap.dedent("""
+        import json
+        import numpy as np
+        from blockbuster.memory import peak_rss_bytes, reset_peak, rss_bytes
+
+        block = np.ones(200 * 2**20, np.uint8)
+        del block
+        before = peak_rss_bytes()
+        print(json.dumps({"before": before, "reset": reset_peak(), "after": peak_rss_bytes(),
+                          "now": rss_bytes()}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if not figures["reset"]:
+        pytest.skip("this kernel does not allow resetting the peak (/proc/self/clear_refs)")
+    assert figures["before"] - figures["after"] >= 190 * MiB
+    assert figures["after"] <= figures["now"] + MiB
+
+
+@linux_only
+def test_peak_is_at_least_the_current_size():
+    block = np.ones(64 * MiB, np.uint8)
+    assert peak_rss_bytes() >= rss_bytes() >= 64 * MiB
+    del block
+
+
+@linux_only
+@pytest.mark.slow
+def test_run_stats_report_the_workers_own_peak():
+    """Worker processes of a parent that once peaked at 600 MiB report their own peak.
+
+    Spawned workers are exec'd from this process, so ``ru_maxrss`` would say >= 600 MiB."""
+    from blockbuster import tile_process
+    from blockbuster.builtin.executors import ProcessExecutor
+
+    block = np.ones(600 * MiB, np.uint8)
+    del block
+    image = np.zeros((256, 256), np.uint8)
+    image[10:20, 10:200] = 1
+    spawned = ProcessExecutor(2, start_method="spawn")
+    _, stats = tile_process(image, lambda tile: (tile > 0).astype(np.uint32),
+                            tile_shape=(128, 128), executor=spawned, compute=True,
+                            return_stats=True)
+    assert 0 < stats.worker_peak_rss_mb < 400
