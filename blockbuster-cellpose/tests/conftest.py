@@ -64,10 +64,12 @@ def tiny_weights() -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_cellpose_state(monkeypatch):
-    """Every test starts with an empty model cache, no GPU warning given, default env."""
+    """Every test starts with an empty model cache, no GPU warning given, default env, and
+    downloads off (tests never reach the internet; download tests switch them back on)."""
     from blockbuster.plugins.cellpose import _device, _loader
 
     monkeypatch.delenv("CELLPOSE_LOCAL_MODELS_PATH", raising=False)
+    monkeypatch.setenv("BLOCKBUSTER_OFFLINE", "1")
     _loader.CACHE.clear()
     _loader.CACHE.loads = 0
     monkeypatch.setattr(_device, "_warned", False)

@@ -56,6 +56,7 @@ keep_going = true
 skip_empty = 0.25
 resume = false
 progress = true
+offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
 
 [plugins]
 block = ["blocked-plugin"]
@@ -93,11 +94,19 @@ def expected_arguments(folder: Path) -> dict:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Replace ``tile_process`` where the config layer imports it; record each call."""
-    seen = []
+    """Replace ``tile_process`` where the config layer imports it; record each call (and in
+    ``seen.offline`` whether downloads were switched off during it)."""
+    from blockbuster.downloads import offline
+
+    class Calls(list):
+        offline: list[bool] = []
+
+    seen = Calls()
+    seen.offline = []
 
     def spy(**kwargs):
         seen.append(kwargs)
+        seen.offline.append(offline())
         return np.zeros((2, 3), np.uint32)
 
     monkeypatch.setattr(blockbuster.pipeline, "tile_process", spy)
@@ -119,6 +128,7 @@ def test_every_config_key_reaches_tile_process(tmp_path, calls):
     config.write_text(EVERY_KEY)
     assert main(["run", str(config)]) == 0
     (arguments,) = calls
+    assert calls.offline == [True]
     registry = arguments.pop("registry")
     assert registry.blocked == {"blocked-plugin"}
     assert arguments == expected_arguments(tmp_path)

@@ -11,6 +11,9 @@ core, written once.
   checks names and types before calling it (:mod:`blockbuster.options`).
   :func:`checked_options` gives direct calls the same one-line errors, and
   :func:`declared_options` declares many options once, as a dataclass.
+- **Weights**: :func:`download_weights` fetches a missing weights file into the library's
+  cache once, in the parent process, atomically; :func:`offline` is the
+  ``BLOCKBUSTER_OFFLINE`` switch (:mod:`blockbuster.downloads`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster.downloads import download_weights, offline  # noqa: F401 (the kit)
 from blockbuster.options import check_options
 from blockbuster.sampling import read_region
 from blockbuster.worker import WorkerInfo, current_worker, usable_cores

@@ -15,7 +15,14 @@ from typing import Any
 import tomllib
 
 from blockbuster._version import __version__
-from blockbuster.errors import BlockbusterError, ConfigError, TilesFailedError
+from blockbuster.errors import (
+    BlockbusterError,
+    ConfigError,
+    InvalidParameterError,
+    ModelNotFoundError,
+    TilesFailedError,
+    UnknownBackendError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,23 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="override [output] path")
     run.add_argument("--overwrite", action="store_true", help="replace existing output")
     run.add_argument("--progress", action="store_true", help="show a progress bar")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                    help=argparse.SUPPRESS)
     run.set_defaults(handler=cmd_run)
+    accept_debug_after(run)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and backends")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                    help=argparse.SUPPRESS)
     plugins.set_defaults(handler=cmd_plugins)
+    accept_debug_after(plugins)
 
     info = commands.add_parser("info", help="describe an image and suggest a tiling")
     info.add_argument("image", help="path of the image")
     info.add_argument("--reader", help="reader name (chosen from the path otherwise)")
-    info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                    help=argparse.SUPPRESS)
     info.set_defaults(handler=cmd_info)
+    accept_debug_after(info)
+
+    models = commands.add_parser(
+        "models", help="list the pretrained models of installed backends; `models pull NAME`")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(handler=cmd_models)
+    accept_debug_after(models)
+    actions = models.add_subparsers(dest="action")
+    pull = actions.add_parser("pull", help="download a model's weights now (for offline runs)")
+    pull.add_argument("name", help="model name, e.g. cyto3")
+    pull.add_argument("--backend", help="backend whose model it is, when several know the name")
+    pull.set_defaults(handler=cmd_models_pull)
+    accept_debug_after(pull)
     return parser
+
+
+def accept_debug_after(command: argparse.ArgumentParser) -> None:
+    """Let ``--debug`` also follow the command (``blockbuster run x.toml --debug``)."""
+    command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -174,6 +196,50 @@ def describe_backend(backend) -> str:
     aliases = f" (aliases: {', '.join(backend.aliases)})" if backend.aliases else ""
     about = backend.description.splitlines()[0] if backend.description else ""
     return f"{backend.kind:<9} {backend.name}{aliases}" + (f" - {about}" if about else "")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List every model each installed backend's store knows: cached or not, size."""
+    from blockbuster.registry import Registry
+
+    listing = {store.name: store.load().models() for store in Registry().model_stores()}
+    if args.json:
+        print(json.dumps({backend: [{"name": m.name, "cached": m.cached, "size": m.size,
+                                     "path": str(m.path)} for m in found]
+                          for backend, found in listing.items()}, indent=2))
+        return 0
+    if not listing:
+        print("no installed backend provides pretrained models")
+    for backend, found in listing.items():
+        print(f"{backend}  ({sum(m.cached for m in found)} of {len(found)} cached)")
+        for m in found:
+            state = f"cached  {m.size / 2**20:8.1f} MiB" if m.cached else "not cached"
+            print(f"    {m.name:<32} {state}  {m.path}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    """Download one model's weights through the backend that knows its name."""
+    from blockbuster.registry import Registry
+
+    stores = Registry().model_stores()
+    if args.backend is not None:
+        stores = [s for s in stores if s.name == args.backend]
+        if not stores:
+            raise UnknownBackendError(f"no installed backend {args.backend!r} provides models; "
+                                      "`blockbuster models` lists those that do.")
+    loaded = {store.name: store.load() for store in stores}
+    owners = [name for name, store in loaded.items()
+              if any(m.name == args.name for m in store.models())]
+    if not owners:
+        raise ModelNotFoundError(f"no installed backend knows a model {args.name!r}; "
+                                 "`blockbuster models` lists the names.")
+    if len(owners) > 1:
+        raise InvalidParameterError(f"several backends know {args.name!r} "
+                                    f"({', '.join(owners)}); choose one with --backend.")
+    path = loaded[owners[0]].pull(args.name)
+    print(f"{owners[0]} model {args.name}: {path}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

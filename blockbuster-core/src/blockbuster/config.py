@@ -31,6 +31,7 @@
     keep_going = false           # finish the other tiles, then report the failed ones
     skip_empty = 0               # skip tiles whose maximum is at most this
     resume = true                # rerunning after a crash skips finished tiles
+    offline = false              # true: never download model weights (BLOCKBUSTER_OFFLINE=1)
 
     [plugins]
     block = ["some-plugin"]      # entry points not to load
@@ -40,6 +41,7 @@ Values are data only: nothing in a config is executed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,7 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "executor": {"name": str, "workers": int},
     "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool)},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
-            "progress": bool},
+            "progress": bool, "offline": bool},
     "plugins": {"block": list},
 }
 OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
@@ -185,10 +187,14 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                *, progress: bool = False):
     """Run the job a config file describes; returns the labels as a dask array."""
+    from blockbuster.downloads import offline_mode
     from blockbuster.pipeline import tile_process
     from blockbuster.registry import Registry
 
     config = load_config(path, overrides)
     registry = Registry(block=config.get("plugins", "block", []))
     progress = progress or bool(config.get("run", "progress", False))
-    return tile_process(**config.tile_process_arguments(), registry=registry, progress=progress)
+    switch = offline_mode() if config.get("run", "offline", False) else contextlib.nullcontext()
+    with switch:
+        return tile_process(**config.tile_process_arguments(), registry=registry,
+                            progress=progress)

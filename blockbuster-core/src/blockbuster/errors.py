@@ -63,7 +63,7 @@ class TooManyLabelsError(BlockbusterError, OverflowError):
 
 
 class ModelNotFoundError(BlockbusterError, FileNotFoundError):
-    """A backend cannot find model weights locally (blockbuster never downloads at run time)."""
+    """Model weights are missing locally and downloads are off (offline) or failed."""
 
 
 class PluginError(BlockbusterError):

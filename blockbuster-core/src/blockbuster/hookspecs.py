@@ -78,6 +78,21 @@ def register_writers(register) -> None:
     """
 
 
+@hookspec
+def register_model_stores(register) -> None:
+    """Register the pretrained models a backend can fetch (collect-all; optional).
+
+    Receives ``register(name, store, *, description="")``: ``name`` is the backend's name
+    (``"cellpose"``) and ``store`` an object, or a ``"module:attribute"`` string imported only
+    when used, with two functions: ``models() -> list[ModelInfo]`` (every model name the
+    backend knows, whether its weights are cached and their size, see
+    :class:`blockbuster.downloads.ModelInfo`) and ``pull(name) -> pathlib.Path`` (download the
+    weights into the library's cache if missing, as first use would; raises
+    :class:`~blockbuster.errors.ModelNotFoundError` offline or when the download fails).
+    ``blockbuster models`` and ``blockbuster models pull NAME`` use them. Returns nothing.
+    """
+
+
 @hookspec(firstresult=True)
 def pick_reader(source: Any) -> str | None:
     """Name the reader for ``source`` (first result wins).

@@ -52,19 +52,20 @@ class Backend:
 
     kind: str
     name: str
-    factory: Callable | str
+    factory: Callable | str | Any
     aliases: tuple[str, ...] = ()
     description: str = ""
     plugin: str = ""
 
     def load(self) -> Callable:
-        """The factory, importing it now if it was registered as ``"module:attribute"``."""
-        if callable(self.factory):
+        """The factory, importing it now if it was registered as ``"module:attribute"`` (or
+        ``"module"``, for a model store that is a module)."""
+        if not isinstance(self.factory, str):
             return self.factory
         module, _, attribute = self.factory.partition(":")
         try:
             target = importlib.import_module(module)
-            for part in attribute.split("."):
+            for part in attribute.split(".") if attribute else ():
                 target = getattr(target, part)
         except Exception as error:
             raise BackendBrokenError(
@@ -208,6 +209,20 @@ class Registry:
                 impl.function(register)
         self._backends = backends
         return backends
+
+    def model_stores(self) -> list[Backend]:
+        """Backends' model stores (``register_model_stores``), kind ``"model store"``: each
+        ``load()`` gives an object with ``models()`` and ``pull(name)``."""
+        stores: dict[str, Backend] = {}
+        for impl in self.pm.hook.register_model_stores.get_hookimpls():
+            plugin_name = self._sources.get(id(impl.plugin), (impl.plugin_name,))[0]
+
+            def register(name, store, *, description="", _plugin=plugin_name):
+                stores.setdefault(name, Backend("model store", name, store, (), description,
+                                                _plugin))
+
+            impl.function(register)
+        return [stores[name] for name in sorted(stores)]
 
     # -- lookup -----------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:

@@ -5,13 +5,19 @@ For plugin authors:
 - :func:`check_segmenter` — the contract checks a segmenter must pass (integer labels of the
   tile's spatial shape, non-negative, picklable, deterministic, sane ``Needs``).
 - :func:`assert_same_labels` — two label images are equal up to renumbering.
+- :func:`serve_files` — a local HTTP server (127.0.0.1, free port, own thread) serving
+  files from memory and counting requests, to test first-use downloads without internet.
 - the ``blockbuster_registry`` fixture — an isolated :class:`~blockbuster.registry.Registry`
   (entry points not autoloaded) to which a test registers its own plugin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import http.server
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -69,3 +75,52 @@ def blockbuster_registry() -> Callable[..., Registry]:
         return Registry(autoload=autoload, plugins=plugins, block=block)
 
     return build
+
+
+@dataclass
+class FileServer:
+    """What :func:`serve_files` yields: the base URL and the paths requested so far."""
+
+    url: str
+    files: dict[str, bytes]
+    requests: list[str] = field(default_factory=list)
+    #: Paths whose body is cut after this many bytes (the header still announces all of it).
+    truncate: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def serve_files(files: dict[str, bytes]) -> Iterator[FileServer]:
+    """Serve ``{"name": bytes}`` at ``http://127.0.0.1:<free port>/name`` in a thread.
+
+    Every GET is recorded in ``server.requests``; unknown names get 404. Set
+    ``server.truncate["name"] = n`` to send only ``n`` bytes of a full ``Content-Length``
+    (an interrupted download). The server is shut down when the block ends.
+    """
+    state = FileServer(url="", files=dict(files))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            name = self.path.lstrip("/")
+            state.requests.append(name)
+            body = state.files.get(name)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:state.truncate.get(name, len(body))])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

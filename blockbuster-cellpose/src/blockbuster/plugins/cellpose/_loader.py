@@ -96,9 +96,9 @@ def build_model(weights: Path, major: int, device):
 def forbid_downloads():
     """Make any Cellpose download attempt fail with :class:`ModelNotFoundError`.
 
-    Weights are resolved to existing files before a model is built, so Cellpose should never
-    reach its downloader; this guard turns a surprise into a clear error instead of a hang
-    on a machine without internet.
+    Weights are resolved to existing files (downloaded if need be) by :func:`cellpose_fn` in
+    the parent process, so a worker should never reach Cellpose's downloader; this guard
+    turns a surprise into a clear error instead of N workers racing for one file.
     """
     from cellpose import utils
 
@@ -106,8 +106,9 @@ def forbid_downloads():
 
     def refuse(url, dst, *args, **kwargs):
         raise ModelNotFoundError(
-            f"Cellpose tried to download {url} to {dst}; blockbuster never downloads weights. "
-            "Copy the file there yourself or pass the path of a local weights file."
+            f"Cellpose tried to download {url} to {dst} while building a model; blockbuster "
+            "never downloads weights there (cellpose_fn fetches them once, in the parent "
+            "process). Copy the file there yourself or pass the path of a local weights file."
         )
 
     utils.download_url_to_file = refuse

@@ -181,9 +181,10 @@ def cellpose_fn(
         A built-in model name (``"cyto3"``, ``"nuclei"``, ... with cellpose 3.1; ``"cpsam"``
         with cellpose 4), a custom model name registered in Cellpose's model folder, or the
         path of a weights file. Default: the installed version's generalist model. Names are
-        looked up in ``$CELLPOSE_LOCAL_MODELS_PATH`` (default ``~/.cellpose/models``); nothing
-        is ever downloaded, a missing file raises
-        :class:`~blockbuster.errors.ModelNotFoundError` right here.
+        looked up in ``$CELLPOSE_LOCAL_MODELS_PATH`` (default ``~/.cellpose/models``); a
+        missing file is downloaded there right here, once, before any worker starts. With
+        ``BLOCKBUSTER_OFFLINE=1`` (or when the download fails) it raises
+        :class:`~blockbuster.errors.ModelNotFoundError` saying where to put the file.
     gpu
         Run on a GPU: worker ``i`` uses ``cuda:{i % n_gpus}``. Without a usable GPU, warns once
         per process and runs on the CPU.

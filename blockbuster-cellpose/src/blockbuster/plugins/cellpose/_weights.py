@@ -1,8 +1,11 @@
-"""Turn a model reference (built-in name or path) into a weights file, offline.
+"""Turn a model reference (built-in name or path) into a weights file.
 
-blockbuster never lets Cellpose download weights: a name resolves to a file in Cellpose's
-local model folder, or fails fast with :class:`~blockbuster.errors.ModelNotFoundError`
-saying where Cellpose looks and how to provide the file. A path is used as given.
+A name resolves to a file in Cellpose's model folder (``$CELLPOSE_LOCAL_MODELS_PATH``,
+default ``~/.cellpose/models``). When the file is missing it is downloaded there from
+Cellpose's own model URL, once, by :func:`cellpose_fn` in the parent process (workers only
+ever load the file). Offline (``BLOCKBUSTER_OFFLINE=1``) or when the download fails,
+:class:`~blockbuster.errors.ModelNotFoundError` says where Cellpose looks and how to provide
+the file. A path is used as given.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from blockbuster.downloads import download_weights
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.plugins.cellpose import _compat
 
@@ -55,7 +59,23 @@ def _resolve_name(name: str, major: int) -> Path:
     path = directory / filename
     if path.is_file():
         return path.resolve()
-    raise ModelNotFoundError(_missing_weights_message(name, major, directory, filename))
+    download_weights(model_url(filename, major), path,
+                     missing=_missing_weights_message(name, major, directory, filename))
+    return path.resolve()
+
+
+def model_url(filename: str, major: int) -> str:
+    """Where Cellpose itself downloads ``filename`` from (``cellpose.models._MODEL_URL`` on
+    Cellpose 3, read at call time so a mirror patched in there is honoured)."""
+    if major == 3:
+        try:
+            from cellpose import models
+        except ImportError:
+            models = None
+        base = getattr(models, "_MODEL_URL", None)
+        if isinstance(base, str):
+            return f"{base.rstrip('/')}/{filename}"
+    return MODEL_URLS[major].format(filename=filename)
 
 
 def _unknown_name_message(name: str, major: int, directory: Path) -> str:
@@ -78,8 +98,8 @@ def _missing_weights_message(name: str, major: int, directory: Path, filename: s
     return (
         f"Cellpose model {name!r} is not available offline: no file {directory / filename}. "
         f"Cellpose looks for built-in weights in ${_compat.MODELS_ENV} (default "
-        f"~/.cellpose/models; now {directory}), and blockbuster never downloads them at run "
-        f"time. Fix: on a machine with internet, download {url} and copy it to "
+        f"~/.cellpose/models; now {directory}). Fix: on a machine with internet, run "
+        f"`blockbuster models pull {name}` or download {url} and copy it to "
         f"{directory / filename} (or point {_compat.MODELS_ENV} at a folder holding "
         f"{filename!r}), or pass the weights file's path: cellpose_fn('/path/to/{filename}')."
     )
