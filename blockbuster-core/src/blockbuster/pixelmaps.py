@@ -84,6 +84,11 @@ class PixelMap:
             return (values > self.threshold).view(np.uint8)
         return (values != 0).view(np.uint8)
 
+    def objects(self, values) -> np.ndarray:
+        """The objects of a whole map: connected components of each class."""
+        values = np.asarray(values)
+        return self.label(self.classes(self.checked(values, values.shape, "the map")))
+
     def label(self, classes: np.ndarray) -> np.ndarray:
         """Connected components of each class of ``classes`` (0 stays background)."""
         from skimage.measure import label
@@ -91,6 +96,33 @@ class PixelMap:
         if classes.size == 0:
             return np.zeros(classes.shape, np.int32)
         return label(classes, background=0, connectivity=min(self.connectivity, classes.ndim))
+
+
+def label_map(values, output: str, *, probability_threshold: float | None = None,
+              connectivity: int = 1) -> np.ndarray:
+    """The objects of one whole map, as ``tile_process(..., output=output)`` forms them:
+    connected components of the foreground (per class for ``"semantic"``).
+
+    What a tiled run with a pixel-map ``output`` equals, e.g.
+    ``label_map(fn(image), "mask")`` for the whole image at once.
+    """
+    pixel_map = resolve_output(output, probability_threshold, connectivity, None)
+    if pixel_map is None:
+        raise InvalidParameterError("label_map labels a pixel map: output must be 'mask', "
+                                    "'semantic' or 'probability'.")
+    return pixel_map.objects(values)
+
+
+def whole_image_objects(fn, image, output: str | None = None,
+                        probability_threshold: float | None = None,
+                        connectivity: int | None = None) -> np.ndarray:
+    """``fn`` on the whole ``image`` at once, its answer made objects as a tiled run makes
+    them: its labels, or its pixel map (``output``, else its ``Needs.output``) labelled by
+    :func:`label_map`. The reference a tiled run equals, for images that fit in memory."""
+    needs = fn.blockbuster_needs() if callable(getattr(fn, "blockbuster_needs", None)) else None
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    values = np.asarray(fn(image))
+    return values if pixel_map is None else pixel_map.objects(values)
 
 
 def resolve_output(output: str | None, threshold: float | None, connectivity: int | None,
