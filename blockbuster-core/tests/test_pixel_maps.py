@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.measure import label
 
-from blockbuster import Needs, tile_process
+from blockbuster import Needs, hookimpl, tile_process
 from blockbuster.errors import ContractViolationError, InvalidParameterError, PixelMapWarning
 from blockbuster.synthetic import touching_disks
 from blockbuster.testing import assert_same_labels
@@ -185,3 +185,32 @@ def test_a_map_of_the_wrong_shape_is_refused():
     with pytest.raises(ContractViolationError, match="reduce the channel axis"):
         tile_process(np.zeros((8, 8)), lambda t: np.stack([t, t]), tile_shape=(4, 4),
                      output="probability")
+
+
+class MapSegmenter:
+    """A backend with its own ``output`` option: it says in its Needs what it returns (here
+    nothing at all unless it is asked for its mask, so a lost option shows)."""
+
+    def __init__(self, output: str = "instances"):
+        self.output = output
+
+    def __call__(self, tile):
+        mask = blurred(tile) > 0.5
+        return mask if self.output == "mask" else np.zeros(tile.shape, np.int32)
+
+    def blockbuster_needs(self):
+        return Needs(halo=2, output=self.output)
+
+
+class MapPlugin:
+    @hookimpl
+    def register_segmenters(self, register):
+        register("map", MapSegmenter)
+
+
+def test_output_goes_to_a_named_segmenter_that_has_that_option(blockbuster_registry):
+    image = np.random.default_rng(4).random((96, 96))
+    registry = blockbuster_registry(MapPlugin())
+    result = tile_process(image, "map", output="mask", tile_shape=(24, 24), registry=registry,
+                          compute=True)
+    assert_same_labels(label(blurred(image) > 0.5, connectivity=1), result)
