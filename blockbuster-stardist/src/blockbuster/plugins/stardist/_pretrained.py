@@ -162,7 +162,11 @@ def download_pretrained(model_class: str, key: str) -> Path:
     missing = missing_message(model_class, key)
     if not archive.is_file():
         refuse_offline(missing)  # before csbdeep's registry imports TensorFlow
-    _, url, file_hash = csbdeep_details(model_class, key)
+    details = csbdeep_details(model_class, key)
+    if details is None:
+        raise ModelNotFoundError(f"{missing} The installed stardist registers no download "
+                                 f"for {key!r} with csbdeep.")
+    _, url, file_hash = details
     if not (archive.is_file() and hash_matches(archive, file_hash)):
         fetch_archive(url, archive, file_hash, missing)
     return unzip_model(archive, base, key, missing)
