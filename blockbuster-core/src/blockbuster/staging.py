@@ -30,6 +30,7 @@ import numpy as np
 
 from blockbuster.errors import StageMismatchError
 from blockbuster.faces import Face
+from blockbuster.faults import write_failure
 from blockbuster.tiling import Tile, TileGrid
 
 RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
@@ -76,10 +77,13 @@ class Stage:
         return {index: self.read_record(index).count for index in self.done_tiles()}
 
     def create(self, fingerprint: str) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        (self.root / "tiles").mkdir(parents=True)
-        (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
+        try:
+            if self.root.exists():
+                shutil.rmtree(self.root)
+            (self.root / "tiles").mkdir(parents=True)
+            (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
+        except OSError as error:
+            raise write_failure(error, self.root, "the staging area") from error
 
     def fingerprint(self) -> str | None:
         path = self.root / "job.json"
@@ -95,11 +99,16 @@ class Stage:
     # -- per tile -------------------------------------------------------------------------
     def write_tile(self, tile: Tile, local: np.ndarray | None, record: TileRecord) -> None:
         """Write the tile's core labels, then its record (the done-marker)."""
-        if record.count:
-            labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
-            _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
-        _write_atomically(self._path(tile.index, ".pickle"),
-                          pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            if record.count:
+                labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
+                _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
+            _write_atomically(self._path(tile.index, ".pickle"),
+                              pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as error:
+            raise write_failure(error, self.root / "tiles",
+                                f"the staged labels of tile {tile.index} at {tile.bounds()}"
+                                ) from error
 
     def read_record(self, index: int) -> TileRecord:
         """A tile's record; recent ones are kept, as neighbouring merge tasks share them."""
@@ -152,9 +161,14 @@ def _codec():
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (a failed write leaves no partial file behind)."""
     partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _differences(previous: str, current: str) -> list[str]:

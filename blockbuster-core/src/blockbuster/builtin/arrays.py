@@ -4,6 +4,7 @@ numpy and dask arrays, read one region at a time and never loaded whole."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import numpy as np
 from blockbuster.errors import ImageReadError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.readers import BaseReader
+from blockbuster.tiling import span
 
 
 @hookimpl
@@ -49,6 +51,26 @@ class ArrayReader(BaseReader):
         if hasattr(block, "compute"):
             block = block.compute()
         return np.asarray(block)
+
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """The stored zarr chunks (shards) under ``region`` that fail to read on their own, as
+        ``'<path>/<key>' [bounds]``; empty for other arrays. Called only after a read failed."""
+        grid = getattr(self.array, "shards", None) or getattr(self.array, "chunks", None)
+        if not hasattr(getattr(self.array, "metadata", None), "encode_chunk_key") or not grid:
+            return []
+        spans = [range(*s.indices(n)) for s, n in zip(region, self.shape)]
+        found = []
+        for position in itertools.product(*(range(r.start // c, -(-r.stop // c))
+                                            for r, c in zip(spans, grid))):
+            bounds = tuple(slice(p * c, min((p + 1) * c, n))
+                           for p, c, n in zip(position, grid, self.shape))
+            try:
+                self.array[bounds]
+            except Exception:
+                key = self.array.metadata.encode_chunk_key(position)
+                where = self.source or str(self.array.store_path)
+                found.append(f"{where.rstrip('/')}/{key!s} {span(bounds)}")
+        return found
 
     def identity(self) -> str:
         """A description of the input that changes when the input does (for job fingerprints).
