@@ -26,16 +26,18 @@ TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET
                     errno.ECONNABORTED, errno.ECONNREFUSED, errno.EPIPE, errno.ENETUNREACH,
                     errno.EHOSTUNREACH}
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+sleep = time.sleep  # how a backoff waits (a test records the waits by replacing it)
 
 
 # -- classifying ----------------------------------------------------------------------------
-def causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the errors it was raised from (or during), outermost first."""
+def causes(error: BaseException, *, implicit: bool = True) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from (and, if ``implicit``, during), outermost
+    first."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (error.__context__ if implicit else None)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -73,8 +75,8 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def cause_text(error: BaseException) -> str:
-    """``Type: message`` of the innermost cause (the one that explains it), one line."""
-    inner = list(causes(error))[-1]
+    """``Type: message`` of the innermost explicit cause (the one that explains it), one line."""
+    inner = list(causes(error, implicit=False))[-1]
     text = str(inner).splitlines()[0] if str(inner) else ""
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
 
@@ -99,7 +101,7 @@ def retrying(call: Callable[[], T], retries: int, *, transient_only: bool = Fals
             if attempt == retries or (transient_only and not transient):
                 raise
             if transient:
-                time.sleep(backoff(attempt))
+                sleep(backoff(attempt))
     raise AssertionError("unreachable")
 
 

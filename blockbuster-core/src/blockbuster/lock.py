@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from blockbuster.errors import OutputLockedError
+from blockbuster.faults import write_failure
 
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 120.0  # a heartbeat this old marks the holder as gone
@@ -55,11 +56,11 @@ class OutputLock:
 class FileLock(OutputLock):
     """The lock file ``path`` on a local (or shared POSIX) file system."""
 
-    def __init__(self, path: str | os.PathLike, *, heartbeat: float = HEARTBEAT_SECONDS,
-                 stale: float = STALE_SECONDS):
+    def __init__(self, path: str | os.PathLike, *, heartbeat: float | None = None,
+                 stale: float | None = None):
         self.path = Path(path)
-        self.heartbeat = heartbeat
-        self.stale = stale
+        self.heartbeat = heartbeat or HEARTBEAT_SECONDS
+        self.stale = stale or STALE_SECONDS
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
@@ -68,6 +69,10 @@ class FileLock(OutputLock):
     # -- taking it ------------------------------------------------------------------------
     def acquire(self) -> None:
         self._started = time.time()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise write_failure(error, self.path, "the output's lock") from error
         while not self._create():
             holder = read_holder(self.path)
             if holder is None:
@@ -83,7 +88,10 @@ class FileLock(OutputLock):
 
     def _create(self) -> bool:
         """Create the lock file with our record, atomically; ``False`` if one exists."""
-        staging = self._write_private(self._record())
+        try:
+            staging = self._write_private(self._record())
+        except OSError as error:
+            raise write_failure(error, self.path, "the output's lock") from error
         try:
             os.link(staging, self.path)
             return True
@@ -122,9 +130,11 @@ class FileLock(OutputLock):
             if read_holder(self.path) != holder:
                 return False  # it changed: released, or already taken over
             os.replace(self._write_private(self._record()), self.path)
-            return True
         finally:
             mutex.unlink(missing_ok=True)
+        for left in self.path.parent.glob(f"{self.path.name}.{holder.get('token')}.*"):
+            left.unlink(missing_ok=True)  # a heartbeat the gone holder never finished
+        return True
 
     # -- keeping it -----------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
@@ -177,12 +187,14 @@ class FileLock(OutputLock):
 
 
 class NoLock(OutputLock):
-    """For outputs that need none: a run's private temporary output."""
+    """For outputs that need none (a run's private temporary output) or that have none yet
+    (remote stores: see ``docs/resume.md``)."""
 
 
 def lock_output(write_to: str | os.PathLike | None) -> OutputLock:
-    """The lock guarding ``write_to`` and its stage (``None``: a private temporary output)."""
-    if write_to is None:
+    """The lock guarding ``write_to`` and its stage: a :class:`FileLock` for a local path;
+    none for ``None`` (a private temporary output) or, for now, a remote URL."""
+    if write_to is None or "://" in str(write_to):
         return NoLock()
     return FileLock(f"{write_to}.lock")
 

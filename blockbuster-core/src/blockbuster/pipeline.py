@@ -253,7 +253,7 @@ def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
     done = len(stage.done_tiles()) if stage.root.exists() else 0
     fix = ("free space there (or raise the quota)" if isinstance(error, DiskFullError)
            else "fix the cause")
-    redo = ("; only the merge, relabel and output are redone" if done == n_tiles else "")
+    redo = ("; no tile is segmented again" if done == n_tiles else "")
     error.args = (f"{error} {done} of {n_tiles} tiles are staged in {str(stage.root)!r}: "
                   f"{fix}, then rerun the same call; it resumes from them{redo}.",)
 

@@ -94,7 +94,9 @@ def _read_tile(job: Job, tile: Tile) -> np.ndarray | ImageReadError:
     try:
         return retrying(partial(job.image.read, tile.padded), job.segmenter.retries)
     except Exception as error:
-        where = f"tile {tile.index} at {tile.bounds()} (read with its halo: {span(tile.padded)})"
+        where = f"tile {tile.index} at {tile.bounds()}"
+        if tile.padded != tile.core:
+            where += f" (read with its halo: {span(tile.padded)})"
         failure = read_failure(error, job.image.source, where, job.segmenter.retries + 1,
                                job.image.unreadable_chunks(tile.padded))
         failure.__cause__ = error
