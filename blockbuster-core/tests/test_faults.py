@@ -27,6 +27,7 @@ from blockbuster.errors import (
     ImageReadError,
     OutputLockedError,
     OutputWriteError,
+    StageMismatchError,
     TilesFailedError,
 )
 from blockbuster.segmenter import describe_function
@@ -369,3 +370,20 @@ def test_a_corrupt_chunk_read_in_a_worker_process_is_reported_the_same(tmp_path,
     assert [line.split(":")[0] for line in sorted(error.value.failed)] == [
         "tile 5 at [64", "tile 6 at [64"]
     assert all("c/1/0 [64:128, 0:64]: RuntimeError: Zstd" in line for line in error.value.failed)
+
+
+def test_a_damaged_staged_record_names_its_tile(tmp_path, reference):
+    out = tmp_path / "out.zarr"
+    crashed_run(out)
+    Path(f"{out}.stage", "tiles", "3.pickle").write_bytes(b"garbage")
+    with pytest.raises(StageMismatchError, match=r"staged files of tile 3 in .*resume=False"):
+        run(write_to=out)
+    assert np.array_equal(run(write_to=out, resume=False, compute=True), reference)
+
+
+def test_damaged_input_metadata_is_an_image_read_error(tmp_path):
+    path = tmp_path / "image.zarr"
+    zarr.create_array(str(path), shape=(8, 8), dtype="u1")
+    (path / "zarr.json").write_text("{not json")
+    with pytest.raises(ImageReadError, match="could not be opened as zarr.*metadata"):
+        run(path)

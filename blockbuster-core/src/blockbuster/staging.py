@@ -116,7 +116,10 @@ class Stage:
             if index in self._records:
                 self._records.move_to_end(index)
                 return self._records[index]
-        record = pickle.loads(self._path(index, ".pickle").read_bytes())
+        try:
+            record = pickle.loads(self._path(index, ".pickle").read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError) as error:
+            raise damaged_stage(self.root, index, error) from error
         with self._lock:
             self._records[index] = record
             if len(self._records) > RECORD_CACHE:
@@ -131,10 +134,7 @@ class Stage:
             data = _codec().decode(self._path(tile.index, ".labels").read_bytes())
             return np.frombuffer(data, dtype).reshape(shape)
         except (OSError, RuntimeError, ValueError) as error:
-            raise StageMismatchError(
-                f"the staged labels of tile {tile.index} in {str(self.root)!r} are missing or "
-                f"damaged ({error}). Delete that folder, or pass resume=False, to start fresh."
-            ) from error
+            raise damaged_stage(self.root, tile.index, error) from error
 
     def _path(self, index: int, suffix: str) -> Path:
         return self.root / "tiles" / f"{index}{suffix}"
@@ -144,6 +144,13 @@ class Stage:
 
     def __setstate__(self, state):
         self.__init__(state["root"], state["grid"])
+
+
+def damaged_stage(root: Path, index: int, error: BaseException) -> StageMismatchError:
+    return StageMismatchError(
+        f"the staged files of tile {index} in {str(root)!r} are missing or damaged ({error}). "
+        "Delete that folder, or pass resume=False, to start fresh."
+    )
 
 
 def staged_dtype(count: int) -> np.dtype:

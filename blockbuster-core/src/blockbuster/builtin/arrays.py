@@ -123,9 +123,15 @@ def open_zarr(path: str | os.PathLike, *, component: str | None = None) -> Array
             f"{path!s} is not a zarr array or group (no zarr.json, .zarray or .zgroup inside); "
             "give a zarr path, a zarr.Array, a numpy array or a dask array."
         )
-    node = zarr.open(store=str(path), mode="r")
-    if component is not None:
-        node = node[component]
+    try:
+        node = zarr.open(store=str(path), mode="r")
+        if component is not None:
+            node = node[component]
+    except Exception as error:
+        raise ImageReadError(
+            f"{path!s} could not be opened as zarr ({type(error).__name__}: {error}); check that "
+            "its metadata (zarr.json, .zarray, .zgroup) is complete and that the component exists."
+        ) from error
     if isinstance(node, zarr.Group):
         node = _image_array_of_group(node, path)
     return ArrayReader(node, source=str(Path(path).resolve()) + (f"/{component}" if component else ""))
