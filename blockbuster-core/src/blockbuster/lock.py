@@ -145,6 +145,8 @@ class FileLock(OutputLock):
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
             holder = read_holder(self.path)
+            if holder is not None and "unreadable" in holder:
+                continue  # a file system hiccup: look again at the next beat
             if holder is None or holder.get("token") != self.token:
                 self.lost_to = holder or {}
                 return

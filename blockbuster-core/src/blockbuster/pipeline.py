@@ -195,8 +195,8 @@ def tile_process(
                       skip_empty, table_path is not None, output=str(write_to))
             stats = RunStats(n_tiles=len(grid))
             try:
-                n_objects = _run(job, executor, fingerprint, resume, overwrite, lock, progress,
-                                 stats, table_path)
+                n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
+                                 overwrite=overwrite, progress=progress, table_path=table_path)
             except OutputWriteError as error:
                 add_progress(error, stage, len(grid))
                 raise
@@ -211,8 +211,8 @@ def tile_process(
     return (result, stats) if return_stats else result
 
 
-def _run(job: Job, executor: Executor, fingerprint: str, resume: bool, overwrite: bool,
-         lock: OutputLock, progress: bool, stats: RunStats, table_path: Path | None) -> int:
+def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
+         resume: bool, overwrite: bool, progress: bool, table_path: Path | None) -> int:
     """Segment, merge and relabel the job (resuming its stage), write the table: the run
     proper, under the output's lock. Returns the number of objects."""
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
