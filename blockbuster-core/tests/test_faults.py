@@ -31,7 +31,7 @@ from blockbuster.errors import (
     TilesFailedError,
 )
 from blockbuster.segmenter import describe_function
-from blockbuster.synthetic import touching_disks
+from blockbuster.synthetic import touching_disks, write_image
 from blockbuster.table import read_table
 from blockbuster.testing import full_disk
 
@@ -387,3 +387,16 @@ def test_damaged_input_metadata_is_an_image_read_error(tmp_path):
     (path / "zarr.json").write_text("{not json")
     with pytest.raises(ImageReadError, match="could not be opened as zarr.*metadata"):
         run(path)
+
+
+def test_a_corrupt_chunk_of_an_ome_zarr_image_is_named_too(tmp_path, reference):
+    image = write_image(tmp_path / "image.ome.zarr", IMAGE, axes="yx", chunks=(64, 64))
+    chunk = image / "0" / "c" / "1" / "0"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"\0" * len(good))
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ImageReadError, match=r"tile 5 at \[64:128, 0:32\] of .* unreadable chunk "
+                                             + f"{image.resolve()}/0/c/1/0 " + r"\[64:128, 0:64\]"):
+        run(image, write_to=out)
+    chunk.write_bytes(good)
+    resume_equals(reference, out, 5, image=image)

@@ -53,24 +53,9 @@ class ArrayReader(BaseReader):
         return np.asarray(block)
 
     def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
-        """The stored zarr chunks (shards) under ``region`` that fail to read on their own, as
-        ``'<path>/<key>' [bounds]``; empty for other arrays. Called only after a read failed."""
-        grid = getattr(self.array, "shards", None) or getattr(self.array, "chunks", None)
-        if not hasattr(getattr(self.array, "metadata", None), "encode_chunk_key") or not grid:
-            return []
-        spans = [range(*s.indices(n)) for s, n in zip(region, self.shape)]
-        found = []
-        for position in itertools.product(*(range(r.start // c, -(-r.stop // c))
-                                            for r, c in zip(spans, grid))):
-            bounds = tuple(slice(p * c, min((p + 1) * c, n))
-                           for p, c, n in zip(position, grid, self.shape))
-            try:
-                self.array[bounds]
-            except Exception:
-                key = self.array.metadata.encode_chunk_key(position)
-                where = self.source or str(self.array.store_path)
-                found.append(f"{where.rstrip('/')}/{key!s} {span(bounds)}")
-        return found
+        """The stored zarr chunks under ``region`` that fail to read (see
+        :func:`unreadable_zarr_chunks`); empty for other arrays."""
+        return unreadable_zarr_chunks(self.array, region, self.source)
 
     def identity(self) -> str:
         """A description of the input that changes when the input does (for job fingerprints).
@@ -92,6 +77,30 @@ class ArrayReader(BaseReader):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source or type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
+
+
+def unreadable_zarr_chunks(array: Any, region: tuple, where: str | None) -> list[str]:
+    """The stored chunks (shards) of the zarr ``array`` under ``region`` that fail to read on
+    their own, as ``'<where>/<key>' [bounds]``; empty when ``array`` is not a zarr array.
+
+    Called only after a read of ``region`` failed, to name the damaged chunk in the error.
+    """
+    grid = getattr(array, "shards", None) or getattr(array, "chunks", None)
+    if not hasattr(getattr(array, "metadata", None), "encode_chunk_key") or not grid:
+        return []
+    where = (where or str(array.store_path)).rstrip("/")
+    spans = [range(*s.indices(n)) if isinstance(s, slice) else range(s, s + 1)
+             for s, n in zip(region, array.shape)]
+    found = []
+    for position in itertools.product(*(range(r.start // c, -(-r.stop // c))
+                                        for r, c in zip(spans, grid))):
+        bounds = tuple(slice(p * c, min((p + 1) * c, n))
+                       for p, c, n in zip(position, grid, array.shape))
+        try:
+            array[bounds]
+        except Exception:
+            found.append(f"{where}/{array.metadata.encode_chunk_key(position)} {span(bounds)}")
+    return found
 
 
 def _chunks_of(array: Any) -> tuple[int, ...] | None:
