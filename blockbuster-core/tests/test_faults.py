@@ -100,6 +100,50 @@ def test_a_second_run_on_the_same_output_fails_fast_and_the_first_finishes(tmp_p
     assert not Path(f"{out}.lock").exists()
 
 
+FIRST_RUN = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from blockbuster import tile_process
+from blockbuster.builtin.segmenters import Threshold
+from blockbuster.synthetic import touching_disks
+
+class Paused:  # the same job as the test's FN, paused until the gate file exists
+    def __call__(self, tile):
+        started.touch()
+        while not gate.exists():
+            time.sleep(0.01)
+        return Threshold(threshold=0.5)(tile)
+
+    def blockbuster_fingerprint(self):
+        return sys.argv[4]
+
+out, started, gate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+tile_process(touching_disks((192, 160), seed=5), Paused(), tile_shape=(64, 32),
+             executor="serial", write_to=out)
+"""
+
+
+def test_the_same_job_from_another_process_is_refused_while_the_first_runs(tmp_path, reference):
+    out, started, gate = tmp_path / "out.zarr", tmp_path / "started", tmp_path / "gate"
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_RUN)
+    first = subprocess.Popen([sys.executable, str(script), str(out), str(started), str(gate),
+                              describe_function(FN)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not started.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert started.exists(), first.stderr.read() if first.poll() is not None else "slow"
+        with pytest.raises(OutputLockedError, match=f"held by process {first.pid} on host"):
+            run(write_to=out)  # the same job: without the lock it would resume the first's stage
+    finally:
+        gate.touch()
+        assert first.wait(60) == 0, first.stderr.read()
+    assert np.array_equal(zarr.open_array(str(out))[:], reference)
+    assert not Path(f"{out}.lock").exists() and not Path(f"{out}.stage").exists()
+
+
 def plant_lock(out: Path, **record) -> Path:
     path = Path(f"{out}.lock")
     now = time.time()
