@@ -64,9 +64,10 @@ def batches(items: list, size: int) -> list[list]:
 
 # -- segment ------------------------------------------------------------------------------------
 def segment_task(job: Job, indices: list[int]) -> SegmentResult:
-    """Read, segment and stage a run of tiles, retrying ``fn`` on failure.
+    """Read, segment and stage a run of tiles, retrying reads and ``fn`` on failure.
 
-    The next batch is read while ``fn`` works on this one, and staged tiles are written in the
+    A tile that cannot be read or segmented stops the task, or with ``keep_going`` is listed
+    in the result while the others go on. The next batch is read while ``fn`` works on this one, and staged tiles are written in the
     background; the task returns once they are all on disk.
     """
     result = SegmentResult()
