@@ -90,7 +90,7 @@ def test_a_second_run_on_the_same_output_fails_fast_and_the_first_finishes(tmp_p
     started = time.perf_counter()
     with pytest.raises(OutputLockedError) as error:
         run(fn=Gate(), write_to=out)  # the same job again, e.g. a requeued cluster job
-    assert time.perf_counter() - started < 2  # at once: it never waits for the first run
+    assert time.perf_counter() - started < 5  # at once: it never waits for the first run
     message = str(error.value)
     assert f"process {os.getpid()} on host {socket.gethostname()}" in message
     assert "running since" in message and "Wait for it to finish" in message

@@ -25,7 +25,7 @@ BACKOFF_MAX_SECONDS = 30.0
 TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET,
                     errno.ECONNABORTED, errno.ECONNREFUSED, errno.EPIPE, errno.ENETUNREACH,
                     errno.EHOSTUNREACH}
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no EDQUOT on Windows
 sleep = time.sleep  # how a backoff waits (a test records the waits by replacing it)
 
 
