@@ -444,3 +444,24 @@ def test_a_corrupt_chunk_of_an_ome_zarr_image_is_named_too(tmp_path, reference):
         run(image, write_to=out)
     chunk.write_bytes(good)
     resume_equals(reference, out, 5, image=image)
+
+
+def test_blockbuster_run_reports_a_locked_output_in_one_line(tmp_path, capsys):
+    from blockbuster.cli import main
+
+    image = tmp_path / "in.zarr"
+    zarr.create_array(str(image), shape=IMAGE.shape, chunks=(64, 32), dtype=IMAGE.dtype)[:] = IMAGE
+    out = tmp_path / "out.zarr"
+    config = tmp_path / "job.toml"
+    config.write_text(f'[input]\npath = "{image}"\n[segmenter]\nname = "threshold"\n'
+                      f'threshold = 0.5\n[output]\npath = "{out}"\n')
+    other = lock.FileLock(f"{out}.lock")
+    other.acquire()
+    try:
+        assert main(["run", str(config)]) == 1
+    finally:
+        other.release()
+    error = capsys.readouterr().err
+    assert error.startswith("blockbuster: error: another run is writing this output")
+    assert error.count("\n") == 1 and f"process {os.getpid()}" in error
+    assert main(["run", str(config)]) == 0
