@@ -75,6 +75,11 @@ class BaseReader:
     def metadata(self) -> dict[str, Any]:
         return {}
 
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """Optional: after a failed ``read(region)``, the stored chunks there that cannot be
+        read (``'<path>/<key>' [bounds]``), so the error can name them; ``[]`` if unknown."""
+        return []
+
     def __getitem__(self, region) -> np.ndarray:
         """Numpy-style slicing (for :func:`blockbuster.sampling.sample_blocks` and friends)."""
         return self.read(region if isinstance(region, tuple) else (region,))
