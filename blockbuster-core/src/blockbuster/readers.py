@@ -3,7 +3,9 @@
 A reader is created in the parent by its factory (``factory(source, **options)``, see
 :func:`~blockbuster.hookspecs.register_readers`) and then sent to every worker, so it must
 pickle (open file handles lazily, per process). The pipeline uses exactly the members of
-:class:`Reader`; :class:`BaseReader` gives the optional ones their defaults.
+:class:`Reader`; :class:`BaseReader` gives the optional ones their defaults. A reader may also
+have ``describe()`` (``{label: text}``: scenes, channel names, levels...), which
+``blockbuster info`` lists.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ class Reader(Protocol):
         An empty dict when the image has none."""
 
 
+def describe(reader: Reader) -> dict[str, Any]:
+    """What ``blockbuster info`` lists for ``reader`` beyond shape, dtype, chunks and axes: its
+    optional ``describe()`` (scenes, channel names, levels... ``{label: text}``), else nothing."""
+    method = getattr(reader, "describe", None)
+    return dict(method()) if callable(method) else {}
+
+
 class BaseReader:
     """Defaults for a reader's optional members; subclass it and set ``shape``, ``dtype`` and
     implement ``read`` and ``identity``."""
@@ -73,6 +82,10 @@ class BaseReader:
         raise NotImplementedError
 
     def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Optional: ``{label: text}`` lines ``blockbuster info`` adds (scenes, channels...)."""
         return {}
 
     def __getitem__(self, region) -> np.ndarray:
