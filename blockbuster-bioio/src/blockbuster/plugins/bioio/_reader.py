@@ -112,7 +112,7 @@ class BioioReader(BaseReader):
                 image = self.__dict__.get("_bioimage")
                 if image is None:
                     image = BioImage(str(self.path), reader=self._reader_class,
-                                     chunk_dims=ONE_PLANE)
+                                     **_plane_chunks(self._reader_class))
                     if "scene_index" in self.__dict__:
                         image.set_scene(self.scene_index)
                         image.set_resolution_level(self.level)
@@ -196,6 +196,15 @@ def _reader_class(path: Path):
         f"{', '.join(installed_plugins()) or 'none'}); install the bioio plugin for its format "
         '(`pip install "blockbuster-bioio[all]"` adds OME-TIFF, OME-Zarr, CZI, ND2 and LIF).'
     )
+
+
+def _plane_chunks(reader_class) -> dict[str, Any]:
+    """``chunk_dims=["Y", "X"]`` for plugins that chunk by dimension (TIFF family: by default
+    a chunk is a whole Z-stack); nothing for those that chunk by their own storage (zarr)."""
+    import inspect
+
+    accepts = "chunk_dims" in inspect.signature(reader_class.__init__).parameters
+    return {"chunk_dims": ONE_PLANE} if accepts else {}
 
 
 def _scene_index(scene: int | str, scenes: tuple[str, ...], path: Path) -> int:
