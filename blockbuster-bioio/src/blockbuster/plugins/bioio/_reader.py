@@ -261,40 +261,44 @@ def _sub_plane_chunks(data, keep, axes, shape) -> tuple[int, ...] | None:
 
 def _physical(image, axes: tuple[str, ...]):
     """Per-axis scale and units from bioio (``scale``, ``dimension_properties``), completed
-    with the OME metadata's length and time units where bioio leaves them out."""
+    with the OME metadata's sizes, time increment and units where bioio leaves them out."""
     scale = [1.0] * len(axes)
     units: list[str | None] = [None] * len(axes)
     sizes = image.scale
     properties = _try(lambda: image.dimension_properties)
-    ome_units = _ome_units(image)
+    ome = _ome_sizes(image)
     for i, axis in enumerate(axes):
-        value = getattr(sizes, axis.upper(), None) if axis != "c" else None
+        if axis == "c":
+            continue
+        value = getattr(sizes, axis.upper(), None)
+        value, ome_unit = (value, ome.get(axis, (None, None))[1]) if value is not None \
+            else ome.get(axis, (None, None))
         if value is None:
             continue
         scale[i] = float(value)
         prop = getattr(properties, axis.upper(), None) if properties is not None else None
         unit = getattr(prop, "unit", None) if prop is not None else None
-        units[i] = _unit_name(unit) if unit is not None else ome_units.get(axis)
+        units[i] = _unit_name(unit) if unit is not None else ome_unit
     return tuple(scale), tuple(units)
 
 
-def _ome_units(image) -> dict[str, str]:
-    """Units of the physical sizes and time increment in the scene's OME metadata (OME's
-    defaults, micrometer and second, where a size is given without a unit)."""
+def _ome_sizes(image) -> dict[str, tuple[float, str]]:
+    """``{axis: (size, unit)}`` of the scene's OME metadata: physical sizes and the time
+    increment (OME's defaults, micrometer and second, where a unit is left out)."""
     ome = _try(lambda: image.ome_metadata)
-    if ome is None:
-        return {}
     try:
         pixels = ome.images[image.current_scene_index].pixels
-    except (AttributeError, IndexError):
+    except (AttributeError, IndexError, TypeError):
         return {}
     found = {}
     for axis in "zyx":
-        if getattr(pixels, f"physical_size_{axis}", None) is not None:
-            found[axis] = _unit_name(getattr(pixels, f"physical_size_{axis}_unit", None)
-                                     or "micrometer")
+        size = getattr(pixels, f"physical_size_{axis}", None)
+        if size is not None:
+            unit = getattr(pixels, f"physical_size_{axis}_unit", None)
+            found[axis] = (float(size), _unit_name(unit or "micrometer"))
     if getattr(pixels, "time_increment", None) is not None:
-        found["t"] = _unit_name(getattr(pixels, "time_increment_unit", None) or "second")
+        unit = getattr(pixels, "time_increment_unit", None)
+        found["t"] = (float(pixels.time_increment), _unit_name(unit or "second"))
     return found
 
 
