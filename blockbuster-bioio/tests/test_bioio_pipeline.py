@@ -102,8 +102,8 @@ def test_channel_axis_from_the_file_all_channels_to_fn(ome_tiff):
                           executor="threads", workers=2, compute=True)
     data = ome_tiff.scenes[0]
     expected = tile_process(data, brightest_channel_mask, channel_axis=1,
-                            tile_shape=(1, 3, 32, 32), overlap=(0, 0, 4, 4), executor="threads", workers=2,
-                            compute=True)
+                            tile_shape=(1, 3, 32, 32), overlap=(0, 0, 4, 4), executor="threads",
+                            workers=2, compute=True)
     assert labels.shape == (2, 3, 64, 72) and expected.max() > 5
     assert_same_labels(expected, labels)
 
@@ -114,7 +114,7 @@ def test_zipped_ome_zarr_is_picked_automatically_and_equals_numpy(zipped_ome_zar
     labels = tile_process(path, "threshold", segmenter_options=THRESHOLD,
                           reader_options={"channel": "actin"}, tile_shape=(1, 2, 16, 16),
                           overlap=(0, 0, 4, 4), executor="threads", workers=2, compute=True)
-    expected = numpy_run(data[1][None], (1, 2, 16, 16), (0, 0, 4, 4))  # bioio adds the size-1 t axis
+    expected = numpy_run(data[1][None], (1, 2, 16, 16), (0, 0, 4, 4))  # bioio adds a t axis
     assert expected.max() > 3
     assert_same_labels(expected, labels)
 

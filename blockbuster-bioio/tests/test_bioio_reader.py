@@ -42,6 +42,8 @@ def test_the_core_keeps_its_formats_and_bioio_takes_what_its_plugins_read(
     assert pick(ozx) == "bioio"               # bioio-ome-zarr reads zipped OME-Zarr
     assert pick(lsm) == "bioio"
     assert pick(tmp_path / "x.npy") is None   # no bioio plugin here reads .npy
+    assert pick(tmp_path / "missing.czi") is None  # not there: the core's "no reader" error
+    assert pick("s3://bucket/scan.czi") is None     # URLs are left to the core
     assert Registry().open_image(lsm).plugin == "bioio-tifffile"
     assert Registry().open_image(ome_tiff.path, reader="bioio").plugin == "bioio-ome-tiff"
 
