@@ -143,3 +143,26 @@ def test_discovery_does_not_import_bioio():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_plain_zarr_stays_with_the_core_when_the_ome_zarr_plugin_is_missing(tmp_path,
+                                                                            monkeypatch):
+    """A plain zarr path would otherwise be claimed to say `[ome-zarr]` is missing."""
+    import zarr
+    from blockbuster.plugins.bioio import _formats
+
+    installed = _formats.version
+
+    def without_ome_zarr(name):
+        if name == "bioio-ome-zarr":
+            raise _formats.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(_formats, "version", without_ome_zarr)
+    plain = tmp_path / "plain.zarr"
+    zarr.open_array(str(plain), mode="w", shape=(4, 4), dtype="u1")
+    (tmp_path / "odd.zarr").write_text("not a zarr folder")  # a file bioio would be asked about
+    assert pick(plain) == "zarr"
+    assert pick(tmp_path / "odd.zarr") == "bioio"
+    with pytest.raises(BackendNotInstalledError, match=r"blockbuster-bioio\[ome-zarr\]"):
+        Registry().open_image(tmp_path / "odd.zarr")
