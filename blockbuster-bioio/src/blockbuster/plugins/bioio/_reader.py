@@ -60,6 +60,33 @@ class BioioReader(BaseReader):
         self._lock = threading.Lock()
         self._reader_class, self.plugin = _reader_class(self.path)
         image = self._image()
+        self._select(image, scene, level)
+        data = image.dask_data
+        dims = tuple(str(image.dims.order).lower())
+        names = _axis_names(dims, data.shape)
+        self.dtype = np.dtype(data.dtype)
+        self.channel_labels = tuple(str(c) for c in (image.channel_names or ()))
+        if "s" in dims and "s" not in names:
+            self.channel_labels = ()  # RGB samples as c: the one channel's name labels none
+        self.t = time if t is None else t
+        self.channel = channel
+        self._fixed = {i: 0 for i, n in enumerate(names) if n is None}  # axis -> index read
+        self._fix_time(names, data.shape)
+        self.channel_index = self._fix_channel(names, data.shape)
+        self._keep = [i for i, n in enumerate(names) if n is not None and i not in self._fixed]
+        self._ndim_full = len(names)
+        self.shape = tuple(int(data.shape[i]) for i in self._keep)
+        self.axes = tuple(names[i] for i in self._keep)
+        self.chunks = _sub_plane_chunks(data, self._keep, self.axes, self.shape)
+        self.scale, self.units = _physical(image, self.axes)
+        self.axis_types = tuple(AXIS_TYPES.get(a) for a in self.axes)
+        self.translation = (0.0,) * len(self.axes)
+        self.source = str(self.path)
+        stat = self.path.stat()
+        self._stamp = (stat.st_size, int(stat.st_mtime))
+
+    def _select(self, image, scene: int | str, level: int) -> None:
+        """Check and set the scene, then the resolution level (each scene has its own)."""
         self.scenes = tuple(str(s) for s in image.scenes)
         self.scene_index = _scene_index(scene, self.scenes, self.path)
         image.set_scene(self.scene_index)
@@ -68,39 +95,23 @@ class BioioReader(BaseReader):
                        for k, v in image.resolution_level_dims.items()}
         self.level = _level(level, self.levels, self.path)
         image.set_resolution_level(self.level)
-        data = image.dask_data
-        dims = tuple(str(image.dims.order).lower())
-        self.dtype = np.dtype(data.dtype)
-        self.channel_labels = tuple(str(c) for c in (image.channel_names or ()))
-        names = _axis_names(dims, data.shape)
-        self._fixed = _fixed_indices(names, data.shape)  # full axis -> index it is read at
-        self.t = time if t is None else t
+
+    def _fix_time(self, names: list[str | None], shape) -> None:
         if self.t is not None:
-            self._fixed[names.index("t")] = _index(self.t, data.shape[dims.index("t")], "t",
-                                                   self.path)
-        self.channel = channel
-        self.channel_index = None
-        if channel is not None:
-            c_axis = names.index("c") if "c" in names else None
-            if c_axis is None or c_axis in self._fixed:
-                raise InvalidParameterError(f"channel={channel!r}, but {str(path)!r} has no "
-                                            "channel axis with several channels.")
-            self.channel_index = channel_index(channel, list(self.channel_labels),
-                                               data.shape[c_axis], repr(str(path)))
-            self._fixed[c_axis] = self.channel_index
-        keep = [i for i, n in enumerate(names) if n is not None and i not in self._fixed]
-        self._keep = keep
-        self._ndim_full = len(names)
-        self.shape = tuple(int(data.shape[i]) for i in keep)
-        self.axes = tuple(names[i] for i in keep)
-        self.chunks = _sub_plane_chunks(data, keep, self.axes, self.shape)
-        scale, units = _physical(image, self.axes)
-        self.scale, self.units = scale, units
-        self.axis_types = tuple(AXIS_TYPES.get(a) for a in self.axes)
-        self.translation = (0.0,) * len(self.axes)
-        self.source = str(self.path)
-        stat = self.path.stat()
-        self._stamp = (stat.st_size, int(stat.st_mtime))
+            axis = names.index("t")
+            self._fixed[axis] = _index(self.t, shape[axis], "t", self.path)
+
+    def _fix_channel(self, names: list[str | None], shape) -> int | None:
+        if self.channel is None:
+            return None
+        axis = names.index("c") if "c" in names else None
+        if axis is None:
+            raise InvalidParameterError(f"channel={self.channel!r}, but {str(self.path)!r} has "
+                                        "no channel axis.")
+        index = channel_index(self.channel, list(self.channel_labels), shape[axis],
+                              repr(str(self.path)))
+        self._fixed[axis] = index
+        return index
 
     # -- lazily opened, per process -----------------------------------------------------------
     def _image(self):
@@ -243,10 +254,6 @@ def _axis_names(dims: tuple[str, ...], shape: tuple[int, ...]) -> list[str | Non
         names[dims.index("c")] = None
         names[dims.index("s")] = "c"
     return names
-
-
-def _fixed_indices(names: list[str | None], shape) -> dict[int, int]:
-    return {i: 0 for i, n in enumerate(names) if n is None}
 
 
 def _sub_plane_chunks(data, keep, axes, shape) -> tuple[int, ...] | None:
