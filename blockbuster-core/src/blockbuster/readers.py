@@ -10,6 +10,7 @@ have ``describe()`` (``{label: text}``: scenes, channel names, levels...), which
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -91,3 +92,24 @@ class BaseReader:
     def __getitem__(self, region) -> np.ndarray:
         """Numpy-style slicing (for :func:`blockbuster.sampling.sample_blocks` and friends)."""
         return self.read(region if isinstance(region, tuple) else (region,))
+
+
+class OpensPerProcess:
+    """Mixin for readers that open their file lazily, once per process.
+
+    Pickling drops the attributes named in ``per_process`` (open files, zarr stores) and the
+    ``_lock`` that guards their creation; unpickling makes a new lock, so each worker process
+    opens the file itself on its first read.
+    """
+
+    per_process: tuple[str, ...] = ()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in (*self.per_process, "_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

@@ -19,13 +19,13 @@ import numpy as np
 from blockbuster.builtin.channels import channel_index
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
 from blockbuster.plugins.bioio._formats import extra_for, installed_plugins, plugin_for
-from blockbuster.readers import BaseReader
+from blockbuster.readers import BaseReader, OpensPerProcess
 
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 ONE_PLANE = ["Y", "X"]  # bioio's chunk_dims: one dask chunk per plane, not per Z-stack
 
 
-class BioioReader(BaseReader):
+class BioioReader(OpensPerProcess, BaseReader):
     """Reads regions of one scene of a microscope file through bioio, lazily.
 
     Parameters
@@ -48,6 +48,8 @@ class BioioReader(BaseReader):
     ``levels`` (shape of each resolution level), ``plugin`` (the bioio plugin's distribution),
     ``source``.
     """
+
+    per_process = ("_bioimage", "_data")
 
     def __init__(self, path: str | os.PathLike, *, scene: int | str = 0,
                  channel: int | str | None = None, level: int = 0, t: int | None = None,
@@ -172,16 +174,6 @@ class BioioReader(BaseReader):
             "levels": "; ".join(levels) + f" (reading {self.level})",
             "read unit": ("chunks " + str(self.chunks)) if self.chunks else "one plane per read",
         }
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for key in ("_bioimage", "_data", "_lock"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"BioioReader({self.source!r}, scene={self.scene_id!r}, level={self.level}, "
