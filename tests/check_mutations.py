@@ -168,10 +168,8 @@ MUTATIONS = [
              'order = np.argsort(-iou, kind="stable")', 'order = np.argsort(iou, kind="stable")',
              (CORE_TESTS + "test_metrics.py",)),
     Mutation("16", "bioio reader ignores t= (reads the first time point)", BIOIO + "_reader.py",
-             '        self.t = time if t is None else t\n        if self.t is not None:\n'
-             '            self._fixed[names.index("t")] = _index(self.t,',
-             '        self.t = time if t is None else t\n        if self.t is not None:\n'
-             '            self._fixed[names.index("t")] = 0 * _index(self.t,',
+             'self._fixed[axis] = _index(self.t, shape[axis], "t", self.path)',
+             'self._fixed[axis] = 0 * _index(self.t, shape[axis], "t", self.path)',
              (BIOIO_TESTS + "test_bioio_pipeline.py",)),
     Mutation("16", "bioio reader reads a whole Z-stack per chunk", BIOIO + "_reader.py",
              'return {"chunk_dims": ONE_PLANE} if accepts else {}', "return {}",
