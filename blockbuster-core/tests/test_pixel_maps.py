@@ -113,6 +113,7 @@ def test_the_seeds_argmax_lambda_without_output_warns_once_and_keeps_its_result(
     message = str(hints[0].message)
     assert "\n" not in message
     assert "output='mask'" in message and "label 1 in" in message and "tile " in message
+    assert hints[0].filename == __file__  # it points at the caller's line
     assert result.max() == 1  # the result is what the merge of the labels gives, unchanged
 
 

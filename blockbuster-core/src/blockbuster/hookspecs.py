@@ -99,7 +99,9 @@ def pick_reader(source: Any) -> str | None:
 
     Receives the ``image`` argument of a run (a path, an array, ...) when no reader was named.
     Returns a registered reader name, or ``None`` to let other plugins decide. Format plugins
-    claim their paths (e.g. by suffix or metadata); the built-in implementation is ``trylast``.
+    claim their paths (e.g. by suffix or metadata). The core's ``tiff`` and ``ome-zarr``
+    implementations are ``tryfirst``, its ``zarr``/``array`` one ``trylast``; a plain
+    implementation is asked in between.
     """
 
 

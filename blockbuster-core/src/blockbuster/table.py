@@ -163,14 +163,31 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
 
 
 def write_table(table, path: str | os.PathLike) -> Path:
-    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``)."""
+    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``).
+
+    Written whole or not at all: a failed write leaves an earlier table at ``path`` intact.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InvalidParameterError(
+            f"table path {str(path)!r}: use a .csv or .parquet suffix.")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        _write_table_as(table, partial, suffix)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_table_as(table, path: Path, suffix: str) -> None:
     if suffix == ".csv":
         out = table.copy()
         out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
         out.to_csv(path, index=False)
-    elif suffix in (".parquet", ".pq"):
+    else:
         import json
 
         import pyarrow as pa
@@ -180,10 +197,6 @@ def write_table(table, path: str | os.PathLike) -> Path:
         meta = dict(arrow.schema.metadata or {})
         meta[b"blockbuster"] = json.dumps(table.attrs).encode()
         pq.write_table(arrow.replace_schema_metadata(meta), path)
-    else:
-        raise InvalidParameterError(
-            f"table path {str(path)!r}: use a .csv or .parquet suffix.")
-    return path
 
 
 def read_table(path: str | os.PathLike):
