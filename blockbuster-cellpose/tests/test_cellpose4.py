@@ -25,8 +25,11 @@ from blockbuster.plugins.cellpose import _compat, cellpose_fn, model_cache
 from ._local_cpsam import blob_cpsam_state, synthetic_blobs
 from .conftest import check_tiled_against_whole
 
+# tiled runs of real models on the test images never look like a mask returned as labels
+NO_PIXEL_MAP_HINT = pytest.mark.filterwarnings("error::blockbuster.errors.PixelMapWarning")
 pytestmark = [
     pytest.mark.slow,
+    NO_PIXEL_MAP_HINT,
     pytest.mark.skipif(_compat.major_version() < 4, reason="cellpose 4 is not installed"),
 ]
 

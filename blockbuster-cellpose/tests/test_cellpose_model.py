@@ -22,7 +22,9 @@ from blockbuster.plugins.cellpose import GPUUnavailableWarning, cellpose_fn, mod
 
 from .conftest import check_tiled_against_whole, synthetic_disks
 
-pytestmark = pytest.mark.slow
+# tiled runs of real models on the test images never look like a mask returned as labels
+NO_PIXEL_MAP_HINT = pytest.mark.filterwarnings("error::blockbuster.errors.PixelMapWarning")
+pytestmark = [pytest.mark.slow, NO_PIXEL_MAP_HINT]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from blockbuster import tile_process
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.stardist import stardist_fn
 
-pytestmark = pytest.mark.slow
+# tiled runs of real models on the test images never look like a mask returned as labels
+NO_PIXEL_MAP_HINT = pytest.mark.filterwarnings("error::blockbuster.errors.PixelMapWarning")
+pytestmark = [pytest.mark.slow, NO_PIXEL_MAP_HINT]
 
 
 def describe(m) -> str:
