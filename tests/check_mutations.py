@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("blockbuster-core", "blockbuster-cellpose", "blockbuster-stardist",
-            "blockbuster-torch")
+            "blockbuster-torch", "blockbuster-bioimageio")
 NOT_COPIED = shutil.ignore_patterns(".venv*", ".git", "build", "site", "__pycache__",
                                     ".hypothesis", ".pytest_cache", "*.egg-info", "results")
 
