@@ -10,6 +10,7 @@ cropping the halo again.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,10 @@ def _adapter(description: Any, weight_format: str | None, device: str) -> Any:
 
     order = (weight_format,) if weight_format else SUPPORTED_WEIGHTS
     try:
-        return create_model_adapter(description, devices=[device],
-                                    weight_format_priority_order=order)
+        with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript, which zoo models ship
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return create_model_adapter(description, devices=[device],
+                                        weight_format_priority_order=order)
     except Exception as error:  # bioimageio.core collects each format's failure in one error
         present = [f for f in type(description.weights).model_fields
                    if getattr(description.weights, f, None) is not None]
