@@ -24,3 +24,16 @@ def test_examples_run(page, tmp_path, monkeypatch):
     assert blocks, f"{page} has no runnable example"
     for number, code in enumerate(blocks):
         exec(compile(code, f"<{page} example {number}>", "exec"), namespace)
+
+
+def test_readme_shows_the_three_lines_the_docs_run():
+    """The README's Cellpose / StarDist / PyTorch lines are the getting-started page's, whose
+    StarDist and PyTorch lines run above (Cellpose's runs on the Cellpose page)."""
+    readme = (DOCS.parent / "README.md").read_text()
+    page = (DOCS / "getting-started.md").read_text()
+    (lines,) = [block for block in re.findall(r"```py\n(.*?)```", readme, re.S)
+                if "cellpose_fn" in block]
+    assert lines in page
+    code = "".join(BLOCK.findall(page))
+    assert "lambda tile: model.predict_instances(normalize_mi_ma(tile, low, high))[0]" in code
+    assert "lambda tile: my_model(torch.from_numpy(tile" in code and 'output="mask"' in code

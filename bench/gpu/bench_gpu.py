@@ -296,13 +296,14 @@ def whole_run(fn, image: np.ndarray, cuda: bool,
               max_side: int | None = None) -> tuple[dict, np.ndarray | None]:
     """The segmenter on the whole image, or on the largest square crop that fits."""
     import torch
+    from blockbuster.pixelmaps import whole_image_objects
 
     side = min(image.shape[0], max_side or image.shape[0])
     while True:
         crop = image[:side, :side]
         try:
             started = time.perf_counter()
-            labels = np.asarray(fn(crop))
+            labels = whole_image_objects(fn, crop)  # a pixel map labelled as tiles are
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started

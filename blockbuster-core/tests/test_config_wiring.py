@@ -30,6 +30,8 @@ level = 1                      # not a core key: a reader option
 [segmenter]
 name = "watershed"
 sigma = 1.5                    # a segmenter option
+output = "mask"
+probability_threshold = 0.25
 
 [tiling]
 tile_shape = [48, 40]
@@ -68,6 +70,8 @@ def expected_arguments(folder: Path) -> dict:
         "image": str(folder / "image.zarr"),
         "fn": "watershed",
         "segmenter_options": {"sigma": 1.5},
+        "output": "mask",
+        "probability_threshold": 0.25,
         "reader": "zarr",
         "reader_options": {"level": 1},
         "channel_axis": 0,
@@ -169,6 +173,7 @@ def test_tile_shape_auto_and_defaults_without_flags(tmp_path, calls):
     assert arguments["tile_shape"] == "auto"
     assert (arguments["retries"], arguments["keep_going"], arguments["resume"],
             arguments["overwrite"], arguments["progress"]) == (2, False, True, False, False)
+    assert (arguments["output"], arguments["probability_threshold"]) == (None, None)
 
 
 def run_flags() -> set[str]:

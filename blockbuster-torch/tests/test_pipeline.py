@@ -11,7 +11,9 @@ import pytest
 import torch
 import torchnets
 from blockbuster import tile_process
+from blockbuster.errors import PixelMapWarning
 from blockbuster.metrics import match_objects
+from blockbuster.pixelmaps import label_map, whole_image_objects
 from blockbuster.plugins.torch import torch_fn
 from blockbuster.testing import assert_same_labels
 from torch import nn
@@ -37,32 +39,65 @@ def big_disks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["threads", "processes"])
-def test_plain_lambda_from_the_issue_works_under_executor(executor, disks):
+def test_plain_lambda_from_the_issue_with_output_mask_equals_whole_image_components(executor):
     my_model = semantic_blob_net()
     fn = lambda tile: my_model(torch.from_numpy(tile)).argmax(0).numpy()  # noqa: E731  (the issue's own)
-    image = disks[0][np.newaxis]  # (C=1, H, W): the model takes unbatched (C, H, W) tensors
-    labels = tile_process(
-        image,
-        fn,
-        channel_axis=0,
-        tile_shape=(128, 128),
-        overlap=8,
-        executor=executor,
-        workers=2,
-        compute=True,
-    )
-    assert labels.shape == disks[0].shape
-    assert np.array_equal(labels > 0, fn(image) > 0)
+    disks, _ = torchnets.make_disks((512, 512), count=160, seed=4, touching_pairs=30)
+    image = disks[np.newaxis]  # (C=1, H, W): the model takes unbatched (C, H, W) tensors
+    expected = label_map(fn(image), "mask")
+    labels = tile_process(image, fn, output="mask", channel_axis=0, tile_shape=(128, 128),
+                          overlap=8, executor=executor, workers=2, compute=True)
+    assert expected.max() > 150
+    assert_same_labels(expected, labels)
+
+
+def test_plain_lambda_from_the_issue_without_output_warns_with_the_fix(disks):
+    my_model = semantic_blob_net()
+    fn = lambda tile: my_model(torch.from_numpy(tile)).argmax(0).numpy()  # noqa: E731  (the issue's own)
+    with pytest.warns(PixelMapWarning, match=r"pieces in tile .*output='mask'"):
+        labels = tile_process(disks[0][np.newaxis], fn, channel_axis=0, tile_shape=(128, 128),
+                              overlap=8, compute=True)
+    assert labels.max() == 1  # warned, never changed: the tiles' label 1 merged into one
 
 
 @pytest.mark.parametrize("executor", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
 def test_torch_fn_under_executor_matches_whole_image(executor, disks):
     fn = torch_fn(torchnets.BlobNet(), output="probability", threshold=0.0, halo=8, batch_size=4)
-    whole = fn(disks[0])
+    whole = whole_image_objects(fn, disks[0])
     tiled = tile_process(
         disks[0], fn, tile_shape=(96, 96), executor=executor, workers=2, compute=True
     )
     assert_same_labels(whole, tiled)
+
+
+def dense_texture(shape=(384, 384), seed=5):
+    """Noise whose 5x5 mean is above the blob net's cut on ~43% of pixels: ~1600 objects,
+    many a pixel apart, as a (C=1, H, W) image."""
+    noise = np.random.default_rng(seed).random(shape) - 0.06
+    return noise.astype(np.float32)[np.newaxis]
+
+
+@pytest.mark.parametrize("output", ["semantic", "probability"])
+def test_torch_semantic_and_probability_outputs_equal_whole_image_components(output):
+    image = dense_texture()
+    net = semantic_blob_net()  # 5x5 kernel: every core value is exact with a 2 px halo
+    if output == "probability":
+        net = nn.Sequential(net, nn.Softmax(dim=1), SecondChannel())
+    fn = torch_fn(net, output=output, channels=0, normalize=None, pad_multiple=1, halo=2)
+    whole = whole_image_objects(fn, image)
+    tiled = tile_process(image, fn, channel_axis=0, tile_shape=(64, 64), compute=True)
+    assert whole.max() > 1000
+    assert_same_labels(whole, tiled)
+    # labelling each tile itself (the pre-pixel-map path) joins objects through the halo
+    per_tile = torch_fn(net, output=output, channels=0, normalize=None, pad_multiple=1, halo=2,
+                        instance=lambda values: label_map(values, output))
+    assert tile_process(image, per_tile, channel_axis=0, tile_shape=(64, 64),
+                        compute=True).max() < whole.max()
+
+
+class SecondChannel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:2]
 
 
 @pytest.mark.slow
@@ -73,7 +108,7 @@ def test_trained_unet_tiled_agrees_with_whole_image(form, unet_files, big_disks)
         fn = torch_fn(torchnets.TinyUNet, weights=unet_files[form], batch_size=4, **UNET)
     else:
         fn = torch_fn(unet_files[form], batch_size=4, **UNET)
-    whole = fn(image)
+    whole = whole_image_objects(fn, image)
     assert match_objects(truth, whole).f1 >= 0.95, "the trained U-Net should find the disks"
     tiled = tile_process(
         image, fn, tile_shape=(128, 128), executor="threads", workers=2, compute=True

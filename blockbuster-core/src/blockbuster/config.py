@@ -10,6 +10,8 @@
     [segmenter]
     name = "threshold"           # other keys are options of that segmenter
     sigma = 1.0
+    output = "instances"         # or "mask" | "semantic" | "probability": what it returns
+    probability_threshold = 0.5  # foreground cut of output = "probability"
 
     [tiling]
     tile_shape = [1024, 1024]    # or "auto"; omit for the input's chunks
@@ -53,7 +55,7 @@ from blockbuster.errors import ConfigError
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"path": str, "reader": str, "channel_axis": int},
-    "segmenter": {"name": str},
+    "segmenter": {"name": str, "output": str, "probability_threshold": (int, float)},
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
                "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
@@ -89,6 +91,8 @@ class RunConfig:
             "image": self.get("input", "path"),
             "fn": self.get("segmenter", "name"),
             "segmenter_options": self.options("segmenter"),
+            "output": self.get("segmenter", "output"),
+            "probability_threshold": self.get("segmenter", "probability_threshold"),
             "reader": self.get("input", "reader"),
             "reader_options": self.options("input"),
             "channel_axis": self.get("input", "channel_axis"),

@@ -26,6 +26,12 @@ class TileFunctionError(BlockbusterError, RuntimeError):
     """The segmentation function failed or returned something that is not labels for a tile."""
 
 
+class PixelMapWarning(UserWarning):
+    """``fn``'s labels look like a mask or class map (few labels, one in many pieces): without
+    ``output="mask"`` (or ``"semantic"``/``"probability"``) every tile's pieces merge into one
+    object."""
+
+
 class ContractViolationError(TileFunctionError):
     """``fn`` returned something that breaks the segmenter contract (shape, dtype, count).
 

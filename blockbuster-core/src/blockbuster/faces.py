@@ -102,13 +102,23 @@ def outer_box(tile: Tile, axis: int, side: str, shape: tuple[int, ...]) -> tuple
 
 def inner_faces(local: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
     """Inner layers of the core at every face shared with another tile."""
+    return _core_layers("inner", local.astype(LOCAL_DTYPE, copy=False), tile, grid)
+
+
+def class_faces(classes: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
+    """The class of every pixel of the core's outermost layers (a semantic map's), so the
+    merge joins only objects of one class."""
+    return _core_layers("class", classes, tile, grid)
+
+
+def _core_layers(kind: str, core: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
+    """Copies of ``core``'s outermost layers at every face shared with another tile."""
     faces = {}
     for axis, side in shared_axes(tile, grid):
         box = inner_box(tile, axis, side)
         relative = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, tile.core))
-        faces[face_key("inner", axis, side)] = Face(
-            tuple(b.start for b in box), local[relative].astype(LOCAL_DTYPE)
-        )
+        faces[face_key(kind, axis, side)] = Face(tuple(b.start for b in box),
+                                                 np.array(core[relative]))
     return faces
 
 

@@ -9,7 +9,8 @@ from blockbuster._version import __version__
 from blockbuster.tiling import TileGrid
 
 
-def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity) -> str:
+def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity,
+                    pixel_map=None) -> str:
     """The job's identity: the input (:class:`~blockbuster.image.ImageView`), the segmenter
     (:class:`~blockbuster.segmenter.Segmenter`), the tiling and the merge."""
     job = {
@@ -22,4 +23,6 @@ def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity) 
         "channel_axis": image.channel_axis,
         "blockbuster": __version__,
     }
+    if pixel_map is not None:  # absent for instances, so older stages still resume
+        job["output"] = [pixel_map.kind, pixel_map.threshold]
     return json.dumps(job, sort_keys=True)

@@ -21,6 +21,9 @@ neighbours across a face — face, edge and corner neighbours all count — with
   as many agreeing pixel pairs. Connected components never produce such weak, doubly
   outvoted pairs in practice; the property tests check it.
 
+Semantic maps (:mod:`blockbuster.pixelmaps`) are merged by touch with one more condition:
+``p`` and ``q`` have the same class, read from the class layers staged beside the labels.
+
 The pairs found are joined into objects by connected components on the pairs only
 (:func:`scipy.sparse.csgraph.connected_components`), never on a table sized by the IDs.
 """
@@ -107,6 +110,7 @@ def _face_pairs(
     p_layer = inner_box(tile, axis, "hi")
     q_layer = inner_box(other, axis, "lo")
     asks_halo = mode == "overlap" and grid.overlap[axis] > 0
+    classes = _class_layers(own, theirs, axis)
     if asks_halo:
         mine_outer = own.faces[face_key("outer", axis, "hi")]
         their_outer = theirs.faces[face_key("outer", axis, "lo")]
@@ -122,6 +126,8 @@ def _face_pairs(
         a = mine_inner.take(p_box)
         b = their_inner.take(q_box)
         keep = (a != 0) & (b != 0)
+        if classes is not None:
+            keep &= classes[0].take(p_box) == classes[1].take(q_box)
         clean = np.ones(a.shape, bool)
         if asks_halo:
             both = _seen_by_both(tile, other, p_box, q_box)
@@ -135,6 +141,12 @@ def _face_pairs(
                 clean[keep].astype(np.uint64),
             ], axis=1))
     return pairs
+
+
+def _class_layers(own: TileRecord, theirs: TileRecord, axis: int) -> tuple[Face, Face] | None:
+    """The pixel classes on both sides of the face, when the tiles are semantic maps."""
+    mine = own.faces.get(face_key("class", axis, "hi"))
+    return None if mine is None else (mine, theirs.faces[face_key("class", axis, "lo")])
 
 
 def _dirty_pixels(p_layer, q_layer, axis, mine_inner, mine_outer, their_inner, their_outer):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster._version import __version__
-from blockbuster.errors import InvalidParameterError, TilesFailedError
+from blockbuster.errors import InvalidParameterError, PixelMapWarning, TilesFailedError
 from blockbuster.executors import Executor
 from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
@@ -42,6 +42,7 @@ from blockbuster.planning import (
     resolve_merge,
     resolve_table_path,
 )
+from blockbuster.pixelmaps import resolve_output
 from blockbuster.progress import Progress
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
@@ -62,6 +63,7 @@ class RunStats:
     seconds_in_fn: float = 0.0
     worker_peak_rss_mb: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    hint: str | None = None  # a sign that fn returned a pixel map as instances (warned once)
 
 
 def tile_process(
@@ -74,6 +76,8 @@ def tile_process(
     overlap: int | Sequence[int] | dict | None = None,
     merge: str | None = None,
     connectivity: int | None = None,
+    output: str | None = None,
+    probability_threshold: float | None = None,
     channel_axis: int | None = None,
     executor: Executor | str | None = None,
     workers: int | None = None,
@@ -105,7 +109,8 @@ def tile_process(
     fn
         ``tile -> labels`` (integers, 0 = background, the tile's spatial shape), or the name of
         a registered segmenter (e.g. ``"threshold"``). ``segmenter=`` is the same argument.
-        A boolean mask is taken as foreground and its face-connected components become labels.
+        A boolean mask is taken as foreground and its face-connected components become labels;
+        for a mask or class map that must equal whole-image labelling, say so with ``output``.
     segmenter_options
         Options for a segmenter given by name, e.g. ``{"threshold": 0.5}``.
     tile_shape
@@ -122,6 +127,19 @@ def tile_process(
     connectivity
         Which pixel neighbours across a face can join objects under ``merge="touch"``:
         1 = face neighbours only, up to the number of axes (default) = edge and corner too.
+        For a pixel-map ``output``, the neighbours that join pixels into objects (default 1).
+    output
+        What ``fn`` returns: ``"instances"`` (labels, the default unless the segmenter
+        declares otherwise in its ``Needs``), ``"mask"`` (non-zero = foreground),
+        ``"semantic"`` (class ids, 0 = background) or ``"probability"``. For the three pixel
+        maps blockbuster forms the objects itself from each tile's core values: connected
+        components of the stitched map, equal to those of the whole-image map (per class for
+        ``"semantic"``). E.g. ``fn = lambda t: model(t).argmax(0)`` with ``output="mask"``.
+        A segmenter chosen by name that has an ``output`` option of its own (``"torch"``)
+        receives it there.
+    probability_threshold
+        Foreground cut of ``output="probability"`` (``value > threshold``); default 0.5 or
+        the segmenter's own.
     channel_axis
         Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole. Taken from the
         reader's axis names (``"c"``) when it knows them.
@@ -158,16 +176,21 @@ def tile_process(
 
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
-    fn = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options)
+    fn, output = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options,
+                                     output)
     image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
                            channel_axis)
     check_retries(retries)
-    segmenter = Segmenter.of(fn, registry.needs(fn), retries)
+    needs = registry.needs(fn)
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    segmenter = Segmenter.of(fn, needs, retries, pixel_map)
     executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
                                  **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
                        memory_budget)
-    merge = resolve_merge(merge, grid)
+    merge = resolve_merge(merge, grid, pixel_map)
+    if pixel_map is not None:
+        connectivity = pixel_map.connectivity
 
     table_path = resolve_table_path(table, write_to)
     temporary = None
@@ -176,7 +199,7 @@ def tile_process(
         write_to = temporary / "labels.zarr"
     out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
     out.set_source(image)
-    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity)
+    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map)
     out.check(fingerprint, image.source)
 
     segmenter = segmenter.prepared(image)
@@ -189,6 +212,7 @@ def tile_process(
     try:
         with executor.start(job) as pool:
             counts = _segment_all(pool, job, executor.workers, done, bar, stats)
+            _warn_of_pixel_map(stats.hint)
             edges = _merge_all(pool, job, bar, stats)
             relabeling = Relabeling(counts, edges)
             out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
@@ -212,14 +236,37 @@ def tile_process(
 MAX_RUN = 16  # tiles per task at most
 
 
-def _segmenter_callable(registry, fn, options: dict | None) -> Callable:
-    """``fn`` itself, or the registered segmenter it names, built with ``options``."""
-    fn = registry.segmenter(fn, **(options or {})) if isinstance(fn, str) else fn
+def _segmenter_callable(registry, fn, options: dict | None,
+                        output: str | None) -> tuple[Callable, str | None]:
+    """``fn`` itself, or the registered segmenter it names, built with ``options``; and the
+    ``output`` left for the core (a named segmenter with an ``output`` option takes it)."""
+    if isinstance(fn, str):
+        options = dict(options or {})
+        if output is not None and "output" not in options and _has_option(registry, fn, "output"):
+            options["output"], output = output, None  # it declares what it returns in its Needs
+        fn = registry.segmenter(fn, **options)
     if not callable(fn):
         raise InvalidParameterError(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
-    return fn
+    return fn, output
+
+
+def _has_option(registry, name: str, option: str) -> bool:
+    import inspect
+
+    try:
+        return option in inspect.signature(registry.get("segmenter", name).load()).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _warn_of_pixel_map(hint: str | None) -> None:
+    """Warn once per run when a tile's labels looked like a mask or class map."""
+    import warnings
+
+    if hint is not None:
+        warnings.warn(hint, PixelMapWarning, stacklevel=3)
 
 # -- stages -----------------------------------------------------------------------------------
 def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
@@ -239,6 +286,7 @@ def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progre
         stats.tiles_empty += result.empty
         stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, result.peak_rss_mb)
         failed.extend(result.failed)
+        stats.hint = stats.hint or result.hint
         bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if failed:

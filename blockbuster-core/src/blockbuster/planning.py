@@ -150,7 +150,20 @@ def _default_budget() -> int:
         return 4 * 2**30
 
 
-def resolve_merge(merge: str | None, grid: TileGrid) -> str:
+def resolve_merge(merge: str | None, grid: TileGrid, pixel_map=None) -> str:
+    """The merge mode: given, or ``"overlap"`` when there is a halo, else ``"touch"``.
+
+    A pixel map's cores hold exact values, so its objects join by touch with the same class
+    (:mod:`blockbuster.pixelmaps`); the overlap rule, made for instances, does not apply.
+    """
+    if pixel_map is not None:
+        if merge not in (None, "touch"):
+            raise InvalidParameterError(
+                f"merge={merge!r} does not apply to output={pixel_map.kind!r}: blockbuster "
+                "labels the map's exact core values and joins them across tiles itself (exact "
+                "connected components). Leave merge unset."
+            )
+        return "touch"
     if merge is None:
         return "overlap" if any(grid.overlap) else "touch"
     if merge not in MERGE_MODES:

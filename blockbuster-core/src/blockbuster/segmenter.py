@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import ContractViolationError, TileFunctionError
+from blockbuster.pixelmaps import PixelMap, in_spatial_shape
 from blockbuster.tiling import Tile
 
 
@@ -46,12 +47,22 @@ class Needs:
     workers
         Workers to run when the user names none, e.g. one per GPU for a GPU model (its
         CPU-side work is overlapped inside the worker); ``None``: one per core.
+    output
+        What the segmenter returns: ``"instances"`` (labels, the default), or a pixel map
+        from which blockbuster forms the instances itself, exactly as connected components of
+        the whole-image map: ``"mask"`` (non-zero = foreground), ``"semantic"`` (class ids,
+        0 = background, objects per class) or ``"probability"`` (foreground above
+        ``probability_threshold``). See :mod:`blockbuster.pixelmaps`.
+    probability_threshold
+        The foreground cut of an ``output="probability"`` map; ``None``: 0.5.
     """
 
     halo: int | tuple[int, ...] | None = None
     bytes_per_voxel: float | None = None
     align: int | tuple[int, ...] | None = None
     workers: int | None = None
+    output: str = "instances"
+    probability_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,19 +82,24 @@ class Segmenter:
         Tiles per call: ``fn.batch_size`` when ``fn`` has ``segment_batch``, else 1.
     retries
         Further tries of a tile whose call raises.
+    pixel_map
+        How to form instances when ``fn`` returns a pixel map (:mod:`blockbuster.pixelmaps`);
+        ``None`` when it returns instances.
     """
 
     fn: Callable
     needs: Needs = field(default_factory=Needs)
     batch_size: int = 1
     retries: int = 2
+    pixel_map: PixelMap | None = None
 
     @classmethod
-    def of(cls, fn: Callable, needs: Needs | None = None, retries: int = 2) -> Segmenter:
+    def of(cls, fn: Callable, needs: Needs | None = None, retries: int = 2,
+           pixel_map: PixelMap | None = None) -> Segmenter:
         batch = 1
         if callable(getattr(fn, "segment_batch", None)):
             batch = max(1, int(getattr(fn, "batch_size", 1) or 1))
-        return cls(fn, needs or Needs(), batch, retries)
+        return cls(fn, needs or Needs(), batch, retries, pixel_map)
 
     def describe(self) -> str:
         """A stable description of ``fn`` for the job fingerprint."""
@@ -104,10 +120,11 @@ class Segmenter:
             accepts_axis = False
         fn = (method(image.reader, channel_axis=image.channel_axis) if accepts_axis
               else method(image.reader))
-        return Segmenter.of(fn, self.needs, self.retries)
+        return Segmenter.of(fn, self.needs, self.retries, self.pixel_map)
 
     def segment(self, images: list[np.ndarray], tiles: Sequence[Tile]) -> tuple[list, float]:
-        """Labels for each tile (checked by :func:`as_labels`) and the seconds spent in ``fn``.
+        """Labels for each tile (checked by :func:`as_labels`), or its pixel map (checked by
+        :meth:`PixelMap.checked`), and the seconds spent in ``fn``.
 
         A call that raises is tried ``retries`` more times, then raises
         :class:`~blockbuster.errors.TileFunctionError` naming the tile; a broken contract
@@ -125,6 +142,9 @@ class Segmenter:
                 if attempt == self.retries:
                     raise
         seconds = time.perf_counter() - started
+        if self.pixel_map is not None:
+            return [self.pixel_map.checked(o, t.padded_shape, _where(t))
+                    for o, t in zip(outputs, tiles)], seconds
         return [as_labels(o, t.padded_shape, t) for o, t in zip(outputs, tiles)], seconds
 
     def _call(self, images: list[np.ndarray], tiles: Sequence[Tile]) -> list[Any]:
@@ -163,7 +183,7 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
 
     A boolean array is a foreground mask: its face-connected components become the labels.
     """
-    where = f"tile {tile.index} at {tile.bounds()} (padded window shape {spatial_shape})"
+    where = _where(tile)
     if output is None:
         raise ContractViolationError(
             f"fn returned None for {where}; it must return an integer label array "
@@ -174,15 +194,12 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
             f"fn returned a tuple for {where}; return only the label array "
             "(e.g. `lambda t: model.eval(t)[0]`)."
         )
-    labels = np.asarray(output)
-    if labels.shape != spatial_shape:
-        squeezed = labels.reshape(spatial_shape) if labels.size == np.prod(spatial_shape) else None
-        if squeezed is None or _differs_beyond_unit_axes(labels.shape, spatial_shape):
-            raise ContractViolationError(
-                f"fn returned shape {labels.shape} for {where}; labels must have the tile's "
-                f"spatial shape {spatial_shape} (drop the channel axis, keep size-1 axes)."
-            )
-        labels = squeezed
+    labels = in_spatial_shape(np.asarray(output), spatial_shape)
+    if labels is None:
+        raise ContractViolationError(
+            f"fn returned shape {np.shape(output)} for {where}; labels must have the tile's "
+            f"spatial shape {spatial_shape} (drop the channel axis, keep size-1 axes)."
+        )
     if labels.dtype == bool:
         from scipy import ndimage
 
@@ -202,8 +219,8 @@ def as_labels(output: Any, spatial_shape: tuple[int, ...], tile: Tile) -> np.nda
     return labels
 
 
-def _differs_beyond_unit_axes(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
-    return tuple(s for s in got if s != 1) != tuple(s for s in want if s != 1)
+def _where(tile: Tile) -> str:
+    return f"tile {tile.index} at {tile.bounds()} (padded window shape {tile.padded_shape})"
 
 
 def describe_function(fn: Callable) -> str:

@@ -17,9 +17,10 @@ import numpy as np
 
 from blockbuster.background import Background
 from blockbuster.errors import TileFunctionError
-from blockbuster.faces import inner_faces, local_labels, outer_faces
+from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
 from blockbuster.image import ImageView
 from blockbuster.merge import tile_edges
+from blockbuster.pixelmaps import split_label
 from blockbuster.relabel import TileTable
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, TileRecord
@@ -53,6 +54,7 @@ class SegmentResult:
     empty: int = 0
     failed: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    hint: str | None = None  # a sign that fn returned a pixel map as instances
 
 
 def batches(items: list, size: int) -> list[list]:
@@ -106,6 +108,8 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
         return
     result.seconds += seconds
     for tile, raw in zip(tiles, labels):
+        if result.hint is None and job.segmenter.pixel_map is None:
+            result.hint = _pixel_map_hint(tile, raw)
         local, record = _stage_contents(job, tile, raw)
         io.write(job.stage.write_tile, tile, local, record)
         result.counts.append((tile.index, record.count))
@@ -119,12 +123,39 @@ def _peak_rss_mb() -> float:
 
 
 def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, TileRecord]:
-    """What to stage for a tile: its core renumbered ``1..n`` and its record."""
+    """What to stage for a tile: its core renumbered ``1..n`` and its record.
+
+    A pixel map keeps only its core (the exact values): its objects are the connected
+    components of the core, and its faces carry the class of each pixel for the merge.
+    """
+    pixel_map = job.segmenter.pixel_map
+    if pixel_map is not None:
+        classes = pixel_map.classes(raw[tile.core_in_padded])
+        local, present = local_labels(pixel_map.label(classes), tile)
+        faces = inner_faces(local, tile, job.grid)
+        if pixel_map.kind == "semantic":
+            faces.update(class_faces(classes, tile, job.grid))
+        return local, TileRecord(len(present), faces)
     local, present = local_labels(raw[tile.core_in_padded], tile)
     faces = inner_faces(local, tile, job.grid)
     if job.merge == "overlap":
         faces.update(outer_faces(raw, present, tile, job.grid))
     return local, TileRecord(len(present), faces)
+
+
+def _pixel_map_hint(tile: Tile, raw: np.ndarray) -> str | None:
+    """One line when ``raw`` looks like a mask or class map rather than instances."""
+    found = split_label(raw)
+    if found is None:
+        return None
+    label, pieces = found
+    return (
+        f"fn returned label {label} in {pieces} separate pieces in tile {tile.index} at "
+        f"{tile.bounds()} whose largest label is {int(raw.max())}: it looks like a mask or class "
+        "map, not instances, and the merge will join every tile's pieces into one object; "
+        "pass output='mask' (or 'semantic'/'probability') to tile_process so blockbuster labels "
+        "the pieces itself."
+    )
 
 
 def _is_empty(job: Job, tile: Tile, image: np.ndarray) -> bool:

@@ -2,8 +2,9 @@
 
 For plugin authors:
 
-- :func:`check_segmenter` — the contract checks a segmenter must pass (integer labels of the
-  tile's spatial shape, non-negative, picklable, deterministic, sane ``Needs``).
+- :func:`check_segmenter` — the contract checks a segmenter must pass (integer labels, or the
+  pixel map its ``Needs.output`` declares, of the tile's spatial shape, non-negative,
+  picklable, deterministic, sane ``Needs``).
 - :func:`assert_same_labels` — two label images are equal up to renumbering.
 - :func:`serve_files` — a local HTTP server (127.0.0.1, free port, own thread) serving
   files from memory and counting requests, to test first-use downloads without internet.
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from blockbuster.pixelmaps import OUTPUTS, PixelMap
 from blockbuster.registry import Registry
 from blockbuster.segmenter import Needs
 
@@ -43,22 +45,29 @@ def assert_same_labels(expected, actual) -> None:
 
 
 def check_segmenter(segmenter: Callable, tile: np.ndarray, *, spatial_shape=None) -> np.ndarray:
-    """Run the contract checks on ``segmenter`` with one example ``tile``; return its labels."""
+    """Run the contract checks on ``segmenter`` with one example ``tile``; return its labels
+    (or, for a segmenter whose ``Needs.output`` is a pixel map, its map)."""
     import cloudpickle
 
     spatial_shape = tuple(spatial_shape or tile.shape)
+    needs = getattr(segmenter, "blockbuster_needs", None)
+    if callable(needs):
+        needs = needs()
+        assert isinstance(needs, Needs), "blockbuster_needs() must return blockbuster.Needs"
+        assert needs.output in OUTPUTS, f"Needs.output {needs.output!r} is not one of {OUTPUTS}"
+    output = needs.output if isinstance(needs, Needs) else "instances"
     labels = np.asarray(segmenter(tile))
     assert labels.shape == spatial_shape, f"labels shape {labels.shape} != {spatial_shape}"
-    assert labels.dtype == bool or np.issubdtype(labels.dtype, np.integer), (
-        f"labels dtype {labels.dtype} is not integer"
-    )
-    assert labels.min() >= 0, "labels must be >= 0"
+    if output == "instances":
+        assert labels.dtype == bool or np.issubdtype(labels.dtype, np.integer), (
+            f"labels dtype {labels.dtype} is not integer"
+        )
+        assert labels.min() >= 0, "labels must be >= 0"
+    else:
+        PixelMap(output).checked(labels, spatial_shape, "the example tile")
     clone = cloudpickle.loads(cloudpickle.dumps(segmenter))
     assert np.array_equal(np.asarray(clone(tile)), labels), "a pickled copy labels differently"
     assert np.array_equal(np.asarray(segmenter(tile)), labels), "labels are not deterministic"
-    needs = getattr(segmenter, "blockbuster_needs", None)
-    if callable(needs):
-        assert isinstance(needs(), Needs), "blockbuster_needs() must return blockbuster.Needs"
     if callable(getattr(segmenter, "segment_batch", None)):
         batch = segmenter.segment_batch([tile, tile])
         assert len(batch) == 2 and all(np.array_equal(np.asarray(b), labels) for b in batch), (

@@ -90,14 +90,15 @@ class TorchSegmenter:
 
     def __init__(self, source: ModelSource, options: TorchOptions | None = None) -> None:
         o = options or TorchOptions()
-        check_output(o.output, o.instance, o.activation)
+        output = "instance" if o.output == "instances" else o.output  # the core's spelling
+        check_output(output, o.instance, o.activation)
         self.source = source
         self.device = str(o.device)
         self.given_batch_size = _check_batch_size(o.batch_size)
         self.dtype = _check_dtype(o.dtype)
         self.amp = bool(o.amp)
         self.normalize = check_normalize(o.normalize)
-        self.output = o.output
+        self.output = output
         self.instance = o.instance
         self.channels = check_channels(o.channels)
         self.pad_multiple = check_pad_multiple(o.pad_multiple)
@@ -150,16 +151,31 @@ class TorchSegmenter:
         options = {name: _describe(getattr(self, name)) for name in _RESULT_OPTIONS}
         return json.dumps({"model": self.source.fingerprint(), **options}, sort_keys=True)
 
+    @property
+    def pixel_map(self) -> str | None:
+        """``"semantic"`` or ``"probability"`` when tiles return that map for blockbuster to
+        label (exactly, across tiles); ``None`` when they return instance labels."""
+        if self.output == "instance" or self.instance != "connected-components":
+            return None
+        return self.output
+
     def blockbuster_needs(self) -> Needs:
-        """Halo the model wants, its working memory per voxel of a padded tile, and one
-        worker per GPU when it runs on CUDA (the worker overlaps its own CPU work)."""
+        """Halo the model wants, its working memory per voxel of a padded tile, one worker per
+        GPU when it runs on CUDA (the worker overlaps its own CPU work), and what a tile
+        returns: the class or probability map when its objects are connected components
+        (blockbuster labels the stitched map exactly), else instance labels."""
         per_voxel = self.bytes_per_voxel
         if per_voxel is None:
             per_voxel = float(FEATURE_BYTES_PER_VOXEL * (self.given_batch_size or 1))
-        return Needs(halo=self.halo, bytes_per_voxel=per_voxel, workers=gpu_count(self.device))
+        kind = self.pixel_map
+        return Needs(halo=self.halo, bytes_per_voxel=per_voxel, workers=gpu_count(self.device),
+                     output=kind or "instances",
+                     probability_threshold=self.threshold if kind == "probability" else None)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
-        """Segment one tile; returns int32 labels of the tile's spatial shape."""
+        """Segment one tile: int32 labels of the tile's spatial shape, or, for a
+        :attr:`pixel_map`, the int32 class map or float32 probability map (label it with
+        :func:`blockbuster.pixelmaps.label_map` for the objects of this one tile)."""
         return self.segment_batch([tile])[0]
 
     def segment_batch(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
@@ -257,6 +273,8 @@ class TorchSegmenter:
         return torch.autocast(device_type=device_type, dtype=half)
 
     def _labels(self, raw: np.ndarray) -> np.ndarray:
+        if self.pixel_map is not None:
+            return raw[0]  # blockbuster labels the map (Needs.output)
         return to_labels(
             raw,
             output=self.output,
@@ -374,9 +392,11 @@ def torch_fn(
         output: what the model returns: ``"instance"`` (labels), ``"semantic"``
             (class logits ``(N, C, ...)`` -> argmax, class 0 = background) or
             ``"probability"`` (one foreground channel -> ``> threshold``).
-        instance: semantic/probability -> instances: ``"connected-components"``,
-            ``"watershed"`` (distance-transform watershed, seeds ``min_distance`` apart)
-            or a callable taking the class map (semantic) or probability map.
+        instance: semantic/probability -> instances: ``"connected-components"`` (tiles
+            return the class or probability map and blockbuster labels the stitched map,
+            exactly as on the whole image; see ``Needs.output``), ``"watershed"``
+            (distance-transform watershed in each tile, seeds ``min_distance`` apart) or a
+            callable taking the class map (semantic) or probability map.
         channels: the tile's channel axis (as ``tile_process(channel_axis=...)``), or
             None for single-channel images (a channel axis of 1 is added).
         pad_multiple: pad every spatial side (at its end, ``pad_mode``) up to a

@@ -1,0 +1,183 @@
+"""Pixel-map outputs: ``fn`` returns a per-pixel map and blockbuster forms the instances.
+
+A segmenter says what it returns with ``output`` (``tile_process(output=...)``, or
+``Needs(output=...)`` from the segmenter itself):
+
+- ``"instances"`` (default): integer labels, one value per object; merged across tiles by
+  :mod:`blockbuster.merge`.
+- ``"mask"``: foreground where the value is non-zero (bool or numbers).
+- ``"semantic"``: integer class ids, 0 = background; objects are the connected regions of one
+  class, so touching objects of two classes stay two.
+- ``"probability"``: a foreground probability; foreground where it is above
+  ``probability_threshold`` (default 0.5).
+
+For a map, only the tile's **core** is kept: its values are exact when the halo covers what
+``fn`` needs (a blur's radius, a network's receptive field), while the halo's values are not.
+Each core is labelled alone (connected components per class at ``connectivity``, default 1 =
+face neighbours) and cores are joined across faces wherever two neighbouring pixels at that
+connectivity have the same class. The result equals connected components of the whole-image
+map computed at once: every path between two pixels is a chain of steps inside a core and
+steps across a face, and both kinds of step are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from blockbuster.errors import ContractViolationError, InvalidParameterError
+
+OUTPUTS = ("instances", "mask", "semantic", "probability")
+DEFAULT_PROBABILITY_THRESHOLD = 0.5
+HANDFUL = 4  # at most this many labels in a tile, and ...
+MIN_PIECES = 3  # ... one of them in this many pieces: fn probably returned a mask or classes
+
+
+@dataclass(frozen=True)
+class PixelMap:
+    """How to turn a tile's pixel map into labelled objects.
+
+    Parameters
+    ----------
+    kind
+        ``"mask"``, ``"semantic"`` or ``"probability"``.
+    threshold
+        Foreground cut of a probability map (``value > threshold``).
+    connectivity
+        Neighbours that join pixels into one object: 1 = face neighbours only, up to the
+        number of axes = edge and corner neighbours too.
+    """
+
+    kind: str
+    threshold: float = DEFAULT_PROBABILITY_THRESHOLD
+    connectivity: int = 1
+
+    def checked(self, values, spatial_shape: tuple[int, ...], where: str) -> np.ndarray:
+        """``fn``'s answer for one tile as an array of the tile's shape, or a clear error."""
+        array = in_spatial_shape(np.asarray(values), spatial_shape)
+        if array is None:
+            raise ContractViolationError(
+                f"fn returned shape {np.shape(values)} for {where}; an output={self.kind!r} map "
+                f"must have the tile's spatial shape {spatial_shape} (reduce the channel axis, "
+                "e.g. argmax for classes or the foreground channel for probabilities)."
+            )
+        if self.kind == "semantic" and not (
+                array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
+            raise ContractViolationError(
+                f"fn returned dtype {array.dtype} for {where}; output='semantic' wants integer "
+                "class ids (0 = background). Use output='probability' for a probability map."
+            )
+        if not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
+            raise ContractViolationError(
+                f"fn returned dtype {array.dtype} for {where}; an output={self.kind!r} map must "
+                "be boolean or numeric."
+            )
+        return array
+
+    def classes(self, values: np.ndarray) -> np.ndarray:
+        """The class of every pixel, 0 = background: the map itself for ``semantic``, 1 where
+        a mask is non-zero or a probability is above the threshold."""
+        if self.kind == "semantic":
+            return values
+        if self.kind == "probability":
+            return (values > self.threshold).view(np.uint8)
+        return (values != 0).view(np.uint8)
+
+    def objects(self, values) -> np.ndarray:
+        """The objects of a whole map: connected components of each class."""
+        values = np.asarray(values)
+        return self.label(self.classes(self.checked(values, values.shape, "the map")))
+
+    def label(self, classes: np.ndarray) -> np.ndarray:
+        """Connected components of each class of ``classes`` (0 stays background)."""
+        from skimage.measure import label
+
+        if classes.size == 0:
+            return np.zeros(classes.shape, np.int32)
+        return label(classes, background=0, connectivity=min(self.connectivity, classes.ndim))
+
+
+def label_map(values, output: str, *, probability_threshold: float | None = None,
+              connectivity: int = 1) -> np.ndarray:
+    """The objects of one whole map, as ``tile_process(..., output=output)`` forms them:
+    connected components of the foreground (per class for ``"semantic"``).
+
+    What a tiled run with a pixel-map ``output`` equals, e.g.
+    ``label_map(fn(image), "mask")`` for the whole image at once.
+    """
+    pixel_map = resolve_output(output, probability_threshold, connectivity, None)
+    if pixel_map is None:
+        raise InvalidParameterError("label_map labels a pixel map: output must be 'mask', "
+                                    "'semantic' or 'probability'.")
+    return pixel_map.objects(values)
+
+
+def whole_image_objects(fn, image, output: str | None = None,
+                        probability_threshold: float | None = None,
+                        connectivity: int | None = None) -> np.ndarray:
+    """``fn`` on the whole ``image`` at once, its answer made objects as a tiled run makes
+    them: its labels, or its pixel map (``output``, else its ``Needs.output``) labelled by
+    :func:`label_map`. The reference a tiled run equals, for images that fit in memory."""
+    needs = fn.blockbuster_needs() if callable(getattr(fn, "blockbuster_needs", None)) else None
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    values = np.asarray(fn(image))
+    return values if pixel_map is None else pixel_map.objects(values)
+
+
+def resolve_output(output: str | None, threshold: float | None, connectivity: int | None,
+                   needs) -> PixelMap | None:
+    """The pixel map a run forms instances from, or ``None`` when ``fn`` returns instances.
+
+    ``output`` and ``threshold`` given to ``tile_process`` win over what the segmenter declares
+    in its :class:`~blockbuster.segmenter.Needs`.
+    """
+    kind = output if output is not None else getattr(needs, "output", "instances")
+    if kind not in OUTPUTS:
+        raise InvalidParameterError(f"output={kind!r}; use one of {list(OUTPUTS)}.")
+    if threshold is None:
+        threshold = getattr(needs, "probability_threshold", None)
+    if threshold is not None and kind != "probability":
+        raise InvalidParameterError(
+            f"probability_threshold={threshold!r} applies only to output='probability' "
+            f"(this run's output is {kind!r})."
+        )
+    if connectivity is not None and (not isinstance(connectivity, int) or connectivity < 1):
+        raise InvalidParameterError(f"connectivity={connectivity!r}; use 1 or more.")
+    if kind == "instances":
+        return None
+    return PixelMap(kind, DEFAULT_PROBABILITY_THRESHOLD if threshold is None else float(threshold),
+                    connectivity or 1)
+
+
+def split_label(labels: np.ndarray) -> tuple[int, int] | None:
+    """A label in ``MIN_PIECES`` or more separate pieces in a tile of at most ``HANDFUL``
+    labels, as ``(label, pieces)``: the sign of a mask or class map returned as instances.
+
+    Pieces are counted with edge and corner neighbours joined, so an object that a tile's
+    crop or a thin line cuts in two is not mistaken for one. Cheap on real instance labels:
+    a tile with more than ``HANDFUL`` labels is ruled out by its maximum.
+    """
+    from scipy import ndimage
+
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    top = int(labels.max())
+    if top < 1 or top > HANDFUL:
+        return None
+    structure = np.ones((3,) * labels.ndim, bool)
+    for value in range(1, top + 1):
+        pieces = ndimage.label(labels == value, structure)[1]
+        if pieces >= MIN_PIECES:
+            return value, pieces
+    return None
+
+
+def in_spatial_shape(array: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
+    """``array`` with the tile's spatial shape (size-1 axes may differ), else ``None``."""
+    if array.shape == spatial_shape:
+        return array
+    squeezed = tuple(s for s in array.shape if s != 1)
+    if squeezed != tuple(s for s in spatial_shape if s != 1):
+        return None
+    return array.reshape(spatial_shape)
