@@ -27,7 +27,8 @@ def test_description_drives_halo_alignment_and_kind(packages):
     assert fn.layout.spatial == ("y", "x")
     assert fn.layout.sizes == ((zoo_models.MIN_SIZE, zoo_models.STEP),) * 2
     assert fn.layout.halo == (zoo_models.HALO,) * 2  # from the output's halo
-    assert fn.layout.kind == "instance"
+    assert fn.layout.kind == "instances"
+    assert bioimageio_fn(packages["unet"]).blockbuster_needs().output == "probability"
     needs = fn.blockbuster_needs()
     assert needs.halo == 16 and needs.align == zoo_models.STEP  # halo 8 rounded up to the step
     assert fn.layout.valid_size((40, 33)) == (48, 48)
@@ -104,9 +105,22 @@ def test_selected_by_name_from_config(packages, tmp_path):
     assert_same_labels(fn.prepare(image)(image), labels)
 
 
-def test_probability_output_is_refused_with_a_typed_error(packages):
-    with pytest.raises(UnsupportedModelError, match="probability map .*pixel-map path"):
-        bioimageio_fn(packages["unet"])
+def test_probability_model_tiled_equals_whole_image_exactly(packages):
+    """A semantic-output U-Net (probability after a sigmoid): blockbuster forms the objects of
+    the stitched map, equal to those of the whole-image map; pooling stays in phase because
+    windows start on the model's size step."""
+    from blockbuster.pixelmaps import whole_image_objects
+
+    image = blobs_on_the_left()
+    fn = bioimageio_fn(packages["unet"], probability_threshold=0.4)
+    prepared = fn.prepare(image)
+    probability = prepared(image)
+    assert probability.dtype == np.float32 and 0.05 < (probability > 0.4).mean() < 0.5
+    whole = whole_image_objects(prepared, image)
+    assert len(np.unique(whole)) > 5
+    tiled = tile_process(image, fn, tile_shape=(64, 64), executor="threads", workers=2,
+                         compute=True)
+    assert_same_labels(whole, tiled)
 
 
 def test_unknown_options_and_missing_packages(packages, tmp_path):
@@ -122,6 +136,8 @@ def test_unknown_options_and_missing_packages(packages, tmp_path):
         bioimageio_fn(packages["instances"], halo=(1, 2, 3))
     with pytest.raises(UnsupportedModelError, match="output='blobs'"):
         bioimageio_fn(packages["instances"], output="blobs")
+    with pytest.raises(InvalidParameterError, match="probability_threshold=0.3 applies"):
+        bioimageio_fn(packages["instances"], probability_threshold=0.3)
 
 
 @pytest.mark.slow

@@ -40,6 +40,21 @@ class TinyUNet(nn.Module):
         return self.up(torch.cat([skip, self.upsample(deep)], dim=1))
 
 
+def blob_detector(net: TinyUNet) -> TinyUNet:
+    """Fixed weights that make the U-Net find bright blobs: the logit is a local mean at full
+    and at half resolution (through the pooling path), minus a bias."""
+    with torch.no_grad():
+        for conv in (net.down, net.bottom, net.up):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        net.down.weight[0, 0, 1, 1] = 1.0
+        net.bottom.weight[0, 0] = 1.0 / 9.0
+        net.up.weight[0, 0] = 5.0 / 9.0   # the skip's first channel
+        net.up.weight[0, 4] = 5.0 / 9.0   # the upsampled deep path's first channel
+        net.up.bias.fill_(-2.0)
+    return net
+
+
 class ThresholdAndLabel(nn.Module):
     """Smooth, threshold at 0 (the image is standardised) and label 4-connected components."""
 
@@ -73,8 +88,7 @@ def _cross_max(labels: torch.Tensor) -> torch.Tensor:
 
 def build_unet_package(folder: Path) -> Path:
     """The semantic-output package (``unet.zip``) in ``folder``."""
-    torch.manual_seed(0)
-    net = TinyUNet().eval()
+    net = blob_detector(TinyUNet()).eval()
     return _package(folder, "unet", _scripted(net), preprocessing="scale_range",
                     output="probability")
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from blockbuster.errors import UnsupportedModelError
 
-OutputKind = Literal["instance", "mask", "probability", "semantic"]
-OUTPUT_KINDS = ("instance", "mask", "probability", "semantic")
+OutputKind = Literal["instances", "mask", "probability", "semantic"]
+OUTPUT_KINDS = ("instances", "mask", "probability", "semantic")  # as blockbuster's Needs.output
 INTEGER_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64")
 
 
@@ -30,6 +30,7 @@ class Layout:
     input_axes: tuple[str, ...]     # their roles: "batch", "channel" or the space axis' id
     spatial: tuple[str, ...]        # the space axes, in order
     channels: int                   # input channels (1 without a channel axis)
+    output_channels: int
     sizes: tuple[tuple[int, int], ...]  # (min, step) per spatial axis; step 0: fixed size
     halo: tuple[int, ...]           # input halo per spatial axis
     output_id: str
@@ -84,6 +85,7 @@ def read_layout(description: Any, *, output_id: str | None = None,
         input_axes=tuple(_role(a) for a in tensor.axes), spatial=spatial, channels=channels,
         sizes=sizes, halo=halo, output_id=str(out.id),
         output_roles=tuple((str(a.id), _role(a)) for a in out.axes),
+        output_channels=_output_channels(out),
         kind=output_kind(description.name, out, output),
     )
 
@@ -168,8 +170,9 @@ def output_kind(name: str, output: Any, requested: str | None = None) -> OutputK
     """What the output holds: ``requested`` if given, else read from its description.
 
     Integer data in one channel are instance labels, unless the last postprocessing step is
-    ``binarize`` (a mask); float data in one channel are a probability; several channels a
-    semantic (per-class) map.
+    ``binarize`` (a mask); float data in one channel are a probability; several channels are
+    per-class scores (``semantic``: the class of a pixel is its highest channel, channel 0 the
+    background).
     """
     if requested is not None:
         if requested not in OUTPUT_KINDS:
@@ -185,7 +188,7 @@ def output_kind(name: str, output: Any, requested: str | None = None) -> OutputK
     if channels > 1:
         return "semantic"
     data = output.data[0] if isinstance(output.data, (list, tuple)) else output.data
-    return "instance" if str(data.type) in INTEGER_TYPES else "probability"
+    return "instances" if str(data.type) in INTEGER_TYPES else "probability"
 
 
 def _output_channels(output: Any) -> int:

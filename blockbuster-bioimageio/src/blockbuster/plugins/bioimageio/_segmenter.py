@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from blockbuster import Needs, current_worker
 from blockbuster.backend import declared_options, gpu_of_worker, threads_per_worker
-from blockbuster.errors import InvalidParameterError, UnsupportedModelError
+from blockbuster.errors import InvalidParameterError
 
 from ._layout import Layout, read_layout
 from ._packages import resolve_package
@@ -28,6 +28,7 @@ class BioimageioOptions:
     """Every option of :func:`bioimageio_fn`, declared once (see there for their meaning)."""
 
     output: str | None = None
+    probability_threshold: float | None = None
     output_id: str | None = None
     weight_format: str | None = None
     halo: int | Sequence[int] | None = field(default=None, metadata=PLACEMENT)
@@ -49,10 +50,15 @@ def bioimageio_fn(source: str | os.PathLike, *, options: BioimageioOptions) -> B
         offline (``BLOCKBUSTER_OFFLINE=1``) a missing one raises
         :class:`~blockbuster.errors.ModelNotFoundError`.
     output
-        What the model outputs: ``"instance"`` (labels), ``"mask"``, ``"probability"`` or
-        ``"semantic"``; read from the description when left out (integer data in one channel:
-        instances; a last ``binarize`` step: a mask; float data: a probability, or a semantic
-        map with several channels).
+        What the model outputs: ``"instances"`` (labels, used as they are), or a pixel map
+        from which blockbuster forms the objects itself, exactly as connected components of
+        the whole-image map (:mod:`blockbuster.pixelmaps`): ``"mask"``, ``"probability"`` or
+        ``"semantic"``. Read from the description when left out: integer data in one channel
+        are instances; a last ``binarize`` step a mask; float data in one channel a
+        probability; several channels per-class scores (``"semantic"``: each pixel's class is
+        its highest channel, channel 0 the background).
+    probability_threshold
+        Foreground cut of a probability output (default 0.5).
     output_id
         Which output tensor to use (default: the first).
     weight_format
@@ -73,25 +79,17 @@ def bioimageio_fn(source: str | os.PathLike, *, options: BioimageioOptions) -> B
         No package at that path, or a remote one is missing offline or failed to download.
     blockbuster.errors.UnsupportedModelError
         The description asks for something this backend cannot tile exactly (several inputs,
-        time axes, output at another scale, statistics of outputs, an output kind the core
-        cannot form instances from yet).
+        time axes, output at another scale, statistics of outputs).
     """
     package = str(resolve_package(source))
     description = load_description(package)
     layout = read_layout(description, output_id=options.output_id, output=options.output)
-    _check_output_kind(layout)
-    return BioimageioSegmenter(package, layout, options)
-
-
-def _check_output_kind(layout: Layout) -> None:
-    if layout.kind != "instance":
-        raise UnsupportedModelError(
-            f"model {layout.name!r} outputs a {layout.kind} map ({layout.output_id!r}); "
-            "forming instances from per-pixel outputs exactly across tiles needs blockbuster's "
-            "pixel-map path, which this blockbuster-core does not have yet, so this backend runs "
-            "instance-label models only (per-tile connected components would disagree at tile "
-            "seams). Pass output='instance' only if the output really is labels."
+    if options.probability_threshold is not None and layout.kind != "probability":
+        raise InvalidParameterError(
+            f"probability_threshold={options.probability_threshold!r} applies to a probability "
+            f"output; model {layout.name!r} outputs {layout.kind!r}."
         )
+    return BioimageioSegmenter(package, layout, options)
 
 
 class BioimageioSegmenter:
@@ -133,7 +131,9 @@ class BioimageioSegmenter:
     def blockbuster_needs(self) -> Needs:
         """The halo and size step from the model's description, and one worker per GPU."""
         return Needs(halo=_one_or_each(self.halo), align=_one_or_each(self.layout.align),
-                     bytes_per_voxel=float(BYTES_PER_VOXEL), workers=_gpu_workers(self.options))
+                     bytes_per_voxel=float(BYTES_PER_VOXEL), workers=_gpu_workers(self.options),
+                     output=self.layout.kind,
+                     probability_threshold=self.options.probability_threshold)
 
     def blockbuster_fingerprint(self) -> str:
         """The package's file identity plus every option that changes labels."""
@@ -142,8 +142,9 @@ class BioimageioSegmenter:
         return json.dumps({"package": _file_identity(self.package), **options}, sort_keys=True)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
-        """Labels of one tile (its spatial shape); axes before the model's space axes (a 2D
-        model on a z stack) are run one plane at a time, with distinct labels per plane."""
+        """Labels (or the pixel map ``blockbuster_needs().output`` names) of one tile, of its
+        spatial shape; axes before the model's space axes (a 2D model on a z stack) are run
+        one plane at a time, labels kept distinct between planes."""
         window = _channels_first(np.asarray(tile), self.channel_axis)
         planes = window.shape[1:-len(self.layout.spatial)]
         if len(window.shape) - 1 < len(self.layout.spatial):
@@ -152,16 +153,21 @@ class BioimageioSegmenter:
                 f"has shape {tile.shape}; give an image with at least that many spatial axes."
             )
         flat = window.reshape(window.shape[0], -1, *window.shape[1 + len(planes):])
-        labels = [self._labels(flat[:, i]) for i in range(flat.shape[1])]
-        return _distinct_stack(labels).reshape(tuple(planes) + labels[0].shape)
+        results = [self._result(flat[:, i]) for i in range(flat.shape[1])]
+        stacked = _distinct_stack(results) if self.layout.kind == "instances" else np.stack(results)
+        return stacked.reshape(tuple(planes) + results[0].shape)
 
     # -- steps ----------------------------------------------------------------------------
-    def _labels(self, window: np.ndarray) -> np.ndarray:
+    def _result(self, window: np.ndarray) -> np.ndarray:
+        """The model's output for one window as labels, a mask, class ids or a probability."""
         output = predict_window(self._pipe(), self.layout, window, self.stats)
-        labels = output[0]
-        if not np.issubdtype(labels.dtype, np.integer):
-            labels = np.rint(labels).astype(np.int64)
-        return labels
+        if self.layout.kind == "semantic" and output.shape[0] > 1:
+            return np.argmax(output, axis=0).astype(np.int32)
+        values = output[0]
+        if self.layout.kind in ("instances", "semantic") and not np.issubdtype(values.dtype,
+                                                                              np.integer):
+            values = np.rint(values).astype(np.int64)
+        return values
 
     def _pipe(self) -> Any:
         if self._pipeline is None:
