@@ -17,10 +17,12 @@ import zoo_models  # noqa: E402
 
 @pytest.fixture(scope="session")
 def packages(tmp_path_factory) -> dict[str, Path]:
-    """``{"instances": zip, "unet": zip}``: the test packages, built with bioimageio.spec."""
+    """``{"instances": zip, "unet": zip, "semantic": zip}``: the test packages, built with
+    bioimageio.spec."""
     folder = tmp_path_factory.mktemp("zoo")
     return {"instances": zoo_models.build_instance_package(folder),
-            "unet": zoo_models.build_unet_package(folder)}
+            "unet": zoo_models.build_unet_package(folder),
+            "semantic": zoo_models.build_semantic_package(folder)}
 
 
 @pytest.fixture

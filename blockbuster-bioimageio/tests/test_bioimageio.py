@@ -123,6 +123,23 @@ def test_probability_model_tiled_equals_whole_image_exactly(packages):
     assert_same_labels(whole, tiled)
 
 
+def test_semantic_model_tiled_equals_whole_image_and_the_probability_model(packages):
+    """Two score channels: each pixel's class is its highest channel. The objects equal the
+    whole-image map's, and those of the same U-Net as a probability at 0.5."""
+    from blockbuster.pixelmaps import whole_image_objects
+
+    image = blobs_on_the_left()
+    fn = bioimageio_fn(packages["semantic"])
+    assert fn.blockbuster_needs().output == "semantic"
+    classes = fn.prepare(image)(image)
+    assert classes.dtype == np.int32 and set(np.unique(classes)) == {0, 1}
+    tiled = tile_process(image, fn, tile_shape=(64, 64), compute=True)
+    assert_same_labels(whole_image_objects(fn.prepare(image), image), tiled)
+    probability = tile_process(image, bioimageio_fn(packages["unet"]), tile_shape=(64, 64),
+                               compute=True)
+    assert_same_labels(probability, tiled)
+
+
 def test_unknown_options_and_missing_packages(packages, tmp_path):
     from blockbuster.errors import BackendOptionError
 

@@ -3,6 +3,7 @@
 - :func:`build_unet_package`: a tiny U-Net (one pooling level) with TorchScript weights whose
   output is a foreground probability (``scale_range`` percentile preprocessing, ``sigmoid``
   postprocessing): a semantic-output model.
+- :func:`build_semantic_package`: the same U-Net's decision as two per-class score channels.
 - :func:`build_instance_package`: a net that thresholds a smoothed, standardised image
   (``zero_mean_unit_variance``) and labels the foreground's 4-connected components itself
   (max-label propagation until it settles), so its output already is instance labels.
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 HALO = 8
+CHANNELS = {"semantic": ["background", "blob"]}
 MIN_SIZE, STEP = 32, 16
 
 
@@ -93,6 +95,24 @@ def build_unet_package(folder: Path) -> Path:
                     output="probability")
 
 
+class TwoClasses(nn.Module):
+    """Per-class scores ``(background, blob)`` from the blob-detecting U-Net's logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = blob_detector(TinyUNet())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = self.unet(x)
+        return torch.cat([-logit, logit], dim=1)
+
+
+def build_semantic_package(folder: Path) -> Path:
+    """The two-class semantic package (``semantic.zip``): the U-Net's decision as scores."""
+    return _package(folder, "semantic", _scripted(TwoClasses().eval()),
+                    preprocessing="scale_range", output="semantic")
+
+
 def build_instance_package(folder: Path) -> Path:
     """The instance-output package (``instances.zip``) in ``folder``."""
     return _package(folder, "instances", _scripted(ThresholdAndLabel().eval()),
@@ -144,7 +164,8 @@ def _package(folder: Path, name: str, scripted, *, preprocessing: str, output: s
     )
     output_descr = v0_5.OutputTensorDescr(
         id=v0_5.TensorId("prediction"),
-        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier(output)]),
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[
+                  v0_5.Identifier(c) for c in CHANNELS.get(output, [output])]),
               *[v0_5.SpaceOutputAxisWithHalo(
                   id=v0_5.AxisId(axis), halo=HALO,
                   size=v0_5.SizeReference(tensor_id=input_id, axis_id=v0_5.AxisId(axis)))
