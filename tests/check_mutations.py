@@ -51,6 +51,8 @@ class Mutation:
 
 CORE = "blockbuster-core/src/blockbuster/"
 CORE_TESTS = "blockbuster-core/tests/"
+BIOIMAGEIO = "blockbuster-bioimageio/src/blockbuster/plugins/bioimageio/"
+BIOIMAGEIO_TESTS = "blockbuster-bioimageio/tests/"
 
 MUTATIONS = [
     Mutation("1", "TIFF reader leaks 1 MiB per tile read", CORE + "builtin/tiff.py",
@@ -165,6 +167,17 @@ MUTATIONS = [
     Mutation("9", "match_objects: greedy matching in the wrong order", CORE + "metrics.py",
              'order = np.argsort(-iou, kind="stable")', 'order = np.argsort(iou, kind="stable")',
              (CORE_TESTS + "test_metrics.py",)),
+    Mutation("15", "bioimageio: statistics per window, not fixed over the whole image",
+             BIOIMAGEIO + "_segmenter.py",
+             "prepared.stats = image_measures(self.package, self.layout, image, channel_axis)",
+             "prepared.stats = None",
+             (BIOIMAGEIO_TESTS + "test_bioimageio.py::test_tiled_equals_whole_image_exactly",)),
+    Mutation("15", "bioimageio: the halo ignores the model's output halo",
+             BIOIMAGEIO + "_layout.py",
+             "by_axis = {str(a): max(h.left, h.right) for a, h in halos.items()}",
+             "by_axis = {}",
+             (BIOIMAGEIO_TESTS
+              + "test_bioimageio.py::test_description_drives_halo_alignment_and_kind",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

@@ -155,6 +155,10 @@ def test_unknown_options_and_missing_packages(packages, tmp_path):
         bioimageio_fn(packages["instances"], output="blobs")
     with pytest.raises(InvalidParameterError, match="probability_threshold=0.3 applies"):
         bioimageio_fn(packages["instances"], probability_threshold=0.3)
+    with pytest.raises(InvalidParameterError, match="takes 1 channel"):
+        bioimageio_fn(packages["instances"]).prepare(np.zeros((2, 64, 64)), channel_axis=0)
+    with pytest.raises(InvalidParameterError, match="has space axes"):
+        bioimageio_fn(packages["instances"])(np.zeros(64))
 
 
 @pytest.mark.slow

@@ -48,7 +48,8 @@ def test_offline_refuses_and_never_requests(zoo_server):
 
 def test_failed_download_names_the_cause_and_stores_nothing(zoo_server):
     url = f"{zoo_server.url}/missing.zip"
-    with pytest.raises(ModelNotFoundError, match="Could not load bioimage.io model '.*/missing.zip'"):
+    cause = "Could not load bioimage.io model '.*/missing.zip'"
+    with pytest.raises(ModelNotFoundError, match=cause):
         bioimageio_fn(url)
     assert zoo_server.requests == ["missing.zip"]
     assert not _packages.store_folder().exists() or not any(_packages.store_folder().iterdir())

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from blockbuster.backend import image_sample
-from blockbuster.errors import UnsupportedModelError
+from blockbuster.errors import InvalidParameterError, UnsupportedModelError
 
 from ._layout import Layout
 
@@ -158,9 +158,10 @@ def _stand_in_sample(layout: Layout, image: Any, channel_axis: int | None) -> An
 
     values = image_sample(image, channel_axis=channel_axis)  # (channels, n)
     if values.shape[0] != layout.channels:
-        raise UnsupportedModelError(
+        raise InvalidParameterError(
             f"model {layout.name!r} takes {layout.channels} channel(s) but the image has "
-            f"{values.shape[0]} (channel_axis={channel_axis}); pass the image's channel_axis."
+            f"{values.shape[0]} (channel_axis={channel_axis}); pass the image's channel_axis to "
+            "tile_process."
         )
     window = values.reshape(values.shape[0], *([1] * (len(layout.spatial) - 1)), -1)
     data = _in_model_order(window, layout)

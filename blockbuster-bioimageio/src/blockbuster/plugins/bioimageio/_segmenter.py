@@ -146,18 +146,28 @@ class BioimageioSegmenter:
         spatial shape; axes before the model's space axes (a 2D model on a z stack) are run
         one plane at a time, labels kept distinct between planes."""
         window = _channels_first(np.asarray(tile), self.channel_axis)
+        self._check_window(window, tile.shape)
         planes = window.shape[1:-len(self.layout.spatial)]
-        if len(window.shape) - 1 < len(self.layout.spatial):
-            raise InvalidParameterError(
-                f"model {self.layout.name!r} has space axes {self.layout.spatial} but the tile "
-                f"has shape {tile.shape}; give an image with at least that many spatial axes."
-            )
         flat = window.reshape(window.shape[0], -1, *window.shape[1 + len(planes):])
         results = [self._result(flat[:, i]) for i in range(flat.shape[1])]
         stacked = _distinct_stack(results) if self.layout.kind == "instances" else np.stack(results)
         return stacked.reshape(tuple(planes) + results[0].shape)
 
     # -- steps ----------------------------------------------------------------------------
+    def _check_window(self, window: np.ndarray, shape: tuple[int, ...]) -> None:
+        """Enough spatial axes for the model, and its number of channels."""
+        if window.ndim - 1 < len(self.layout.spatial):
+            raise InvalidParameterError(
+                f"model {self.layout.name!r} has space axes {self.layout.spatial} but the tile "
+                f"has shape {shape}; give an image with at least that many spatial axes."
+            )
+        if window.shape[0] != self.layout.channels:
+            raise InvalidParameterError(
+                f"model {self.layout.name!r} takes {self.layout.channels} channel(s) but the "
+                f"tile of shape {shape} has {window.shape[0]} (channel_axis="
+                f"{self.channel_axis}); pass the image's channel_axis to tile_process."
+            )
+
     def _result(self, window: np.ndarray) -> np.ndarray:
         """The model's output for one window as labels, a mask, class ids or a probability."""
         output = predict_window(self._pipe(), self.layout, window, self.stats)
