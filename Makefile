@@ -22,7 +22,8 @@ install-core: $(VENV)/bin/python
 install-all: $(VENV)/bin/python
 	$(PIP) -r requirements-test.txt
 	$(PIP) -e "./blockbuster-core[distributed,formats]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
-		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]"
+		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]" \
+		-e ./blockbuster-bioimageio
 
 ## example: segment a synthetic 4096x4096 nuclei image with the built-in watershed
 example: install-core

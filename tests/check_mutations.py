@@ -33,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("blockbuster-core", "blockbuster-cellpose", "blockbuster-stardist",
-            "blockbuster-torch", "blockbuster-bioio")
+            "blockbuster-torch", "blockbuster-bioio",
+            "blockbuster-bioimageio")
 NOT_COPIED = shutil.ignore_patterns(".venv*", ".git", "build", "site", "__pycache__",
                                     ".hypothesis", ".pytest_cache", "*.egg-info", "results")
 
@@ -53,6 +54,8 @@ CORE = "blockbuster-core/src/blockbuster/"
 CORE_TESTS = "blockbuster-core/tests/"
 BIOIO = "blockbuster-bioio/src/blockbuster/plugins/bioio/"
 BIOIO_TESTS = "blockbuster-bioio/tests/"
+BIOIMAGEIO = "blockbuster-bioimageio/src/blockbuster/plugins/bioimageio/"
+BIOIMAGEIO_TESTS = "blockbuster-bioimageio/tests/"
 
 MUTATIONS = [
     Mutation("1", "TIFF reader leaks 1 MiB per tile read", CORE + "builtin/tiff.py",
@@ -214,6 +217,17 @@ MUTATIONS = [
              "if not Path(source).exists():",
              (BIOIO_TESTS + "test_bioio_reader.py::"
               "test_plain_zarr_stays_with_the_core_when_the_ome_zarr_plugin_is_missing",)),
+    Mutation("15", "bioimageio: statistics per window, not fixed over the whole image",
+             BIOIMAGEIO + "_segmenter.py",
+             "prepared.stats = image_measures(self.package, self.layout, image, channel_axis)",
+             "prepared.stats = None",
+             (BIOIMAGEIO_TESTS + "test_bioimageio.py::test_tiled_equals_whole_image_exactly",)),
+    Mutation("15", "bioimageio: the halo ignores the model's output halo",
+             BIOIMAGEIO + "_layout.py",
+             "by_axis = {str(a): max(h.left, h.right) for a, h in halos.items()}",
+             "by_axis = {}",
+             (BIOIMAGEIO_TESTS
+              + "test_bioimageio.py::test_description_drives_halo_alignment_and_kind",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

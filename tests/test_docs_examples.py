@@ -10,13 +10,15 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["index.md", "getting-started.md", "tiling-and-merging.md", "plugin-authoring.md",
          "configuration.md", "resume.md", "cluster.md", "torch.md",
-         "stardist.md", "cellpose.md", "gpu.md", "bioio.md"]
+         "stardist.md", "cellpose.md", "gpu.md", "bioio.md",
+         "bioimageio.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_examples_run(page, tmp_path, monkeypatch):
-    for folder in ("examples", "blockbuster-cellpose", "blockbuster-stardist", "blockbuster-torch"):
+    for folder in ("examples", "blockbuster-cellpose", "blockbuster-stardist", "blockbuster-torch",
+                   "blockbuster-bioimageio"):
         (tmp_path / folder).symlink_to(DOCS.parent / folder)  # paths relative to the repo work
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "docs_example"}

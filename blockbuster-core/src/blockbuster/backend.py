@@ -6,7 +6,8 @@ core, written once.
   :func:`blockbuster.current_worker`.
 - **Image-wide normalisation**: :func:`image_percentiles`, intensity percentiles of the whole
   image from a small, evenly spread sample of full-resolution blocks, so every tile is scaled
-  alike (call it in the segmenter's ``prepare``).
+  alike (call it in the segmenter's ``prepare``); :func:`image_sample`, those voxels per
+  channel, for other statistics (mean, standard deviation).
 - **Options**: a factory's keyword parameters (with annotations) are its options; the registry
   checks names and types before calling it (:mod:`blockbuster.options`).
   :func:`checked_options` gives direct calls the same one-line errors, and
@@ -72,6 +73,21 @@ def image_percentiles(image: Any, percentiles: Sequence[float] = (1.0, 99.8), *,
     ranges = [_percentiles(_sample(_ChannelView(image, channel_axis, c), max_voxels), percentiles)
               for c in range(int(image.shape[channel_axis]))]
     return tuple(r[0] for r in ranges), tuple(r[1] for r in ranges)
+
+
+def image_sample(image: Any, *, channel_axis: int | None = None,
+                 max_voxels: int = DEFAULT_SAMPLE_VOXELS) -> np.ndarray:
+    """Voxel values of a whole image as ``(channels, n)`` (one row without ``channel_axis``),
+    for image-wide statistics beyond percentiles (mean, standard deviation, ...).
+
+    The same voxels :func:`image_percentiles` uses: all of them for an image of at most
+    ``max_voxels`` voxels per channel (statistics then equal whole-image ones exactly), else
+    evenly spread full-resolution blocks (:func:`blockbuster.sampling.sample_blocks`).
+    """
+    if channel_axis is None:
+        return _sample(image, max_voxels)[None]
+    return np.stack([_sample(_ChannelView(image, channel_axis, c), max_voxels)
+                     for c in range(int(image.shape[channel_axis]))])
 
 
 def _percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:

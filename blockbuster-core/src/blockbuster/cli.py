@@ -231,9 +231,12 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     loaded = {store.name: store.load() for store in stores}
     owners = [name for name, store in loaded.items()
               if any(m.name == args.name for m in store.models())]
+    if not owners and args.backend is not None:
+        owners = list(loaded)  # an open-ended store (a model zoo) fetches names it never listed
     if not owners:
         raise ModelNotFoundError(f"no installed backend knows a model {args.name!r}; "
-                                 "`blockbuster models` lists the names.")
+                                 "`blockbuster models` lists the names (for a model zoo id, "
+                                 "name the backend: --backend bioimageio).")
     if len(owners) > 1:
         raise InvalidParameterError(f"several backends know {args.name!r} "
                                     f"({', '.join(owners)}); choose one with --backend.")

@@ -88,6 +88,11 @@ class ModelNotFoundError(BlockbusterError, FileNotFoundError):
     """Model weights are missing locally and downloads are off (offline) or failed."""
 
 
+class UnsupportedModelError(BlockbusterError, ValueError):
+    """A model's own description asks for something the backend cannot run (yet), e.g. an
+    output kind, axis type or processing step; the message says which and what to do."""
+
+
 class PluginError(BlockbusterError):
     """Base class of plugin discovery and selection errors."""
 

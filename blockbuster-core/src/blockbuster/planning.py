@@ -76,7 +76,8 @@ def _warn_if_misaligned(grid: TileGrid, align) -> None:
     if align is None:
         return
     off = [axis for axis, (t, o, a, g) in enumerate(
-        zip(grid.tile_shape, grid.overlap, align, grid.grid_shape)) if g > 1 and (t % a or o % a)]
+        zip(grid.tile_shape, grid.overlap, align, grid.grid_shape))
+        if g > 1 and t > 1 and (t % a or o % a)]  # a tile of 1 is per-slice: no lattice
     if off:
         warnings.warn(
             f"tile_shape {grid.tile_shape} or overlap {grid.overlap} is not a multiple of the "

@@ -42,6 +42,7 @@ KNOWN_PACKAGES = {
     ("segmenter", "cellpose"): "blockbuster-cellpose",
     ("segmenter", "stardist"): "blockbuster-stardist",
     ("segmenter", "torch"): "blockbuster-torch",
+    ("segmenter", "bioimageio"): "blockbuster-bioimageio",
     ("executor", "dask"): "blockbuster-core[distributed]",
 }
 
