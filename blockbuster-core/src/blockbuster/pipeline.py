@@ -129,10 +129,12 @@ def tile_process(
     overlap
         Halo added on every side of a tile before ``fn`` runs: an int (applied to every axis
         whose tile is longer than 1), one value per spatial axis, or a dict by axis name.
-        Defaults to the halo the segmenter asks for, else 0.
+        Defaults to the halo the segmenter asks for, else 1 pixel (0 with ``merge="touch"``
+        or a pixel-map ``output``): the least halo with which the overlap merge makes
+        connected components exact whatever their connectivity.
     merge
-        ``"overlap"`` (default when there is a halo) or ``"touch"``; see
-        :mod:`blockbuster.merge`.
+        ``"overlap"`` (default when there is a halo, which is the default) or ``"touch"``;
+        see :mod:`blockbuster.merge`.
     connectivity
         Which pixel neighbours across a face can join objects under ``merge="touch"``:
         1 = face neighbours only, up to the number of axes (default) = edge and corner too.
@@ -196,7 +198,7 @@ def tile_process(
     executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
                                  **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
-                       memory_budget)
+                       memory_budget, default_halo=merge != "touch" and pixel_map is None)
     merge = resolve_merge(merge, grid, pixel_map)
     if pixel_map is not None:
         connectivity = pixel_map.connectivity
