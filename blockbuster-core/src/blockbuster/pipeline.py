@@ -57,7 +57,8 @@ from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage
 from blockbuster.table import combine, write_table
-from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
+from blockbuster.stitching import check_iou_threshold, iou_edges
+from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
 
 
 @dataclass
@@ -84,6 +85,7 @@ def tile_process(
     tile_shape: Sequence[int] | dict | str | None = None,
     overlap: int | Sequence[int] | dict | None = None,
     merge: str | None = None,
+    iou_threshold: float | None = None,
     connectivity: int | None = None,
     output: str | None = None,
     probability_threshold: float | None = None,
@@ -134,7 +136,14 @@ def tile_process(
         connected components exact whatever their connectivity.
     merge
         ``"overlap"`` (default when there is a halo, which is the default) or ``"touch"``;
-        see :mod:`blockbuster.merge`.
+        see :mod:`blockbuster.merge`. ``"iou"`` for per-slice 2D labels of a stack (tiles one
+        plane thick, e.g. ``tile_shape=(1, 1024, 1024)``): tiles within a plane merge by the
+        overlap rule, and a 2D object joins the one in the next plane that it overlaps with
+        ``IoU >= iou_threshold``, best match both ways (Cellpose's ``stitch3D`` rule), on
+        whole objects across tiles; see :mod:`blockbuster.stitching`.
+    iou_threshold
+        The least IoU joining two planes' objects under ``merge="iou"`` (default 0.25, as
+        Cellpose's ``stitch_threshold``).
     connectivity
         Which pixel neighbours across a face can join objects under ``merge="touch"``:
         1 = face neighbours only, up to the number of axes (default) = edge and corner too.
@@ -200,6 +209,7 @@ def tile_process(
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
                        memory_budget, default_halo=merge != "touch" and pixel_map is None)
     merge = resolve_merge(merge, grid, pixel_map)
+    iou_threshold = check_iou_threshold(iou_threshold, merge)
     if pixel_map is not None:
         connectivity = pixel_map.connectivity
 
@@ -210,7 +220,8 @@ def tile_process(
         write_to = temporary / "labels.zarr"
     out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
     out.set_source(image)
-    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map)
+    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map,
+                                  iou_threshold)
     try:
         with holding(lock_output(None if temporary else write_to)) as lock:
             out.check(fingerprint, image.source)
@@ -218,7 +229,8 @@ def tile_process(
             stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage",
                           grid)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
-                      skip_empty, table_path is not None, output=str(write_to))
+                      skip_empty, table_path is not None, output=str(write_to),
+                      iou_threshold=iou_threshold)
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
@@ -244,7 +256,9 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
-    with Progress(progress, len(job.grid)) as bar, executor.start(job) as pool:
+    stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
+        "segment", "merge", "relabel")
+    with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats)
         _warn_of_pixel_map(stats.hint)
         edges = _merge_all(pool, job, bar, stats)
@@ -392,6 +406,22 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
     pairs, support, clean = (np.concatenate(parts) for parts in zip(*found))
     pairs = resolve_pairs(pairs, support, clean)
     stats.stage_seconds["merge"] = time.perf_counter() - t0
+    if job.merge == "iou":
+        pairs = np.concatenate([pairs, _stitch_planes(pool, job, pairs, bar, stats)])
+    return pairs
+
+
+def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,
+                   stats: RunStats) -> np.ndarray:
+    """``merge="iou"``: the pairs joining 2D objects across planes."""
+    bar.stage("stitch")
+    t0 = time.perf_counter()
+    reports = []
+    for report in pool.map_unordered(overlap_task, range(len(job.grid))):
+        reports.append(report)
+        bar.advance()
+    pairs = iou_edges(in_plane, reports, job.iou_threshold)
+    stats.stage_seconds["stitch"] = time.perf_counter() - t0
     return pairs
 
 

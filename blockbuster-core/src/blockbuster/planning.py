@@ -186,6 +186,10 @@ def resolve_merge(merge: str | None, grid: TileGrid, pixel_map=None) -> str:
         return "overlap" if any(grid.overlap) else "touch"
     if merge not in MERGE_MODES:
         raise InvalidParameterError(f"merge={merge!r}; use one of {list(MERGE_MODES)}.")
+    if merge == "iou":
+        from blockbuster.stitching import stack_axis
+
+        stack_axis(grid)  # refuses tiles that are not one plane thick
     if merge == "overlap" and not any(
         o > 0 for o, g in zip(grid.overlap, grid.grid_shape) if g > 1
     ) and len(grid) > 1:
