@@ -1,6 +1,8 @@
 """``merge="iou"``: per-slice 2D labels joined across planes by IoU, as Cellpose's ``stitch3D``
 does on the whole stack, but tile by tile (also across XY tiles) and out of core."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from skimage.measure import label
@@ -100,3 +102,22 @@ def test_iou_merge_refuses_tiles_not_one_plane_thick_and_stray_thresholds():
         tile_process(stack, per_plane, tile_shape=(1, 16, 16), iou_threshold=0.3)
     with pytest.raises(InvalidParameterError, match=r"iou_threshold=1.5; use a number in \(0, 1\]"):
         tile_process(stack, per_plane, tile_shape=(1, 16, 16), merge="iou", iou_threshold=1.5)
+
+
+def test_the_iou_threshold_is_part_of_the_job_and_absent_from_other_jobs(tmp_path):
+    from blockbuster.errors import OutputExistsError
+    from blockbuster.fingerprint import job_fingerprint
+
+    stack = _stack(_plane(INSIDE), _plane(SQUARE))
+    out = tmp_path / "labels.zarr"
+    options = dict(tile_shape=(1, 16, 16), merge="iou", executor="serial", write_to=out)
+    tile_process(stack, per_plane, iou_threshold=0.25, **options)
+    tile_process(stack, per_plane, iou_threshold=0.25, **options)   # the same job: accepted
+    with pytest.raises(OutputExistsError, match="not the output of this same job"):
+        tile_process(stack, per_plane, iou_threshold=0.7, **options)
+    image = SimpleNamespace(identity=lambda: "image", channel_axis=None)
+    segmenter = SimpleNamespace(describe=lambda: "fn")
+    grid = SimpleNamespace(tile_shape=(1, 16, 16), overlap=(0, 1, 1))
+    assert "iou_threshold" not in job_fingerprint(image, segmenter, grid, "overlap", None)
+    assert '"iou_threshold": 0.25' in job_fingerprint(image, segmenter, grid, "iou", None,
+                                                      iou_threshold=0.25)

@@ -109,8 +109,8 @@ def _with_pairs(index, mine, other, theirs, found) -> PlaneOverlaps:
     keys, intersections = np.unique(keys, return_counts=True)
     a = (keys >> np.uint64(32)).astype(np.int64)
     b = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    found.append((encode(index, np.unique(a)), np.bincount(mine)[np.unique(a)]))
-    found.append((encode(other, np.unique(b)), np.bincount(theirs)[np.unique(b)]))
+    for tile, labels, local in ((index, mine, np.unique(a)), (other, theirs, np.unique(b))):
+        found.append((encode(tile, local), np.bincount(labels)[local]))
     pairs = np.stack([encode(index, a), encode(other, b)], axis=1)
     return _combined(PlaneOverlaps(pairs, intersections.astype(np.int64), *_no_areas()), found)
 
