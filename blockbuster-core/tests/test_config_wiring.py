@@ -50,6 +50,7 @@ path = "out.zarr"
 writer = "zarr"
 overwrite = true
 table = "objects.csv"
+merge_log = "merges.parquet"
 zarr_format = 2                # a writer option
 
 [run]
@@ -92,6 +93,7 @@ def expected_arguments(folder: Path) -> dict:
         "writer_options": {"zarr_format": 2},
         "overwrite": True,
         "table": str(folder / "objects.csv"),
+        "merge_log": str(folder / "merges.parquet"),
         "progress": True,
     }
 
@@ -151,16 +153,17 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
     config.write_text('[input]\npath = "image.zarr"\n[segmenter]\nname = "threshold"\n')
     flags = ["--segmenter", "watershed", "--tile-shape", "30,31", "--overlap", "7",
              "--merge", "touch", "--executor", "serial", "--workers", "4",
-             "--output", "o.zarr", "--overwrite", "--progress",
+             "--output", "o.zarr", "--overwrite", "--progress", "--merge-log",
              "--set", "run.retries=7", "--set", 'output.writer="zarr"']
     assert main(["run", str(config), *flags]) == 0
     (arguments,) = calls
     assert {k: arguments[k] for k in ("fn", "tile_shape", "overlap", "merge", "executor",
                                       "workers", "write_to", "overwrite", "progress",
-                                      "retries", "writer")} == {
+                                      "retries", "writer", "merge_log")} == {
         "fn": "watershed", "tile_shape": (30, 31), "overlap": 7, "merge": "touch",
         "executor": "serial", "workers": 4, "write_to": str(tmp_path / "o.zarr"),
-        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr"}
+        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr",
+        "merge_log": True}
     used = {flag for flag in flags if flag.startswith("--")}
     assert used == run_flags() - {"--help", "--debug"}, "every run flag is exercised above"
 

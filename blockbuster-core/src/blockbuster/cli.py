@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="override [output] path")
     run.add_argument("--overwrite", action="store_true", help="replace existing output")
     run.add_argument("--progress", action="store_true", help="show a progress bar")
+    run.add_argument("--merge-log", action="store_true",
+                     help="write every cross-tile join beside the labels ([output] merge_log)")
     run.set_defaults(handler=cmd_run)
     accept_debug_after(run)
 
@@ -127,6 +129,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "executor.workers": args.workers,
         "output.path": args.output,
         "output.overwrite": True if args.overwrite else None,
+        "output.merge_log": True if getattr(args, "merge_log", False) else None,
     }
     if args.tile_shape:
         flags["tiling.tile_shape"] = (

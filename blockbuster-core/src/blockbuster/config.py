@@ -27,6 +27,7 @@
     path = "labels.zarr"
     writer = "zarr"              # other keys are writer options
     overwrite = false
+    merge_log = true             # or a .parquet path: every cross-tile join and its evidence
 
     [run]
     retries = 2                  # retries of a tile whose segmenter raises
@@ -59,7 +60,8 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
                "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
-    "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool)},
+    "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
+               "merge_log": (str, bool)},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool},
     "plugins": {"block": list},
@@ -113,6 +115,7 @@ class RunConfig:
             "writer_options": self.options("output"),
             "overwrite": bool(self.get("output", "overwrite", False)),
             "table": self.get("output", "table"),
+            "merge_log": self.get("output", "merge_log"),
         }
 
 
@@ -178,7 +181,7 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     folder of that name exists next to the config, so model names stay names.
     """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
-                         ("output", "image")):
+                         ("output", "merge_log"), ("output", "image")):
         value = config.sections.get(section, {}).get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
             config.sections[section][key] = str(base / value)

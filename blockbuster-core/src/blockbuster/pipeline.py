@@ -43,7 +43,8 @@ from blockbuster.faults import write_failure
 from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
 from blockbuster.lock import OutputLock, holding, lock_output
-from blockbuster.merge import no_edges, resolve_pairs
+from blockbuster.merge import kept_pairs, no_edges
+from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
 from blockbuster.planning import (
     check_retries,
     one_segmenter,
@@ -107,6 +108,7 @@ def tile_process(
     registry: Any = None,
     return_stats: bool = False,
     table: str | os.PathLike | bool | None = None,
+    merge_log: str | os.PathLike | bool | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
@@ -175,6 +177,13 @@ def tile_process(
     resume
         Rerunning the same job into the same ``write_to`` after a crash skips the tiles already
         done (``<write_to>.stage``); ``False`` starts fresh.
+    table
+        Write the per-object table: ``True`` for ``<write_to>.objects.csv``, or a ``.csv`` /
+        ``.parquet`` path (:mod:`blockbuster.table`).
+    merge_log
+        Write every cross-tile join with its evidence (tiles, face, labels, pixel pairs,
+        final IDs): ``True`` for ``<write_to>.merges.parquet``, or a ``.parquet`` path
+        (:mod:`blockbuster.mergelog`).
 
     Returns
     -------
@@ -202,6 +211,7 @@ def tile_process(
         connectivity = pixel_map.connectivity
 
     table_path = resolve_table_path(table, write_to)
+    log_path = resolve_merge_log_path(merge_log, write_to)
     temporary = None
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
@@ -220,7 +230,8 @@ def tile_process(
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
-                                 overwrite=overwrite, progress=progress, table_path=table_path)
+                                 overwrite=overwrite, progress=progress, table_path=table_path,
+                                 log_path=log_path)
             except OutputWriteError as error:
                 add_progress(error, stage, len(grid))
                 raise
@@ -236,17 +247,18 @@ def tile_process(
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
-         resume: bool, overwrite: bool, progress: bool, table_path: Path | None) -> int:
-    """Segment, merge and relabel the job (resuming its stage), write the table: the run
-    proper, under the output's lock. Returns the number of objects."""
+         resume: bool, overwrite: bool, progress: bool, table_path: Path | None,
+         log_path: Path | None = None) -> int:
+    """Segment, merge and relabel the job (resuming its stage), write the table and the merge
+    log: the run proper, under the output's lock. Returns the number of objects."""
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
     with Progress(progress, len(job.grid)) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats)
         _warn_of_pixel_map(stats.hint)
-        edges = _merge_all(pool, job, bar, stats)
-        relabeling = Relabeling(counts, edges)
+        candidates, joined = _merge_all(pool, job, bar, stats)
+        relabeling = Relabeling(counts, candidates[0][joined])
         lock.check()
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
                                                        relabeling.dtype, fingerprint)
@@ -257,6 +269,9 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     if table_path is not None:
         table = combine(partials, **job.image.table_metadata())
         writing(write_table, table_path, "the object table")(table, table_path)
+    if log_path is not None:
+        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes)
+        writing(write_table, log_path, "the merge log")(log, log_path)
     return relabeling.n_objects
 
 
@@ -380,7 +395,9 @@ def _runs(items: list, job: Job, workers: int) -> list[list]:
     return batches(items, length)
 
 
-def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
+def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
+               ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """Every candidate pair ``(pairs, support, clean)`` across the faces, and which join."""
     bar.stage("merge")
     t0 = time.perf_counter()
     found = [no_edges()]
@@ -388,9 +405,9 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
         found.append(edges)
         bar.advance()
     pairs, support, clean = (np.concatenate(parts) for parts in zip(*found))
-    pairs = resolve_pairs(pairs, support, clean)
+    joined = kept_pairs(pairs, support, clean)
     stats.stage_seconds["merge"] = time.perf_counter() - t0
-    return pairs
+    return (pairs, support, clean), joined
 
 
 def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Progress,
