@@ -61,6 +61,10 @@ resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
 
+[verify]
+windows = 6
+threshold = 0.95
+
 [plugins]
 block = ["blocked-plugin"]
 """
@@ -94,6 +98,8 @@ def expected_arguments(folder: Path) -> dict:
         "overwrite": True,
         "table": str(folder / "objects.csv"),
         "merge_log": str(folder / "merges.parquet"),
+        "verify": 6,
+        "verify_threshold": 0.95,
         "progress": True,
     }
 

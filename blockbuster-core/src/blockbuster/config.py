@@ -36,6 +36,10 @@
     resume = true                # rerunning after a crash skips finished tiles
     offline = false              # true: never download model weights (BLOCKBUSTER_OFFLINE=1)
 
+    [verify]                     # check the seams after the run (``blockbuster verify``)
+    windows = 8                  # seam windows re-run and compared
+    threshold = 0.99             # object F1 each window must reach
+
     [plugins]
     block = ["some-plugin"]      # entry points not to load
 
@@ -53,6 +57,7 @@ from typing import Any
 import tomllib
 
 from blockbuster.errors import ConfigError
+from blockbuster.verify import DEFAULT_THRESHOLD
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"path": str, "reader": str, "channel_axis": int},
@@ -64,6 +69,7 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
                "merge_log": (str, bool)},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool},
+    "verify": {"windows": int, "threshold": (int, float)},
     "plugins": {"block": list},
 }
 OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
@@ -116,6 +122,8 @@ class RunConfig:
             "overwrite": bool(self.get("output", "overwrite", False)),
             "table": self.get("output", "table"),
             "merge_log": self.get("output", "merge_log"),
+            "verify": self.get("verify", "windows"),
+            "verify_threshold": self.get("verify", "threshold", DEFAULT_THRESHOLD),
         }
 
 
@@ -193,7 +201,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                *, progress: bool = False):
-    """Run the job a config file describes; returns the labels as a dask array."""
+    """Run the job a config file describes; returns the labels as a dask array (with
+    ``[verify] windows``, the labels and the :class:`~blockbuster.verify.VerifyReport`)."""
     from blockbuster.downloads import offline_mode
     from blockbuster.pipeline import tile_process
     from blockbuster.registry import Registry

@@ -59,6 +59,12 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage
 from blockbuster.table import combine, write_table
 from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
+from blockbuster.verify import (
+    DEFAULT_THRESHOLD,
+    VerifyReport,
+    check_verify_options,
+    verify_seams,
+)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class RunStats:
     worker_peak_rss_mb: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     hint: str | None = None  # a sign that fn returned a pixel map as instances (warned once)
+    verification: VerifyReport | None = None  # with verify=N
 
 
 def tile_process(
@@ -109,6 +116,8 @@ def tile_process(
     return_stats: bool = False,
     table: str | os.PathLike | bool | None = None,
     merge_log: str | os.PathLike | bool | None = None,
+    verify: int | None = None,
+    verify_threshold: float = DEFAULT_THRESHOLD,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
@@ -184,11 +193,18 @@ def tile_process(
         Write every cross-tile join with its evidence (tiles, face, labels, pixel pairs,
         final IDs): ``True`` for ``<write_to>.merges.parquet``, or a ``.parquet`` path
         (:mod:`blockbuster.mergelog`).
+    verify, verify_threshold
+        Check the stitching after the run: re-run ``fn`` on ``verify`` windows centred on tile
+        corners and faces (each the size of a padded tile, so its centre needs no stitching)
+        and compare (:mod:`blockbuster.verify`). The run passes when every window's object F1
+        is at least ``verify_threshold``; a failing report suggests a larger overlap.
 
     Returns
     -------
     numpy.ndarray or dask.array.Array
         Labels ``1..N`` (uint32, or uint64 when N needs it), spatial shape of ``image``.
+        With ``return_stats=True``, ``(labels, RunStats)``; else with ``verify``,
+        ``(labels, VerifyReport)`` (the report is also ``RunStats.verification``).
     """
     from blockbuster.registry import Registry
 
@@ -199,6 +215,8 @@ def tile_process(
     image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
                            channel_axis)
     check_retries(retries)
+    if verify is not None:
+        check_verify_options(verify, verify_threshold)
     needs = registry.needs(fn)
     pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
     segmenter = Segmenter.of(fn, needs, retries, pixel_map)
@@ -236,6 +254,12 @@ def tile_process(
                 add_progress(error, stage, len(grid))
                 raise
             stage.remove()
+        if verify is not None:
+            stats.verification = _verify(image, out.open(), segmenter.fn, grid, verify,
+                                         verify_threshold,
+                                         registry=registry, output=output,
+                                         probability_threshold=probability_threshold,
+                                         connectivity=connectivity)
     except BaseException:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -243,7 +267,21 @@ def tile_process(
     stats.n_objects = n_objects
     stats.seconds_total = time.perf_counter() - started
     result = _result(out, compute, temporary)
-    return (result, stats) if return_stats else result
+    if return_stats:
+        return result, stats
+    return (result, stats.verification) if verify is not None else result
+
+
+def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
+            **options) -> VerifyReport:
+    """Verify the stitched ``labels`` on seam windows, each window run as one tile by ``fn``
+    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's)."""
+    def segment(window: np.ndarray) -> np.ndarray:
+        spatial = tuple(s for a, s in enumerate(window.shape) if a != image.channel_axis)
+        return tile_process(window, fn, tile_shape=spatial, overlap=0, executor="serial",
+                            channel_axis=image.channel_axis, compute=True, **options)
+
+    return verify_seams(image, labels, segment, grid, windows, threshold)
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
