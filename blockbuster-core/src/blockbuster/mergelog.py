@@ -19,13 +19,12 @@ the two labels), ``final_a``, ``final_b`` (the output IDs of both labels: equal 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from blockbuster.errors import InvalidParameterError
 from blockbuster.ids import local_of, tile_of
+from blockbuster.planning import path_beside_output
 from blockbuster.relabel import Relabeling
 from blockbuster.tiling import TileGrid
 
@@ -34,19 +33,9 @@ MERGE_LOG_SUFFIXES = (".parquet", ".pq")
 
 def resolve_merge_log_path(merge_log, write_to) -> Path | None:
     """Where the merge log goes: beside the labels for ``True``, else the path given."""
-    if merge_log is None or merge_log is False:
-        return None
-    if merge_log is True:
-        if write_to is None:
-            raise InvalidParameterError(
-                "merge_log=True names the log after write_to; give write_to= or a "
-                ".parquet path for the log."
-            )
-        return Path(f"{write_to}.merges.parquet")
-    path = Path(os.fspath(merge_log))
-    if path.suffix.lower() not in MERGE_LOG_SUFFIXES:
-        raise InvalidParameterError(f"merge_log={str(merge_log)!r}: use a .parquet path.")
-    return path
+    return path_beside_output(merge_log, write_to, argument="merge_log", what="log",
+                              beside=".merges.parquet", suffixes=MERGE_LOG_SUFFIXES,
+                              kinds="a .parquet path", give="a .parquet path for the log")
 
 
 def merge_log_table(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray,
