@@ -45,7 +45,8 @@ from blockbuster.planning import (
 from blockbuster.progress import Progress
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
-from blockbuster.staging import Stage
+from blockbuster.staging import Stage, stage_root
+from blockbuster.stores import is_url
 from blockbuster.table import combine, write_table
 from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
 
@@ -94,14 +95,16 @@ def tile_process(
     registry: Any = None,
     return_stats: bool = False,
     table: str | os.PathLike | bool | None = None,
+    storage_options: dict | None = None,
+    stage_dir: str | os.PathLike | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
     Parameters
     ----------
     image
-        A path (zarr array or group, v2 or v3; more formats through reader plugins), a
-        ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
+        A path or URL (zarr array or group, v2 or v3, OME-Zarr; more formats through reader
+        plugins), a ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
     fn
         ``tile -> labels`` (integers, 0 = background, the tile's spatial shape), or the name of
         a registered segmenter (e.g. ``"threshold"``). ``segmenter=`` is the same argument.
@@ -130,8 +133,17 @@ def tile_process(
         executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
         default, or as many as the segmenter asks for (``Needs.workers``: one per GPU).
     write_to, overwrite
-        Output zarr path; refuses to replace data that is not this same job unless
-        ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
+        Output zarr path or URL (``s3://``, ``gs://``...); refuses to replace data that is not
+        this same job unless ``overwrite=True``. Without it, a temporary store is used and
+        removed afterwards.
+    storage_options
+        Options of the remote store (credentials, ``endpoint_url``, ``anon``...) for a URL
+        ``image``, ``write_to`` or ``table``; ``reader_options["storage_options"]`` and
+        ``writer_options["storage_options"]`` set one side alone and win over this.
+    stage_dir
+        Local folder for the staging area of a run: a subfolder named by the job goes there.
+        Default: ``<write_to>.stage`` next to a local output, a local cache folder
+        (``$BLOCKBUSTER_STAGE_DIR`` or ``~/.cache/blockbuster/stage``) for a remote one.
     compute
         ``True`` returns a numpy array (only for results that fit in RAM); ``False`` a dask
         array over the written labels.
@@ -147,7 +159,7 @@ def tile_process(
         low-resolution boolean mask over the image (tiles where it is all False).
     resume
         Rerunning the same job into the same ``write_to`` after a crash skips the tiles already
-        done (``<write_to>.stage``); ``False`` starts fresh.
+        done (staged in ``<write_to>.stage`` or under ``stage_dir``); ``False`` starts fresh.
 
     Returns
     -------
@@ -159,7 +171,8 @@ def tile_process(
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
     fn = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options)
-    image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
+    reader_options = with_storage_options(reader_options, image, storage_options)
+    image = ImageView.open(registry.open_image(image, reader=reader, **reader_options),
                            channel_axis)
     check_retries(retries)
     segmenter = Segmenter.of(fn, registry.needs(fn), retries)
@@ -174,13 +187,15 @@ def tile_process(
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
         write_to = temporary / "labels.zarr"
-    out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
+    writer_options = with_storage_options(writer_options, write_to, storage_options)
+    out = registry.writer(writer, write_to, overwrite=overwrite, **writer_options)
     out.set_source(image)
     fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity)
     out.check(fingerprint, image.source)
 
     segmenter = segmenter.prepared(image)
-    stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage", grid)
+    stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
+                  else temporary / "stage", grid)
     done = stage.open(fingerprint, resume=resume, replace_other=overwrite)
     job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going, skip_empty,
               table_path is not None)
@@ -201,7 +216,8 @@ def tile_process(
     bar.close()
     out.finish(n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
-        write_table(combine(partials, **image.table_metadata()), table_path)
+        write_table(combine(partials, **image.table_metadata()), table_path,
+                    storage_options=writer_options.get("storage_options", storage_options))
     stage.remove()
     stats.n_objects = relabeling.n_objects
     stats.seconds_total = time.perf_counter() - started
@@ -210,6 +226,15 @@ def tile_process(
 
 
 MAX_RUN = 16  # tiles per task at most
+
+
+def with_storage_options(options: dict | None, where: Any, storage_options: dict | None) -> dict:
+    """``options`` plus the run's ``storage_options`` when ``where`` is a URL (the side's own
+    ``storage_options`` option wins)."""
+    options = dict(options or {})
+    if storage_options is not None and is_url(where):
+        options.setdefault("storage_options", storage_options)
+    return options
 
 
 def _segmenter_callable(registry, fn, options: dict | None) -> Callable:

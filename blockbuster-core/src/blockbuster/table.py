@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
                       "centimeter": "cm", "meter": "m", "second": "s", "millisecond": "ms"}
@@ -162,14 +163,19 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
     return table
 
 
-def write_table(table, path: str | os.PathLike) -> Path:
-    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+def write_table(table, path: str | os.PathLike, *,
+                storage_options: dict | None = None) -> Path | str:
+    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``),
+    to a local path or a URL (written whole, with ``storage_options``)."""
+    import io
+
+    location = Location(path, storage_options)
+    suffix = os.path.splitext(location.name)[1].lower()
+    buffer = io.BytesIO()
     if suffix == ".csv":
         out = table.copy()
         out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
-        out.to_csv(path, index=False)
+        out.to_csv(buffer, index=False)
     elif suffix in (".parquet", ".pq"):
         import json
 
@@ -179,19 +185,23 @@ def write_table(table, path: str | os.PathLike) -> Path:
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         meta = dict(arrow.schema.metadata or {})
         meta[b"blockbuster"] = json.dumps(table.attrs).encode()
-        pq.write_table(arrow.replace_schema_metadata(meta), path)
+        pq.write_table(arrow.replace_schema_metadata(meta), buffer)
     else:
         raise InvalidParameterError(
             f"table path {str(path)!r}: use a .csv or .parquet suffix.")
-    return path
+    location.write_bytes(buffer.getvalue())
+    return location.url if location.remote else location.path
 
 
-def read_table(path: str | os.PathLike):
+def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
     """Read a table written by :func:`write_table` (``tiles`` back as lists)."""
+    import io
+
     import pandas as pd
 
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
+    location = Location(path, storage_options)
+    path = io.BytesIO(location.read_bytes()) if location.remote else location.path
+    if location.name.lower().endswith(".csv"):
         table = pd.read_csv(path)
         table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
                           for v in table["tiles"]]
