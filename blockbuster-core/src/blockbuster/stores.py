@@ -132,7 +132,7 @@ class Location:
     def fs(self):
         """The fsspec filesystem of a remote location (typed errors when it cannot be made)."""
         if self._fs is None:
-            self._fs = filesystem(self.scheme, self.storage_options, self.url)
+            self._fs = filesystem(self.scheme, self.options(), self.url)
         return self._fs
 
     @property
@@ -217,8 +217,20 @@ class Location:
         from zarr.storage import FsspecStore
 
         self.fs  # noqa: B018 - a missing package or unknown scheme raises its typed error here
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options,
-                                    read_only=read_only)
+        store = FsspecStore.from_url(self.url, storage_options=self.options(),
+                                     read_only=read_only)
+        if not read_only:
+            return store
+        from blockbuster.read_cache import ReadCache
+
+        return ReadCache(store)
+
+    def options(self) -> dict:
+        """The ``storage_options`` given, plus blockbuster's defaults where they are unset:
+        s3fs's ``max_concurrency=1``, as chunks are read whole (a larger value costs a HEAD
+        request per chunk, to split big objects into parallel ranged reads)."""
+        defaults = {"max_concurrency": 1} if self.scheme in ("s3", "s3a") else {}
+        return {**defaults, **self.storage_options}
 
     def check_reachable(self) -> None:
         """Fail early, with a :class:`StoreAccessError`, when the bucket is missing or the
