@@ -88,8 +88,8 @@ def main() -> None:
     rows = s3_rows(image, expected)
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(http_row(Path(tmp), image, expected))
-    lines = [f"{SIDE}² uint16, {N_CHUNKS} chunks of {CHUNK}², tiles {CHUNK}² + {HALO}-pixel halo, "
-             "2 threads", "",
+    lines = [f"{SIDE}² uint16, {N_CHUNKS} chunks of {CHUNK}², tiles {CHUNK}² + {HALO}-pixel "
+             "halo, 2 threads", "",
              "| case | GETs per input chunk | chunk GETs | chunk HEADs | all requests | seconds |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['gets_per_chunk']:.2f} | {r['chunk_gets']} | "

@@ -261,3 +261,18 @@ def test_read_cache_keeps_the_most_recent_objects_within_its_budget():
     assert [v.to_bytes() for v in values] == [b"a" * 10, b"b" * 10] * 2
     assert fetched == ["a", "b", "c", "a", "c"]  # c was evicted by a; its 2 reads share 1 GET
     assert both[0].to_bytes() == b"c" * 10
+
+
+def test_tiled_tiff_in_s3_is_read_in_place(tmp_path, s3, bucket):
+    tifffile = pytest.importorskip("tifffile")
+    _, data = ome_zarr_image(tmp_path)
+    image = (data * 1000).astype(np.uint16)
+    local = tmp_path / "image.ome.tif"
+    tifffile.imwrite(local, image, tile=(32, 32), ome=True, metadata={"axes": "YX"})
+    upload(s3, local, f"{bucket}/image.ome.tif")
+    run = dict(segmenter_options={"threshold": 500}, tile_shape=(32, 32), overlap=8,
+               compute=True)
+    labels = tile_process(f"{bucket}/image.ome.tif", "threshold",
+                          storage_options=s3.storage_options, executor="threads", **run)
+    assert np.array_equal(labels, tile_process(local, "threshold", **run))
+    assert labels.max() > 3
