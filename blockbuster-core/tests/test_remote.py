@@ -112,7 +112,8 @@ def test_ome_zarr_in_s3_labels_out_to_s3_equal_a_local_run(tmp_path, s3, bucket)
     assert not any((tmp_path / "stage").iterdir())  # the local stage is gone after success
 
 
-def test_cli_run_reads_and_writes_s3_from_the_config(tmp_path, s3, bucket):
+def test_cli_run_reads_and_writes_s3_from_the_config(tmp_path, s3, bucket, monkeypatch,
+                                                      capsys):
     local, data = ome_zarr_image(tmp_path)
     upload(s3, local, f"{bucket}/image.zarr")
     options = "{ " + ", ".join(f'{k} = "{v}"' for k, v in s3.storage_options.items()) + " }"
@@ -142,6 +143,12 @@ stage_dir = "stage"
     tile_process(local, "threshold", table=tmp_path / "objects.csv", **options)
     table = read_table(f"{bucket}/labels.zarr.objects.csv", storage_options=s3.storage_options)
     assert table.equals(read_table(tmp_path / "objects.csv"))  # physical columns included
+    for name, value in [("AWS_ENDPOINT_URL", s3.url), ("AWS_ACCESS_KEY_ID", "testing"),
+                        ("AWS_SECRET_ACCESS_KEY", "testing")]:
+        monkeypatch.setenv(name, value)  # `blockbuster info` takes credentials from the env
+    capsys.readouterr()
+    assert main(["info", f"{bucket}/image.zarr"]) == 0
+    assert "shape:  (96, 80)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -204,6 +211,10 @@ def test_missing_bucket_and_refused_credentials_name_the_url(tmp_path, s3, bucke
                                                r"'no-such-bucket' does not exist.*bucket name"):
         tile_process(image, "threshold", write_to="s3://no-such-bucket/labels.zarr",
                      storage_options=s3.storage_options, stage_dir=tmp_path)
+    with pytest.raises(StoreAccessError, match="no-such-bucket"):
+        tile_process(image, "threshold", writer="ome-zarr", write_to="s3://no-such-bucket/i.zarr",
+                     storage_options=s3.storage_options, stage_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything was staged
     s3.refuse_credentials = True
     try:
         with pytest.raises(StoreAccessError, match=rf"{bucket}/labels.zarr: .*credentials"):
@@ -276,3 +287,16 @@ def test_tiled_tiff_in_s3_is_read_in_place(tmp_path, s3, bucket):
                           storage_options=s3.storage_options, executor="threads", **run)
     assert np.array_equal(labels, tile_process(local, "threshold", **run))
     assert labels.max() > 3
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_create_is_put_if_absent_for_lock_files(tmp_path, s3, bucket, where):
+    url = str(tmp_path / "lock") if where == "local" else f"{bucket}/out.zarr/lock"
+    lock = Location(url, s3.storage_options)
+    assert lock.exclusive_create
+    lock.create(b"first run")
+    with pytest.raises(FileExistsError):
+        lock.create(b"second run")
+    assert lock.read_bytes() == b"first run"
+    lock.write_bytes(b"first run, heartbeat")  # the holder refreshes it
+    assert lock.read_bytes() == b"first run, heartbeat"

@@ -8,7 +8,8 @@ here speaks HTTP itself. A ``file://`` URL is a local path.
 
 One place, so one place to hook: the typed errors (scheme unknown or its package missing,
 access denied, bucket missing, read-only scheme) are raised here, and an output lock can
-write its lock file through :meth:`Location.write_bytes` whatever the store.
+take its lock file with :meth:`Location.create` (put-if-absent locally and on S3) and
+refresh it with :meth:`Location.write_bytes`, whatever the store.
 """
 
 from __future__ import annotations
@@ -164,10 +165,12 @@ class Location:
         """True when nothing is there, or an empty folder."""
         if not self.remote:
             return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
-        with self.translated_errors():
+        with self.translated_errors():  # a missing bucket or refused keys fail here
             try:
                 return not self.fs.ls(self.url, detail=False)
-            except FileNotFoundError:
+            except FileNotFoundError as error:
+                if _names_bucket(error):
+                    raise
                 return True
 
     def read_bytes(self) -> bytes:
@@ -195,6 +198,29 @@ class Location:
         self.require_writable()
         with self.translated_errors():
             self.fs.pipe_file(self.url, data)
+
+    #: Schemes whose :meth:`create` is a true put-if-absent (S3's conditional PUT).
+    EXCLUSIVE_SCHEMES = ("file", "s3", "s3a")
+
+    @property
+    def exclusive_create(self) -> bool:
+        """True when :meth:`create` cannot succeed for two writers at once on this store."""
+        return self.scheme in self.EXCLUSIVE_SCHEMES
+
+    def create(self, data: bytes) -> None:
+        """Write a new file, or raise ``FileExistsError`` when one is there (for lock files).
+
+        Locally ``O_EXCL``; on S3 a conditional PUT (``If-None-Match: *``), so of two runs
+        racing for it exactly one wins. Elsewhere fsspec's ``mode="create"`` where the store
+        has it, with no such guarantee (see :attr:`exclusive_create`).
+        """
+        if not self.remote:
+            with open(self.path, "xb") as file:
+                file.write(data)
+            return
+        self.require_writable()
+        with self.translated_errors():
+            self.fs.pipe_file(self.url, data, mode="create")
 
     def remove(self) -> None:
         """Delete the file or folder and everything in it; nothing there is fine."""
@@ -232,16 +258,6 @@ class Location:
         defaults = {"max_concurrency": 1} if self.scheme in ("s3", "s3a") else {}
         return {**defaults, **self.storage_options}
 
-    def check_reachable(self) -> None:
-        """Fail early, with a :class:`StoreAccessError`, when the bucket is missing or the
-        credentials are refused (a remote location only; local paths are checked by use)."""
-        if not self.remote or self.read_only:
-            return
-        bucket = _authority(self)
-        with self.translated_errors():
-            if not self.fs.exists(f"{self.scheme}://{bucket}"):
-                raise FileNotFoundError(f"bucket {bucket!r} does not exist")
-
     @contextlib.contextmanager
     def translated_errors(self):
         """Turn the store's access failures into :class:`StoreAccessError` naming the URL."""
@@ -253,7 +269,7 @@ class Location:
                 f"(key/secret, token, profile, anon) or the environment, and for an "
                 f"S3-compatible server its endpoint_url.") from error
         except FileNotFoundError as error:
-            if "bucket" not in str(error).lower():
+            if not _names_bucket(error):
                 raise
             raise StoreAccessError(
                 f"{self.url}: the bucket {_authority(self)!r} does not exist ({error}). Check "
@@ -300,6 +316,10 @@ def _strip_scheme(url: str) -> str:
 
 def _authority(location: Location) -> str:
     return _strip_scheme(location.url).split("/", 1)[0]
+
+
+def _names_bucket(error: FileNotFoundError) -> bool:
+    return "bucket" in str(error).lower()
 
 
 def _is_credentials_error(error: OSError) -> bool:

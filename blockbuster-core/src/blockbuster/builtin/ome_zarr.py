@@ -413,7 +413,6 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
     # -- writer interface -------------------------------------------------------------------
     def check(self, fingerprint: str, source: str | None = None) -> None:
         """Refuse to touch image data or a labels image that is not an earlier run of this job."""
-        self.path.check_reachable()
         if self.path.is_file():
             raise OutputExistsError(f"{str(self.path)!r} is a file, not an OME-Zarr image.")
         if not self.path.is_empty() and _image_group(self.path, None) is None:

@@ -145,7 +145,6 @@ class ZarrWriter(ZarrLabelsWriter):
                 f"write_to {str(self.path)!r} is the input image; blockbuster never overwrites "
                 "image data. Write the labels to another path."
             )
-        self.path.check_reachable()
         if self.path.is_empty():
             return
         self.refuse_unless_same_job(
