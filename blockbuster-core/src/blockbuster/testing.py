@@ -116,12 +116,18 @@ def serve_files(files: dict[str, bytes]) -> Iterator[FileServer]:
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        state.url = url
+        yield state
+
+
+@contextlib.contextmanager
+def _serving(server) -> Iterator[str]:
+    """Run ``server`` (a socketserver bound to 127.0.0.1) in a thread; yield its base URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -181,13 +187,7 @@ def serve_s3() -> Iterator[S3Server]:
         return app(environ, start_response)
 
     server = make_server("127.0.0.1", 0, logged, threaded=True, request_handler=MotoRequestHandler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    state.storage_options = {"endpoint_url": state.url, "key": "testing", "secret": "testing"}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(server) as url:
+        state.url = url
+        state.storage_options = {"endpoint_url": url, "key": "testing", "secret": "testing"}
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
