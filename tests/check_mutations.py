@@ -68,12 +68,12 @@ MUTATIONS = [
              (CORE_TESTS + "test_config_wiring.py",)),
     Mutation("2", "config loader drops the [run] section", CORE + "config.py",
              '    "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), '
-             '"resume": bool,\n            "progress": bool},\n',
+             '"resume": bool,\n            "progress": bool, "offline": bool, "stage_dir": str},\n',
              "",
              (CORE_TESTS + "test_config_wiring.py",)),
     Mutation("2", "config loader drops [input] channel_axis", CORE + "config.py",
-             '"input": {"path": str, "reader": str, "channel_axis": int},',
-             '"input": {"path": str, "reader": str},',
+             '"input": {"path": str, "reader": str, "channel_axis": int, "storage_options": dict},',
+             '"input": {"path": str, "reader": str, "storage_options": dict},',
              (CORE_TESTS + "test_config_wiring.py",)),
     Mutation("2", "run config ignores [tiling] connectivity", CORE + "config.py",
              '"connectivity": self.get("tiling", "connectivity"),',
@@ -165,6 +165,15 @@ MUTATIONS = [
     Mutation("9", "match_objects: greedy matching in the wrong order", CORE + "metrics.py",
              'order = np.argsort(-iou, kind="stable")', 'order = np.argsort(iou, kind="stable")',
              (CORE_TESTS + "test_metrics.py",)),
+    Mutation("16", "remote reads: the read cache never keeps a chunk", CORE + "read_cache.py",
+             "if byte_range is not None or not self.max_bytes:", "if True:",
+             (CORE_TESTS + "test_remote.py",)),
+    Mutation("16", "storage_options= reaches neither reader nor writer", CORE + "pipeline.py",
+             'options.setdefault("storage_options", storage_options)', "pass",
+             (CORE_TESTS + "test_remote.py",)),
+    Mutation("16", "a remote output is staged next to its URL", CORE + "staging.py",
+             "if stage_dir is None and not is_url(output):", "if stage_dir is None:",
+             (CORE_TESTS + "test_remote.py",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks
