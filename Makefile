@@ -22,7 +22,7 @@ install-core: $(VENV)/bin/python
 install-all: $(VENV)/bin/python
 	$(PIP) -r requirements-test.txt
 	$(PIP) -e "./blockbuster-core[distributed,formats,remote]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
-		-e ./blockbuster-cellpose
+		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]"
 
 ## example: segment a synthetic 4096x4096 nuclei image with the built-in watershed
 example: install-core

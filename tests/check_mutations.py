@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("blockbuster-core", "blockbuster-cellpose", "blockbuster-stardist",
-            "blockbuster-torch")
+            "blockbuster-torch", "blockbuster-bioio")
 NOT_COPIED = shutil.ignore_patterns(".venv*", ".git", "build", "site", "__pycache__",
                                     ".hypothesis", ".pytest_cache", "*.egg-info", "results")
 
@@ -51,6 +51,8 @@ class Mutation:
 
 CORE = "blockbuster-core/src/blockbuster/"
 CORE_TESTS = "blockbuster-core/tests/"
+BIOIO = "blockbuster-bioio/src/blockbuster/plugins/bioio/"
+BIOIO_TESTS = "blockbuster-bioio/tests/"
 
 MUTATIONS = [
     Mutation("1", "TIFF reader leaks 1 MiB per tile read", CORE + "builtin/tiff.py",
@@ -174,6 +176,42 @@ MUTATIONS = [
     Mutation("16", "a remote output is staged next to its URL", CORE + "staging.py",
              "if stage_dir is None and not is_url(output):", "if stage_dir is None:",
              (CORE_TESTS + "test_remote.py",)),
+    Mutation("17", "faults: a run takes no lock on its output", CORE + "lock.py",
+             '    if write_to is None or "://" in str(write_to):\n        return NoLock()',
+             '    if True:\n        return NoLock()',
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("17", "faults: a lock whose holder died on this host is never taken over",
+             CORE + "lock.py",
+             'if not process_alive(pid, holder.get("pid_started")):', "if False:",
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("17", "faults: a tile's read is never retried", CORE + "tasks.py",
+             "retrying(partial(job.image.read, tile.padded), job.segmenter.retries)",
+             "retrying(partial(job.image.read, tile.padded), 0)",
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("17", "faults: transient errors are retried without a backoff", CORE + "faults.py",
+             "            if transient:\n                sleep(backoff(attempt))",
+             "            if False:\n                sleep(backoff(attempt))",
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("17", "faults: an unreadable tile stops a keep_going run", CORE + "tasks.py",
+             "    if not job.keep_going:\n        raise image",
+             "    if True:\n        raise image",
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("17", "faults: a failed stage write leaves its partial file", CORE + "staging.py",
+             "    except BaseException:\n        partial.unlink(missing_ok=True)\n        raise",
+             "    except BaseException:\n        raise",
+             (CORE_TESTS + "test_faults.py",)),
+    Mutation("16", "bioio reader ignores t= (reads the first time point)", BIOIO + "_reader.py",
+             'self._fixed[axis] = _index(self.t, shape[axis], "t", self.path)',
+             'self._fixed[axis] = 0 * _index(self.t, shape[axis], "t", self.path)',
+             (BIOIO_TESTS + "test_bioio_pipeline.py",)),
+    Mutation("16", "bioio reader reads a whole Z-stack per chunk", BIOIO + "_reader.py",
+             'return {"chunk_dims": ONE_PLANE} if accepts else {}', "return {}",
+             (BIOIO_TESTS + "test_bioio_reader.py",)),
+    Mutation("16", "bioio pick_reader steals plain zarr paths", BIOIO + "_plugin.py",
+             "if not Path(source).exists() or is_zarr_path(source):",
+             "if not Path(source).exists():",
+             (BIOIO_TESTS + "test_bioio_reader.py::"
+              "test_plain_zarr_stays_with_the_core_when_the_ome_zarr_plugin_is_missing",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

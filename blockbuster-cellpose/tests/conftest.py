@@ -75,3 +75,25 @@ def _fresh_cellpose_state(monkeypatch):
     monkeypatch.setattr(_device, "_warned", False)
     yield
     _loader.CACHE.clear()
+
+
+@pytest.fixture
+def serve_models(tmp_path, monkeypatch):
+    """``serve_models({"cyto3": bytes, ...})``: downloads on, an empty model folder
+    (``tmp_path / "models"``) and Cellpose's own model URL (``cellpose.models._MODEL_URL``)
+    on a local server serving those files; returns the :class:`FileServer`."""
+    import contextlib
+
+    from blockbuster.testing import serve_files
+
+    models = pytest.importorskip("cellpose.models")
+    monkeypatch.delenv("BLOCKBUSTER_OFFLINE", raising=False)
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))
+    with contextlib.ExitStack() as stack:
+
+        def serve(files: dict[str, bytes]):
+            server = stack.enter_context(serve_files(files))
+            monkeypatch.setattr(models, "_MODEL_URL", server.url)
+            return server
+
+        yield serve

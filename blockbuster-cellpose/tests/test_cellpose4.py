@@ -120,3 +120,69 @@ def test_channel_axis_reaches_eval_in_order(cpsam, blobs, monkeypatch):
                                flow_threshold=0)
     np.testing.assert_array_equal(labels, direct)
     assert match_objects(truth, labels, iou_threshold=0.5).f1 >= 0.9
+
+
+# -- first-use download of Cellpose-SAM weights (a tiny stand-in file; never loaded) ----------
+
+SAM_BYTES = b"cellpose-sam stand-in weights " * 1000  # 30 kB, served under the real names
+
+
+@pytest.fixture
+def sam_server(serve_models):
+    """``cpsam`` and the default model served at Cellpose 4's ``_MODEL_URL``, downloads on."""
+    return serve_models({"cpsam": SAM_BYTES, _compat.default_model(4): SAM_BYTES[::-1]})
+
+
+def test_cpsam_and_default_download_once_then_run_offline(sam_server, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    fn = cellpose_fn("cpsam")
+    assert sam_server.requests == ["cpsam"]
+    assert fn.settings.weights == str((folder / "cpsam").resolve())
+    assert (folder / "cpsam").read_bytes() == SAM_BYTES
+    default = _compat.default_model(4)  # cpsam_v2 on cellpose 4.2: CellposeModel's default
+    assert cellpose_fn().settings.weights == str((folder / default).resolve())
+    assert sam_server.requests == ["cpsam", default]
+    assert sorted(p.name for p in folder.iterdir()) == sorted({"cpsam", default})
+    monkeypatch.setenv("BLOCKBUSTER_OFFLINE", "1")  # second use: from the cache, offline
+    assert cellpose_fn("cpsam").settings.weights == fn.settings.weights
+    assert cellpose_fn().settings.weights.endswith(default)
+    assert sam_server.requests == ["cpsam", default]
+
+
+def test_cpsam_cut_download_never_lands(sam_server, tmp_path):
+    sam_server.truncate["cpsam"] = 1000
+    with pytest.raises(ModelNotFoundError, match=rf"'cpsam' is not available offline.*"
+                                                 rf"connection closed after 1000 of "
+                                                 rf"{len(SAM_BYTES)} bytes") as info:
+        cellpose_fn("cpsam")
+    assert f"{sam_server.url}/cpsam" in str(info.value)  # Cellpose's (patched) model URL
+    assert list((tmp_path / "models").iterdir()) == []
+    del sam_server.truncate["cpsam"]
+    assert cellpose_fn("cpsam").settings.weights.endswith("cpsam")
+    assert sam_server.requests == ["cpsam", "cpsam"]
+
+
+def test_cpsam_offline_switch_refuses(sam_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOCKBUSTER_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="BLOCKBUSTER_OFFLINE=1") as info:
+        cellpose_fn("cpsam")
+    assert str(tmp_path / "models" / "cpsam") in str(info.value)
+    assert "blockbuster models pull cpsam" in str(info.value)
+    assert sam_server.requests == []
+
+
+def test_models_cli_lists_cellpose4_names_and_pulls_cpsam(sam_server, tmp_path, capsys):
+    import json
+
+    from blockbuster.cli import main
+    from cellpose import models
+
+    assert main(["models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["cellpose"]}
+    assert set(models.MODEL_NAMES) <= set(listed) and not listed["cpsam"]["cached"]
+    assert main(["models", "pull", "cpsam"]) == 0
+    assert sam_server.requests == ["cpsam"]
+    assert str(tmp_path / "models" / "cpsam") in capsys.readouterr().out
+    assert main(["models", "--json"]) == 0
+    cpsam = {m["name"]: m for m in json.loads(capsys.readouterr().out)["cellpose"]}["cpsam"]
+    assert cpsam["cached"] and cpsam["size"] == len(SAM_BYTES)

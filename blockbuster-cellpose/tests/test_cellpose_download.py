@@ -15,7 +15,6 @@ import pytest
 from blockbuster import tile_process
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.plugins.cellpose import cellpose_fn
-from blockbuster.testing import serve_files
 
 from .conftest import synthetic_disks
 
@@ -23,14 +22,9 @@ pytestmark = pytest.mark.slow  # imports cellpose (torch); the worker test start
 
 
 @pytest.fixture
-def cellpose_server(tiny_weights, tmp_path, monkeypatch):
-    """Downloads on, an empty model folder, and Cellpose's model URL on a local server."""
-    models = pytest.importorskip("cellpose.models")
-    monkeypatch.delenv("BLOCKBUSTER_OFFLINE", raising=False)
-    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))
-    with serve_files({"cyto3": tiny_weights.read_bytes()}) as server:
-        monkeypatch.setattr(models, "_MODEL_URL", server.url)
-        yield server
+def cellpose_server(tiny_weights, serve_models):
+    """The tiny network served as ``cyto3`` at Cellpose's model URL, an empty model folder."""
+    return serve_models({"cyto3": tiny_weights.read_bytes()})
 
 
 def test_first_use_downloads_once_then_runs_offline(cellpose_server, tiny_weights, tmp_path):

@@ -1,8 +1,5 @@
 """Same input, fn and tiling: byte-identical output whatever the executor or worker count."""
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 import zarr
@@ -10,15 +7,7 @@ import zarr
 from blockbuster import tile_process
 from blockbuster.builtin.segmenters import Watershed
 from blockbuster.synthetic import touching_disks
-
-
-def store_digest(path: Path) -> str:
-    """Hash of every chunk file of a zarr array (metadata excluded)."""
-    digest = hashlib.sha256()
-    for chunk in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json"):
-        digest.update(chunk.relative_to(path).as_posix().encode())
-        digest.update(chunk.read_bytes())
-    return digest.hexdigest()
+from blockbuster.testing import store_digest
 
 
 @pytest.mark.slow

@@ -8,7 +8,13 @@ import os
 import pytest
 
 from blockbuster.config import load_config
-from blockbuster.downloads import OFFLINE_ENV, download_weights, offline, offline_mode
+from blockbuster.downloads import (
+    OFFLINE_ENV,
+    download_weights,
+    offline,
+    offline_mode,
+    refuse_offline,
+)
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.testing import serve_files
 
@@ -63,6 +69,13 @@ def test_offline_switch_refuses_without_a_request(tmp_path, monkeypatch):
             download_weights(f"{server.url}/model", tmp_path / "model",
                              missing="put it in /x.", progress=False)
     assert server.requests == [] and not (tmp_path / "model").exists()
+
+
+def test_refuse_offline_raises_only_when_offline():
+    refuse_offline("no model.")  # online: nothing happens
+    with offline_mode(), pytest.raises(ModelNotFoundError,
+                                       match=rf"^no model\. \(Downloads are off: {OFFLINE_ENV}=1"):
+        refuse_offline("no model.")
 
 
 def test_offline_mode_restores_the_environment(monkeypatch):

@@ -15,6 +15,7 @@ from blockbuster import tile_process
 from blockbuster.errors import StageMismatchError, TileFunctionError, TilesFailedError
 from blockbuster.builtin.segmenters import Threshold, Watershed
 from blockbuster.synthetic import touching_disks
+from blockbuster.testing import store_digest
 
 IMAGE = touching_disks((192, 160), seed=5)
 
@@ -115,6 +116,7 @@ def test_skip_empty_by_threshold_and_by_mask():
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
+    from pathlib import Path
     import numpy as np
     import blockbuster.pipeline as pipeline
     from blockbuster import tile_process
@@ -134,6 +136,20 @@ CHILD = textwrap.dedent("""
 
     if stage in task:
         setattr(pipeline, task[stage], dying)
+    if stage == "heartbeat":  # dies in the lock's heartbeat, between writing and renaming
+        import blockbuster.lock as lock
+
+        lock.HEARTBEAT_SECONDS = 0.01
+        write = lock.FileLock._write_private
+
+        def dying_beat(self, record):
+            calls[0] += 1  # the first write creates the lock; the heartbeats follow
+            written = write(self, record)
+            if calls[0] > after and any(Path(sys.argv[3] + ".stage").glob("tiles/*.pickle")):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        lock.FileLock._write_private = dying_beat
     image = touching_disks((256, 224), seed=7)
     tile_process(image, Watershed(threshold=0.5, min_distance=5, diameter=20),
                  tile_shape=(64, 64), overlap=40, executor="threads", workers=2,
@@ -141,17 +157,9 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def store_digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for chunk in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json"):
-        digest.update(chunk.relative_to(path).as_posix().encode() + chunk.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, after", [("segment", 5), ("merge", 7), ("relabel", 9)])
+@pytest.mark.parametrize("stage, after", [("segment", 5), ("merge", 7), ("relabel", 9),
+                                          ("heartbeat", 3)])
 def test_sigkill_then_resume_is_byte_identical(tmp_path, stage, after):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -165,12 +173,20 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, stage, after):
     done_before = len(list((stage_dir / "tiles").glob("*.pickle")))
     if stage == "segment":
         assert 1 <= done_before < 16  # killed part-way; the other thread may be mid-run
+    elif stage == "heartbeat":
+        assert 1 <= done_before <= 16
+        assert list(out.parent.glob(f"{out.name}.lock.*"))  # the beat it never finished
     else:
         assert done_before == 16  # every tile was staged before the kill
-    resumed = subprocess.run([sys.executable, str(script), "none", "0", str(out)])
-    assert resumed.returncode == 0
+    lock = Path(f"{out}.lock")
+    assert lock.exists()  # the dead run's lock: on this host, its pid gone, so taken over
+    resumed = subprocess.run([sys.executable, str(script), "none", "0", str(out)],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "took over the lock" in resumed.stderr and "no longer running" in resumed.stderr
     assert store_digest(out) == store_digest(reference)
     assert not stage_dir.exists()
+    assert not list(tmp_path.glob("crashed.zarr.lock*"))  # lock and unfinished heartbeats gone
 
 
 @pytest.mark.slow

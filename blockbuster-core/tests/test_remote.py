@@ -23,7 +23,7 @@ from blockbuster.errors import ReadOnlyStoreError, StoreAccessError, StoreNotIns
 from blockbuster.stores import Location
 from blockbuster.synthetic import write_image
 from blockbuster.table import read_table
-from blockbuster.testing import serve_files, serve_s3
+from blockbuster.testing import serve_files, serve_s3, store_digest
 
 pytest.importorskip("moto.server", reason="remote-store tests need moto[server]")
 pytest.importorskip("s3fs", reason="remote-store tests need s3fs")
@@ -33,8 +33,7 @@ THRESHOLD = {"threshold": 0.5, "sigma": 1.0}
 
 
 def reliability_helpers():
-    """``CHILD`` (a run that SIGKILLs itself part-way) and ``store_digest`` of the local
-    SIGKILL tests, reused as they are."""
+    """The local SIGKILL tests' ``CHILD`` (a run that SIGKILLs itself part-way), reused as is."""
     spec = importlib.util.spec_from_file_location("reliability_helpers", RELIABILITY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -170,7 +169,7 @@ def test_sigkill_writing_to_s3_then_resume_is_byte_identical(tmp_path, s3, bucke
     resumed = subprocess.run([sys.executable, str(script), "none", "0", out], env=env)
     assert resumed.returncode == 0
     written = download(s3, out, tmp_path / "from-s3.zarr")
-    assert helpers.store_digest(written) == helpers.store_digest(reference)
+    assert store_digest(written) == store_digest(reference)
     assert (written / "zarr.json").read_bytes() == (reference / "zarr.json").read_bytes()
     assert not stage.exists()
 

@@ -127,3 +127,9 @@ def he_image() -> np.ndarray:
     rng = np.random.default_rng(11)
     labels = script.synthetic_blobs((320, 640), 160, (5, 10), rng)
     return script.he_like_rgb(labels, rng)
+
+
+@pytest.fixture(autouse=True)
+def _downloads_off(monkeypatch):
+    """Tests never reach the internet: downloads are off unless a test switches them on."""
+    monkeypatch.setenv("BLOCKBUSTER_OFFLINE", "1")

@@ -36,16 +36,22 @@ def test_registered_through_the_entry_point_group():
     assert eps["stardist"] == "blockbuster.plugins.stardist._plugin"
 
 
-def test_discovery_and_factory_import_no_tensorflow(tiny_2d):
-    """Discovery, `stardist_fn` and building by name do not import TensorFlow or stardist."""
+def test_discovery_and_factory_import_no_tensorflow(tiny_2d, empty_keras_home):
+    """Discovery, `stardist_fn`, building by name and refusing to download offline do not
+    import TensorFlow or stardist."""
     out = run_python(
         "import sys\n"
+        "from blockbuster.errors import ModelNotFoundError\n"
         "from blockbuster.registry import Registry\n"
         "reg = Registry()\n"
         f"fn = reg.segmenter('stardist', model={str(tiny_2d)!r})\n"
+        "try:\n"
+        "    reg.segmenter('stardist', model='2D_versatile_fluo')\n"
+        "except ModelNotFoundError as error:\n"
+        "    print('BLOCKBUSTER_OFFLINE=1' in str(error), end=' ')\n"
         "print(type(fn).__name__, 'tensorflow' in sys.modules, 'stardist' in sys.modules)\n"
     )
-    assert out == "StarDistSegmenter False False"
+    assert out == "True StarDistSegmenter False False"
 
 
 def test_alias_sd_builds_the_same_segmenter(tiny_2d):
@@ -66,7 +72,8 @@ def test_uncached_pretrained_name_fails_fast_offline(empty_keras_home):
     message = str(info.value)
     expected = empty_keras_home / "models" / "StarDist2D" / "2D_versatile_fluo"
     expected = expected / "2D_versatile_fluo"
-    assert str(expected) in message and "never downloads" in message
+    assert str(expected) in message and "BLOCKBUSTER_OFFLINE=1" in message
+    assert "blockbuster models pull 2D_versatile_fluo" in message
 
 
 def test_uncached_3d_name_points_to_the_3d_cache(empty_keras_home):

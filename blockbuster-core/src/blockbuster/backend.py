@@ -13,7 +13,8 @@ core, written once.
   :func:`declared_options` declares many options once, as a dataclass.
 - **Weights**: :func:`download_weights` fetches a missing weights file into the library's
   cache once, in the parent process, atomically; :func:`offline` is the
-  ``BLOCKBUSTER_OFFLINE`` switch (:mod:`blockbuster.downloads`).
+  ``BLOCKBUSTER_OFFLINE`` switch and :func:`refuse_offline` raises its error
+  (:mod:`blockbuster.downloads`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.downloads import download_weights, offline  # noqa: F401 (the kit)
+from blockbuster.downloads import download_weights, offline, refuse_offline  # noqa: F401 (kit)
 from blockbuster.options import check_options
 from blockbuster.sampling import read_region
 from blockbuster.worker import WorkerInfo, current_worker, usable_cores

@@ -243,19 +243,49 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from blockbuster.readers import describe
     from blockbuster.registry import Registry
     from blockbuster.tiling import auto_tile_shape
 
     reader = Registry().open_image(args.image, reader=args.reader)
-    suggestion = auto_tile_shape(reader.shape, bytes_per_voxel=reader.dtype.itemsize + 28,
-                                 overlap=(0,) * len(reader.shape), workers=2,
-                                 budget_bytes=2**30, chunks=reader.chunks)
-    print(f"shape:  {reader.shape}")
+    axes = tuple(reader.axes or ())
+    channel = axes.index("c") if "c" in axes else None  # tile_shape is spatial: drop c
+    spatial = [i for i in range(len(reader.shape)) if i != channel]
+    channels = reader.shape[channel] if channel is not None else 1
+    suggestion = auto_tile_shape([reader.shape[i] for i in spatial],
+                                 bytes_per_voxel=reader.dtype.itemsize * channels + 28,
+                                 overlap=(0,) * len(spatial), workers=2, budget_bytes=2**30,
+                                 chunks=[reader.chunks[i] for i in spatial]
+                                 if reader.chunks else None)
+    print(f"shape:  {reader.shape}" + (f"  ({per_axis(reader.axes, reader.shape)})"
+                                          if reader.axes else ""))
     print(f"dtype:  {reader.dtype}")
     print(f"chunks: {reader.chunks}")
     print(f"axes:   {reader.axes or 'unknown'}")
-    print(f"suggested tile_shape (1 GiB for 2 workers): {list(suggestion)}")
+    physical = physical_sizes(reader)
+    if physical:
+        print(f"physical pixel size: {physical}")
+    for label, text in describe(reader).items():
+        print(f"{label}: {text}")
+    by_name = f"  ({per_axis([axes[i] for i in spatial], suggestion)})" if axes else ""
+    print(f"suggested tile_shape (1 GiB for 2 workers): {list(suggestion)}{by_name}")
     return 0
+
+
+def per_axis(axes, values) -> str:
+    return ", ".join(f"{a}={v}" for a, v in zip(axes, values))
+
+
+def physical_sizes(reader) -> str:
+    """``z=2.0 micrometer, y=0.5 micrometer, ...`` for the axes whose scale the reader knows."""
+    meta = reader.metadata() if hasattr(reader, "metadata") else {}
+    scale, units = meta.get("scale"), meta.get("units") or ()
+    if not scale or not reader.axes or len(scale) != len(reader.axes):
+        return ""
+    units = tuple(units) + (None,) * (len(scale) - len(units))
+    known = [f"{a}={s:g}" + (f" {u}" if u else "")
+             for a, s, u in zip(reader.axes, scale, units) if a != "c" and (u or s != 1.0)]
+    return ", ".join(known)
 
 
 if __name__ == "__main__":  # pragma: no cover

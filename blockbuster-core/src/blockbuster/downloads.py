@@ -67,6 +67,14 @@ def offline_mode(enabled: bool = True) -> Iterator[None]:
             os.environ[OFFLINE_ENV] = previous
 
 
+def refuse_offline(missing: str) -> None:
+    """Raise :class:`ModelNotFoundError` (``missing`` plus how downloads were switched off)
+    when offline; for a backend that must know before it even looks up a download URL."""
+    if offline():
+        raise ModelNotFoundError(f"{missing} (Downloads are off: {OFFLINE_ENV}=1 or "
+                                 "offline = true in the config.)")
+
+
 def download_weights(url: str, destination: Path, *, missing: str, sha256: str | None = None,
                      progress: bool = True) -> Path:
     """Download ``url`` to ``destination`` atomically and return ``destination``.
@@ -75,9 +83,7 @@ def download_weights(url: str, destination: Path, *, missing: str, sha256: str |
     hand); it is raised as is when offline, and with the network cause appended when the
     download fails.
     """
-    if offline():
-        raise ModelNotFoundError(f"{missing} (Downloads are off: {OFFLINE_ENV}=1 or "
-                                 "offline = true in the config.)")
+    refuse_offline(missing)
     destination = Path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)

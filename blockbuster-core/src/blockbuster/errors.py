@@ -10,8 +10,8 @@ from __future__ import annotations
 class BlockbusterError(Exception):
     """Base class of every error raised by blockbuster."""
 
-    def __reduce__(self):  # keep subclasses picklable across worker processes
-        return (self.__class__, self.args)
+    def __reduce__(self):  # keep subclasses (and their attributes) picklable across processes
+        return (self.__class__, self.args, self.__dict__ or None)
 
 
 class InvalidParameterError(BlockbusterError, ValueError):
@@ -19,7 +19,9 @@ class InvalidParameterError(BlockbusterError, ValueError):
 
 
 class ImageReadError(BlockbusterError, ValueError):
-    """The input is not an image blockbuster can read (not an array, unknown format, ...)."""
+    """The input is not an image blockbuster can read (not an array, unknown format, ...), or a
+    tile of it could not be read (a damaged chunk, a store that keeps failing): then the message
+    names the tile, its bounds, the chunk where known, and the cause."""
 
 
 class TileFunctionError(BlockbusterError, RuntimeError):
@@ -35,6 +37,20 @@ class ContractViolationError(TileFunctionError):
 
 class OutputExistsError(BlockbusterError, FileExistsError):
     """``write_to`` already holds data that this run would overwrite."""
+
+
+class OutputLockedError(BlockbusterError, RuntimeError):
+    """Another run holds the lock on this output (see :mod:`blockbuster.lock`); the message
+    names it (host, pid, since when) and says what to do."""
+
+
+class OutputWriteError(BlockbusterError, OSError):
+    """Writing the stage, the output or the table failed; the message names the path, the
+    tile and its bounds, the cause, how much is done and that rerunning the same call resumes."""
+
+
+class DiskFullError(OutputWriteError):
+    """An :class:`OutputWriteError` because the disk (or quota) is full: free space, rerun."""
 
 
 class StageMismatchError(BlockbusterError, FileExistsError):

@@ -101,7 +101,9 @@ def pick_reader(source: Any) -> str | None:
     a URL (``s3://``, ``https://``...) arrives as a :class:`~blockbuster.stores.Location`, whose
     ``read_bytes()`` and ``exists()`` look into the store with the run's ``storage_options``.
     Returns a registered reader name, or ``None`` to let other plugins decide. Format plugins
-    claim their paths (e.g. by suffix or metadata); the built-in implementation is ``trylast``.
+    claim their paths (e.g. by suffix or metadata). The core's ``tiff`` and ``ome-zarr``
+    implementations are ``tryfirst``, its ``zarr``/``array`` one ``trylast``; a plain
+    implementation is asked in between.
     """
 
 

@@ -90,9 +90,23 @@ class ImageView:
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The tile at the spatial ``region``, channels included (at the channel axis)."""
-        if self.channel_axis is not None:
-            region = region[: self.channel_axis] + (slice(None),) + region[self.channel_axis :]
-        return self.reader.read(region)
+        return self.reader.read(self._with_channels(region))
+
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """The stored chunks under the spatial ``region`` the reader cannot read, where it can
+        tell (its optional ``unreadable_chunks``); else ``[]``."""
+        locate = getattr(self.reader, "unreadable_chunks", None)
+        if not callable(locate):
+            return []
+        try:
+            return list(locate(self._with_channels(region)))
+        except Exception:  # only a diagnosis: never hide the read error itself
+            return []
+
+    def _with_channels(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
+        if self.channel_axis is None:
+            return region
+        return region[: self.channel_axis] + (slice(None),) + region[self.channel_axis :]
 
     def table_metadata(self) -> dict[str, Any]:
         """Axis names and physical metadata for :func:`blockbuster.table.combine`."""

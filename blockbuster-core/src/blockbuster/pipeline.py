@@ -30,10 +30,18 @@ from typing import Any
 import numpy as np
 
 from blockbuster._version import __version__
-from blockbuster.errors import InvalidParameterError, TilesFailedError
+from blockbuster.errors import (
+    BlockbusterError,
+    DiskFullError,
+    InvalidParameterError,
+    OutputWriteError,
+    TilesFailedError,
+)
 from blockbuster.executors import Executor
+from blockbuster.faults import write_failure
 from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
+from blockbuster.lock import OutputLock, holding, lock_output
 from blockbuster.merge import no_edges, resolve_pairs
 from blockbuster.planning import (
     check_retries,
@@ -46,7 +54,7 @@ from blockbuster.progress import Progress
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
-from blockbuster.stores import is_url
+from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
 from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
 
@@ -191,38 +199,82 @@ def tile_process(
     out = registry.writer(writer, write_to, overwrite=overwrite, **writer_options)
     out.set_source(image)
     fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity)
-    out.check(fingerprint, image.source)
-
-    segmenter = segmenter.prepared(image)
-    stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
-                  else temporary / "stage", grid)
-    done = stage.open(fingerprint, resume=resume, replace_other=overwrite)
-    job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going, skip_empty,
-              table_path is not None)
-    stats = RunStats(n_tiles=len(grid), tiles_resumed=len(done))
-    bar = Progress(progress, len(grid))
     try:
-        with executor.start(job) as pool:
-            counts = _segment_all(pool, job, executor.workers, done, bar, stats)
-            edges = _merge_all(pool, job, bar, stats)
-            relabeling = Relabeling(counts, edges)
-            out.create(grid.shape, grid.chunks, relabeling.dtype, fingerprint)
-            partials = _relabel_all(pool, job, executor.workers, relabeling, bar, stats)
+        with holding(lock_output(None if temporary else local_if_file_url(write_to))) as lock:
+            out.check(fingerprint, image.source)
+            segmenter = segmenter.prepared(image)
+            stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
+                          else temporary / "stage", grid)
+            job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
+                      skip_empty, table_path is not None, output=str(write_to))
+            stats = RunStats(n_tiles=len(grid))
+            try:
+                n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
+                                 overwrite=overwrite, progress=progress, table_path=table_path,
+                                 table_options=writer_options.get("storage_options",
+                                                                  storage_options))
+            except OutputWriteError as error:
+                add_progress(error, stage, len(grid))
+                raise
+            stage.remove()
     except BaseException:
-        bar.close()
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
-    bar.close()
-    out.finish(n_objects=relabeling.n_objects, version=__version__)
-    if table_path is not None:
-        write_table(combine(partials, **image.table_metadata()), table_path,
-                    storage_options=writer_options.get("storage_options", storage_options))
-    stage.remove()
-    stats.n_objects = relabeling.n_objects
+    stats.n_objects = n_objects
     stats.seconds_total = time.perf_counter() - started
     result = _result(out, compute, temporary)
     return (result, stats) if return_stats else result
+
+
+def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
+         resume: bool, overwrite: bool, progress: bool, table_path: Path | str | None,
+         table_options: dict | None = None) -> int:
+    """Segment, merge and relabel the job (resuming its stage), write the table (a URL with
+    ``table_options``): the run proper, under the output's lock. Returns the number of
+    objects."""
+    done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
+    stats.tiles_resumed = len(done)
+    out = job.writer
+    with Progress(progress, len(job.grid)) as bar, executor.start(job) as pool:
+        counts = _segment_all(pool, job, executor.workers, done, bar, stats)
+        edges = _merge_all(pool, job, bar, stats)
+        relabeling = Relabeling(counts, edges)
+        lock.check()
+        writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
+                                                       relabeling.dtype, fingerprint)
+        partials = _relabel_all(pool, job, executor.workers, relabeling, bar, stats)
+    lock.check()
+    writing(out.finish, job.output, "the output's completion mark")(
+        n_objects=relabeling.n_objects, version=__version__)
+    if table_path is not None:
+        table = combine(partials, **job.image.table_metadata())
+        writing(write_table, table_path, "the object table")(table, table_path,
+                                                             storage_options=table_options)
+    return relabeling.n_objects
+
+
+def writing(call: Callable, path: Any, what: str) -> Callable:
+    """``call`` with its failures (other than blockbuster's own) raised as
+    :class:`~blockbuster.errors.OutputWriteError` naming ``what`` and ``path``."""
+    def write(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except BlockbusterError:
+            raise
+        except Exception as error:
+            raise write_failure(error, path, what) from error
+    return write
+
+
+def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
+    """Add to ``error`` how much of the run is done and that rerunning the same call resumes."""
+    done = len(stage.done_tiles()) if stage.root.exists() else 0
+    fix = ("free space there (or raise the quota)" if isinstance(error, DiskFullError)
+           else "fix the cause")
+    redo = ("; no tile is segmented again" if done == n_tiles else "")
+    error.args = (f"{error} {done} of {n_tiles} tiles are staged in {str(stage.root)!r}: "
+                  f"{fix}, then rerun the same call; it resumes from them{redo}.",)
 
 
 MAX_RUN = 16  # tiles per task at most

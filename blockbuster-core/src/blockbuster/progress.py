@@ -21,6 +21,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update(steps)
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

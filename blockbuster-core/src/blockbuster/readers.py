@@ -3,11 +3,14 @@
 A reader is created in the parent by its factory (``factory(source, **options)``, see
 :func:`~blockbuster.hookspecs.register_readers`) and then sent to every worker, so it must
 pickle (open file handles lazily, per process). The pipeline uses exactly the members of
-:class:`Reader`; :class:`BaseReader` gives the optional ones their defaults.
+:class:`Reader`; :class:`BaseReader` gives the optional ones their defaults. A reader may also
+have ``describe()`` (``{label: text}``: scenes, channel names, levels...), which
+``blockbuster info`` lists.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -52,6 +55,13 @@ class Reader(Protocol):
         An empty dict when the image has none."""
 
 
+def describe(reader: Reader) -> dict[str, Any]:
+    """What ``blockbuster info`` lists for ``reader`` beyond shape, dtype, chunks and axes: its
+    optional ``describe()`` (scenes, channel names, levels... ``{label: text}``), else nothing."""
+    method = getattr(reader, "describe", None)
+    return dict(method()) if callable(method) else {}
+
+
 class BaseReader:
     """Defaults for a reader's optional members; subclass it and set ``shape``, ``dtype`` and
     implement ``read`` and ``identity``."""
@@ -75,6 +85,36 @@ class BaseReader:
     def metadata(self) -> dict[str, Any]:
         return {}
 
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """Optional: after a failed ``read(region)``, the stored chunks there that cannot be
+        read (``'<path>/<key>' [bounds]``), so the error can name them; ``[]`` if unknown."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Optional: ``{label: text}`` lines ``blockbuster info`` adds (scenes, channels...)."""
+        return {}
+
     def __getitem__(self, region) -> np.ndarray:
         """Numpy-style slicing (for :func:`blockbuster.sampling.sample_blocks` and friends)."""
         return self.read(region if isinstance(region, tuple) else (region,))
+
+
+class OpensPerProcess:
+    """Mixin for readers that open their file lazily, once per process.
+
+    Pickling drops the attributes named in ``per_process`` (open files, zarr stores) and the
+    ``_lock`` that guards their creation; unpickling makes a new lock, so each worker process
+    opens the file itself on its first read.
+    """
+
+    per_process: tuple[str, ...] = ()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in (*self.per_process, "_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

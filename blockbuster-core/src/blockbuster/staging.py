@@ -36,6 +36,7 @@ import numpy as np
 
 from blockbuster.errors import StageMismatchError
 from blockbuster.faces import Face
+from blockbuster.faults import write_failure
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.tiling import Tile, TileGrid
 
@@ -83,10 +84,13 @@ class Stage:
         return {index: self.read_record(index).count for index in self.done_tiles()}
 
     def create(self, fingerprint: str) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        (self.root / "tiles").mkdir(parents=True)
-        (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
+        try:
+            if self.root.exists():
+                shutil.rmtree(self.root)
+            (self.root / "tiles").mkdir(parents=True)
+            (self.root / "job.json").write_text(fingerprint)  # last: marks the stage usable
+        except OSError as error:
+            raise write_failure(error, self.root, "the staging area") from error
 
     def fingerprint(self) -> str | None:
         path = self.root / "job.json"
@@ -102,11 +106,16 @@ class Stage:
     # -- per tile -------------------------------------------------------------------------
     def write_tile(self, tile: Tile, local: np.ndarray | None, record: TileRecord) -> None:
         """Write the tile's core labels, then its record (the done-marker)."""
-        if record.count:
-            labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
-            _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
-        _write_atomically(self._path(tile.index, ".pickle"),
-                          pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            if record.count:
+                labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
+                _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
+            _write_atomically(self._path(tile.index, ".pickle"),
+                              pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as error:
+            raise write_failure(error, self.root / "tiles",
+                                f"the staged labels of tile {tile.index} at {tile.bounds()}"
+                                ) from error
 
     def read_record(self, index: int) -> TileRecord:
         """A tile's record; recent ones are kept, as neighbouring merge tasks share them."""
@@ -114,7 +123,10 @@ class Stage:
             if index in self._records:
                 self._records.move_to_end(index)
                 return self._records[index]
-        record = pickle.loads(self._path(index, ".pickle").read_bytes())
+        try:
+            record = pickle.loads(self._path(index, ".pickle").read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError) as error:
+            raise damaged_stage(self.root, index, error) from error
         with self._lock:
             self._records[index] = record
             if len(self._records) > RECORD_CACHE:
@@ -129,10 +141,7 @@ class Stage:
             data = _codec().decode(self._path(tile.index, ".labels").read_bytes())
             return np.frombuffer(data, dtype).reshape(shape)
         except (OSError, RuntimeError, ValueError) as error:
-            raise StageMismatchError(
-                f"the staged labels of tile {tile.index} in {str(self.root)!r} are missing or "
-                f"damaged ({error}). Delete that folder, or pass resume=False, to start fresh."
-            ) from error
+            raise damaged_stage(self.root, tile.index, error) from error
 
     def _path(self, index: int, suffix: str) -> Path:
         return self.root / "tiles" / f"{index}{suffix}"
@@ -144,6 +153,11 @@ class Stage:
         self.__init__(state["root"], state["grid"])
 
 
+def damaged_stage(root: Path, index: int, error: BaseException) -> StageMismatchError:
+    return StageMismatchError(
+        f"the staged files of tile {index} in {str(root)!r} are missing or damaged ({error}). "
+        "Delete that folder, or pass resume=False, to start fresh."
+    )
 def stage_root(write_to: str | os.PathLike, fingerprint: str,
                stage_dir: str | os.PathLike | None = None) -> Path:
     """The local staging folder of a job writing to ``write_to``.
@@ -184,9 +198,14 @@ def _codec():
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (a failed write leaves no partial file behind)."""
     partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _differences(previous: str, current: str) -> list[str]:

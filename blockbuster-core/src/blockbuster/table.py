@@ -166,17 +166,41 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
 def write_table(table, path: str | os.PathLike, *,
                 storage_options: dict | None = None) -> Path | str:
     """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``),
-    to a local path or a URL (written whole, with ``storage_options``)."""
+    to a local path or a URL (with ``storage_options``).
+
+    Written whole or not at all: a failed write leaves an earlier table at ``path`` intact
+    (locally a partial file renamed over it, remotely one PUT).
+    """
     import io
 
     location = Location(path, storage_options)
     suffix = os.path.splitext(location.name)[1].lower()
-    buffer = io.BytesIO()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InvalidParameterError(
+            f"table path {str(path)!r}: use a .csv or .parquet suffix.")
+    if location.remote:
+        buffer = io.BytesIO()
+        _write_table_as(table, buffer, suffix)
+        location.write_bytes(buffer.getvalue())
+        return location.url
+    path = location.path
+    partial = path.with_name(path.name + ".partial")
+    try:
+        _write_table_as(table, partial, suffix)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_table_as(table, target, suffix: str) -> None:
+    """Write the table to ``target`` (a path or a binary file object) in ``suffix``'s format."""
     if suffix == ".csv":
         out = table.copy()
         out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
-        out.to_csv(buffer, index=False)
-    elif suffix in (".parquet", ".pq"):
+        out.to_csv(target, index=False)
+    else:
         import json
 
         import pyarrow as pa
@@ -185,12 +209,7 @@ def write_table(table, path: str | os.PathLike, *,
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         meta = dict(arrow.schema.metadata or {})
         meta[b"blockbuster"] = json.dumps(table.attrs).encode()
-        pq.write_table(arrow.replace_schema_metadata(meta), buffer)
-    else:
-        raise InvalidParameterError(
-            f"table path {str(path)!r}: use a .csv or .parquet suffix.")
-    location.write_bytes(buffer.getvalue())
-    return location.url if location.remote else location.path
+        pq.write_table(arrow.replace_schema_metadata(meta), target)
 
 
 def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):

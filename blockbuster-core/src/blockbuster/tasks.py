@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from blockbuster.background import Background
-from blockbuster.errors import TileFunctionError
+from blockbuster.errors import BlockbusterError, ImageReadError, TileFunctionError
+from blockbuster.faults import read_failure, retrying, write_failure
 from blockbuster.faces import inner_faces, local_labels, outer_faces
 from blockbuster.image import ImageView
 from blockbuster.merge import tile_edges
@@ -24,7 +25,7 @@ from blockbuster.relabel import TileTable
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, TileRecord
 from blockbuster.table import tile_statistics
-from blockbuster.tiling import Tile, TileGrid
+from blockbuster.tiling import Tile, TileGrid, span
 from blockbuster.writers import Writer
 
 
@@ -42,6 +43,7 @@ class Job:
     keep_going: bool = False
     skip_empty: Any = None
     table: bool = False
+    output: str = ""  # where the writer writes, for error messages
 
 
 @dataclass
@@ -62,9 +64,10 @@ def batches(items: list, size: int) -> list[list]:
 
 # -- segment ------------------------------------------------------------------------------------
 def segment_task(job: Job, indices: list[int]) -> SegmentResult:
-    """Read, segment and stage a run of tiles, retrying ``fn`` on failure.
+    """Read, segment and stage a run of tiles, retrying reads and ``fn`` on failure.
 
-    The next batch is read while ``fn`` works on this one, and staged tiles are written in the
+    A tile that cannot be read or segmented stops the task, or with ``keep_going`` is listed
+    in the result while the others go on. The next batch is read while ``fn`` works on this one, and staged tiles are written in the
     background; the task returns once they are all on disk.
     """
     result = SegmentResult()
@@ -72,16 +75,43 @@ def segment_task(job: Job, indices: list[int]) -> SegmentResult:
         runs = batches(indices, job.segmenter.batch_size)
         for tiles, images in io.read_ahead(runs, partial(_read_tiles, job)):
             busy = [(t, image) for t, image in zip(tiles, images)
-                    if not _skipped_as_empty(job, t, image, result, io)]
+                    if not _unreadable(job, t, image, result)
+                    and not _skipped_as_empty(job, t, image, result, io)]
             if busy:
                 _segment_batch(job, busy, result, io)
     result.peak_rss_mb = _peak_rss_mb()
     return result
 
 
-def _read_tiles(job: Job, indices: list[int]) -> tuple[list[Tile], list[np.ndarray]]:
+def _read_tiles(job: Job, indices: list[int]) -> tuple[list[Tile], list]:
     tiles = [job.grid.tile(i) for i in indices]
-    return tiles, [job.image.read(t.padded) for t in tiles]
+    return tiles, [_read_tile(job, t) for t in tiles]
+
+
+def _read_tile(job: Job, tile: Tile) -> np.ndarray | ImageReadError:
+    """The tile's padded input, tried like ``fn`` (``retries``, backoff on transient errors);
+    after the last try, the :class:`ImageReadError` saying where and why, returned so that the
+    rest of the run goes on."""
+    try:
+        return retrying(partial(job.image.read, tile.padded), job.segmenter.retries)
+    except Exception as error:
+        where = f"tile {tile.index} at {tile.bounds()}"
+        if tile.padded != tile.core:
+            where += f" (read with its halo: {span(tile.padded)})"
+        failure = read_failure(error, job.image.source, where, job.segmenter.retries + 1,
+                               job.image.unreadable_chunks(tile.padded))
+        failure.__cause__ = error
+        return failure
+
+
+def _unreadable(job: Job, tile: Tile, image, result: SegmentResult) -> bool:
+    """Whether the tile's read failed: raised, or listed with ``keep_going``."""
+    if not isinstance(image, ImageReadError):
+        return False
+    if not job.keep_going:
+        raise image
+    result.failed.append(f"tile {tile.index} at {tile.bounds()}: {image.reason}")
+    return True
 
 
 def _skipped_as_empty(job: Job, tile: Tile, image, result: SegmentResult, io: Background) -> bool:
@@ -148,6 +178,17 @@ def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
                       job.connectivity)
 
 
+def _write_output(job: Job, tile: Tile, labels: np.ndarray) -> None:
+    """Write a tile's final labels, retrying transient errors; a failure names the tile."""
+    try:
+        retrying(partial(job.writer.write, tile.core, labels), job.segmenter.retries,
+                 transient_only=True)
+    except BlockbusterError:
+        raise
+    except Exception as error:
+        raise write_failure(error, job.output, f"tile {tile.index} at {tile.bounds()}") from error
+
+
 # -- relabel ------------------------------------------------------------------------------------
 def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
     """Rewrite a run of tiles' staged labels with final IDs into the output.
@@ -164,7 +205,7 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
             if table.count:
                 local = job.stage.read_local(tile, table.count)
                 labels = np.take(table.lookup().astype(dtype), local)
-                io.write(job.writer.write, tile.core, labels)
+                io.write(_write_output, job, tile, labels)
                 if job.table:
                     statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
             found.append(statistics)

@@ -7,6 +7,9 @@ For plugin authors:
 - :func:`assert_same_labels` — two label images are equal up to renumbering.
 - :func:`serve_files` — a local HTTP server (127.0.0.1, free port, own thread) serving
   files from memory and counting requests, to test first-use downloads without internet.
+- :func:`full_disk` — a disk that fills up after so many bytes under a folder (``ENOSPC``),
+  without root rights or a tmpfs, to test what a run does when it runs out of space.
+- :func:`store_digest` — a hash of a zarr store's chunks, to assert two runs wrote the same bytes.
 - :func:`serve_s3` — a real S3-compatible HTTP server (moto's, in a thread, free port) that
   logs every request, to test ``s3://`` inputs and outputs without a cloud account.
 - the ``blockbuster_registry`` fixture — an isolated :class:`~blockbuster.registry.Registry`
@@ -15,11 +18,17 @@ For plugin authors:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
+import hashlib
 import http.server
+import io
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,6 +143,88 @@ def _serving(server) -> Iterator[str]:
         thread.join()
 
 
+# -- faults -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def full_disk(root: str | os.PathLike, after_bytes: int = 0) -> Iterator[None]:
+    """Within the block, files written under ``root`` (a folder, or one file) take
+    ``after_bytes`` bytes in all; the write that would pass it writes what fits, then raises
+    ``OSError(ENOSPC)`` like a full disk. Writes elsewhere are untouched.
+
+    It replaces ``open`` (builtin and :func:`io.open`, which :class:`pathlib.Path` and zarr's
+    local store use) for the block, in every thread.
+    """
+    root = os.path.abspath(root)
+    budget = _Budget(after_bytes)
+    real_open = io.open
+
+    def limited_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, str | os.PathLike) and set(mode) & set("wax+"):
+            path = os.path.abspath(file)
+            if path == root or path.startswith(root + os.sep):
+                return _FillingFile(handle, budget, path)
+        return handle
+
+    builtins.open = io.open = limited_open
+    try:
+        yield
+    finally:
+        builtins.open = io.open = real_open
+
+
+class _Budget:
+    def __init__(self, size: int):
+        self.left = size
+        self.lock = threading.Lock()
+
+    def take(self, size: int) -> int:
+        """Bytes of ``size`` that still fit."""
+        with self.lock:
+            fits = min(size, self.left)
+            self.left -= fits
+            return fits
+
+
+class _FillingFile:
+    """A file whose writes stop with ``ENOSPC`` once the shared budget is spent."""
+
+    def __init__(self, handle, budget: _Budget, path: str):
+        self._handle, self._budget, self._path = handle, budget, path
+
+    def write(self, data):
+        size = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        fits = self._budget.take(size)
+        if fits < size:
+            self._handle.write(data[:fits] if isinstance(data, str)
+                               else memoryview(data).cast("B")[:fits])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __iter__(self):
+        return iter(self._handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+def store_digest(path: str | os.PathLike) -> str:
+    """Hash of every chunk file of a zarr store (metadata excluded): equal digests, equal
+    bytes written."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for chunk in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json"):
+        digest.update(chunk.relative_to(path).as_posix().encode())
+        digest.update(chunk.read_bytes())
+    return digest.hexdigest()
+
+
+# -- remote stores ---------------------------------------------------------------------------
 @dataclass
 class S3Server:
     """What :func:`serve_s3` yields: the endpoint, ``storage_options`` that reach it, and the

@@ -43,7 +43,7 @@ class Tile:
 
     def bounds(self) -> str:
         """Human-readable core bounds, e.g. ``[0:256, 256:512]``."""
-        return "[" + ", ".join(f"{s.start}:{s.stop}" for s in self.core) + "]"
+        return span(self.core)
 
 
 class TileGrid:
@@ -103,6 +103,11 @@ class TileGrid:
     def chunks(self) -> tuple[int, ...]:
         """Chunk shape of arrays aligned with this grid (one chunk per tile core)."""
         return self.tile_shape
+
+
+def span(region: Sequence[slice]) -> str:
+    """A region as ``[0:256, 256:512]``."""
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
 def _unravel(index: int, shape: Sequence[int]) -> list[int]:

@@ -4,6 +4,7 @@ numpy and dask arrays, read one region at a time and never loaded whole."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -12,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import ImageReadError
+from blockbuster.errors import BlockbusterError, ImageReadError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.readers import BaseReader
 from blockbuster.stores import Location, is_url, local_if_file_url
+from blockbuster.tiling import span
 
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 
@@ -53,6 +55,11 @@ class ArrayReader(BaseReader):
             block = block.compute()
         return np.asarray(block)
 
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """The stored zarr chunks under ``region`` that fail to read (see
+        :func:`unreadable_zarr_chunks`); empty for other arrays."""
+        return unreadable_zarr_chunks(self.array, region, self.source)
+
     def identity(self) -> str:
         """A description of the input that changes when the input does (for job fingerprints).
 
@@ -73,6 +80,30 @@ class ArrayReader(BaseReader):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source or type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
+
+
+def unreadable_zarr_chunks(array: Any, region: tuple, where: str | None) -> list[str]:
+    """The stored chunks (shards) of the zarr ``array`` under ``region`` that fail to read on
+    their own, as ``'<where>/<key>' [bounds]``; empty when ``array`` is not a zarr array.
+
+    Called only after a read of ``region`` failed, to name the damaged chunk in the error.
+    """
+    grid = getattr(array, "shards", None) or getattr(array, "chunks", None)
+    if not hasattr(getattr(array, "metadata", None), "encode_chunk_key") or not grid:
+        return []
+    where = (where or str(array.store_path)).rstrip("/")
+    spans = [range(*s.indices(n)) if isinstance(s, slice) else range(s, s + 1)
+             for s, n in zip(region, array.shape)]
+    found = []
+    for position in itertools.product(*(range(r.start // c, -(-r.stop // c))
+                                        for r, c in zip(spans, grid))):
+        bounds = tuple(slice(p * c, min((p + 1) * c, n))
+                       for p, c, n in zip(position, grid, array.shape))
+        try:
+            array[bounds]
+        except Exception:
+            found.append(f"{where}/{array.metadata.encode_chunk_key(position)} {span(bounds)}")
+    return found
 
 
 def _chunks_of(array: Any) -> tuple[int, ...] | None:
@@ -118,9 +149,17 @@ def open_zarr(path: str | os.PathLike, *, component: str | None = None,
             f"{'at that URL' if location.remote else 'inside'}); give a zarr path, a zarr.Array, "
             "a numpy array or a dask array."
         )
-    node = zarr.open(store=location.zarr_store(read_only=True), mode="r")
-    if component is not None:
-        node = node[component]
+    try:
+        node = zarr.open(store=location.zarr_store(read_only=True), mode="r")
+        if component is not None:
+            node = node[component]
+    except BlockbusterError:
+        raise
+    except Exception as error:
+        raise ImageReadError(
+            f"{path!s} could not be opened as zarr ({type(error).__name__}: {error}); check that "
+            "its metadata (zarr.json, .zarray, .zgroup) is complete and that the component exists."
+        ) from error
     if isinstance(node, zarr.Group):
         node = _image_array_of_group(node, path)
     return ArrayReader(node, source=location.key() + (f"/{component}" if component else ""))

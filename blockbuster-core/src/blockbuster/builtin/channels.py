@@ -23,11 +23,21 @@ class ChannelSelectingReader(BaseReader):
         raise NotImplementedError
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self._source()[self._stored(region)])
+
+    def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
+        """The stored chunks under ``region`` that fail to read (zarr-backed sources)."""
+        from blockbuster.builtin.arrays import unreadable_zarr_chunks
+
+        where = getattr(self, "array_path", None) or self.source
+        return unreadable_zarr_chunks(self._source(), self._stored(region), where)
+
+    def _stored(self, region: tuple) -> tuple:
+        """``region`` of this reader's axes as a region of the stored array."""
         region = tuple(region) + (slice(None),) * (len(self.shape) - len(region))
-        if self.channel_index is not None:
-            region = (region[: self._channel_axis] + (self.channel_index,)
-                      + region[self._channel_axis:])
-        return np.asarray(self._source()[region])
+        if self.channel_index is None:
+            return region
+        return region[: self._channel_axis] + (self.channel_index,) + region[self._channel_axis:]
 
 
 def channel_index(channel, labels: list[str], count: int, where: str) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from blockbuster.builtin.channels import ChannelSelectingReader, channel_index
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
 from blockbuster.hookspecs import hookimpl
+from blockbuster.readers import OpensPerProcess
 from blockbuster.stores import Location
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".ome.tif", ".ome.tiff", ".ome.btf")
@@ -62,7 +63,7 @@ def _axis_names(tiff_axes: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-class TiffReader(ChannelSelectingReader):
+class TiffReader(OpensPerProcess, ChannelSelectingReader):
     """Reads regions of a TIFF / OME-TIFF / BigTIFF series without loading the file.
 
     Parameters
@@ -83,6 +84,8 @@ class TiffReader(ChannelSelectingReader):
     Attributes: ``shape``, ``dtype``, ``chunks`` (TIFF tile or strip shape), ``axes``,
     ``scale``, ``units``, ``translation``, ``channel_labels``, ``source``.
     """
+
+    per_process = ("_tif", "_zarr")
 
     def __init__(self, path: str | os.PathLike, *, series: int = 0, level: int = 0,
                  channel: int | str | None = None, storage_options: dict | None = None):
@@ -191,16 +194,6 @@ class TiffReader(ChannelSelectingReader):
         self.__dict__.pop("_zarr", None)
         if tif is not None:
             tif.close()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for key in ("_tif", "_zarr", "_lock"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"TiffReader({self.source!r}, series={self.series}, level={self.level}, "

@@ -65,16 +65,16 @@ def _resolve_name(name: str, major: int) -> Path:
 
 
 def model_url(filename: str, major: int) -> str:
-    """Where Cellpose itself downloads ``filename`` from (``cellpose.models._MODEL_URL`` on
-    Cellpose 3, read at call time so a mirror patched in there is honoured)."""
-    if major == 3:
-        try:
-            from cellpose import models
-        except ImportError:
-            models = None
-        base = getattr(models, "_MODEL_URL", None)
-        if isinstance(base, str):
-            return f"{base.rstrip('/')}/{filename}"
+    """Where Cellpose itself downloads ``filename`` from: ``cellpose.models._MODEL_URL`` (the
+    base URL of ``cache_model_path`` on Cellpose 3 and 4), read at call time so a mirror
+    patched in there is honoured; :data:`MODEL_URLS` when that cannot be read."""
+    try:
+        from cellpose import models
+    except ImportError:
+        models = None
+    base = getattr(models, "_MODEL_URL", None)
+    if isinstance(base, str):
+        return f"{base.rstrip('/')}/{filename}"
     return MODEL_URLS[major].format(filename=filename)
 
 

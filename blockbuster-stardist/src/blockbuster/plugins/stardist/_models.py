@@ -1,16 +1,18 @@
-"""Finding and loading StarDist models, offline, once per worker process.
+"""Finding and loading StarDist models, once per worker process.
 
 A model is given as one of:
 
 - a registered pretrained name (``"2D_versatile_fluo"``, ``"2D_versatile_he"``,
-  ``"2D_paper_dsb2018"``, ``"2D_demo"``, ``"3D_demo"`` or an alias): it is looked up in the
-  local Keras cache, where ``StarDist2D.from_pretrained`` keeps it after a first download
-  (``$KERAS_HOME`` or ``~/.keras``, then ``models/<StarDist2D|StarDist3D>/<name>/``);
-  blockbuster itself never downloads;
+  ``"2D_paper_dsb2018"``, ``"2D_demo"``, ``"3D_demo"``, an alias, or a name registered with
+  csbdeep's ``register_model``): looked up in the local Keras cache, where
+  ``StarDist2D.from_pretrained`` keeps it (``$KERAS_HOME`` or ``~/.keras``, then
+  ``models/<StarDist2D|StarDist3D>/<name>/``), and downloaded there on first use, in the
+  parent process (:mod:`._pretrained`);
 - a path to a model folder (``config.json``, ``weights_best.h5``, ``thresholds.json``);
 - a ``StarDist2D`` / ``StarDist3D`` instance.
 
-Nothing in this module imports TensorFlow or stardist until a model is actually loaded.
+Nothing in this module imports TensorFlow or stardist until a model is actually loaded (or a
+pretrained model must be downloaded).
 """
 
 from __future__ import annotations
@@ -26,20 +28,9 @@ from typing import Any, Literal
 
 from blockbuster.errors import InvalidParameterError, ModelNotFoundError
 
-# Registered in stardist/models/__init__.py (stardist 0.9.x); kept here so that resolving a
-# name needs no TensorFlow import. Keys are the cache folder names.
-PRETRAINED = {
-    "2D_versatile_fluo": "StarDist2D",
-    "2D_versatile_he": "StarDist2D",
-    "2D_paper_dsb2018": "StarDist2D",
-    "2D_demo": "StarDist2D",
-    "3D_demo": "StarDist3D",
-}
-ALIASES = {
-    "Versatile (fluorescent nuclei)": "2D_versatile_fluo",
-    "Versatile (H&E nuclei)": "2D_versatile_he",
-    "DSB 2018 (from StarDist 2D paper)": "2D_paper_dsb2018",
-}
+from . import _pretrained
+from ._pretrained import stardist_class
+
 WEIGHT_FILES = ("weights_best.h5", "weights_last.h5", "weights_now.h5")
 
 Kind = Literal["pretrained", "path", "instance"]
@@ -111,46 +102,9 @@ def _spec_from_folder(folder: Path) -> ModelSpec:
 
 
 def _spec_from_pretrained(name: str) -> ModelSpec:
-    """A pretrained name: find it in the local Keras cache or fail fast, offline."""
-    key = ALIASES.get(name, name)
-    model_class = PRETRAINED.get(key)
-    if model_class is None:
-        raise ModelNotFoundError(
-            f"Unknown StarDist model {name!r}: it is neither a registered pretrained name "
-            f"({', '.join(PRETRAINED)}) nor an existing model folder. Pass the path of a "
-            "folder holding config.json and weights_best.h5."
-        )
-    for folder in pretrained_candidates(model_class, key):
-        if (folder / "config.json").is_file():
-            return ModelSpec("pretrained", key, model_class, str(folder))
-    expected = pretrained_candidates(model_class, key)[0]
-    looked = " and ".join(str(root / "models" / model_class / key) for root in keras_cache_roots())
-    raise ModelNotFoundError(
-        f"Pretrained StarDist model {key!r} is not in the local Keras cache (looked under "
-        f"{looked}) and blockbuster never downloads. Put the unzipped model folder at "
-        f"{expected}/ (config.json, weights_best.h5, thresholds.json), e.g. copied from a "
-        f"machine where {model_class}.from_pretrained({key!r}) ran (set KERAS_HOME for another "
-        "cache root), or pass the model folder's path as `model`."
-    )
-
-
-def keras_cache_roots() -> list[Path]:
-    """Keras cache roots in Keras' order: ``$KERAS_HOME`` or ``~/.keras``, then ``/tmp/.keras``."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return [Path(home), Path("/tmp/.keras")]
-
-
-def pretrained_candidates(model_class: str, key: str) -> list[Path]:
-    """Folders where csbdeep's ``get_model_folder`` leaves an unzipped pretrained model.
-
-    Keras >= 3.6 extracts ``<key>.zip`` into ``<key>_extracted`` and csbdeep links
-    ``<key>`` to it; older Keras extracted straight into ``models/<class>/<key>``.
-    """
-    folders = []
-    for root in keras_cache_roots():
-        base = root / "models" / model_class / key
-        folders += [base / key, base / f"{key}_extracted", base]
-    return folders
+    """A pretrained name: its folder in the Keras cache, downloaded there if missing."""
+    key, model_class, folder = _pretrained.pretrained_folder(name)
+    return ModelSpec("pretrained", key, model_class, str(folder))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,13 +155,6 @@ def _load_uncached(spec: ModelSpec, payload: dict | None) -> Any:
     cls = stardist_class(spec.model_class)
     folder = Path(spec.folder)
     return _quietly(cls, None, name=folder.name, basedir=str(folder.parent))
-
-
-def stardist_class(name: str):
-    """``stardist.models.StarDist2D`` or ``StarDist3D`` (imports TensorFlow)."""
-    import stardist.models
-
-    return getattr(stardist.models, name)
 
 
 def instance_payload(model: Any) -> dict:

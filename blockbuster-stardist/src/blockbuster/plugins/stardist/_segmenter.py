@@ -59,9 +59,11 @@ def stardist_fn(
     ----------
     model
         A registered pretrained name (``"2D_versatile_fluo"``, ``"2D_versatile_he"``,
-        ``"3D_demo"``, ...), found in the local Keras cache (never downloaded); a path to a model
-        folder (``config.json``, ``weights_best.h5``, ``thresholds.json``); or a
-        ``StarDist2D`` / ``StarDist3D`` instance.
+        ``"3D_demo"``, ..., or one registered with csbdeep's ``register_model``), looked up in
+        the local Keras cache (``$KERAS_HOME`` or ``~/.keras``) and downloaded there right
+        here, once, before any worker starts, when missing; a path to a model folder
+        (``config.json``, ``weights_best.h5``, ``thresholds.json``); or a ``StarDist2D`` /
+        ``StarDist3D`` instance.
     prob_thresh, nms_thresh
         StarDist's thresholds; ``None`` uses the model's own (``thresholds.json``).
     normalize
@@ -90,7 +92,8 @@ def stardist_fn(
     Raises
     ------
     blockbuster.errors.ModelNotFoundError
-        The model name is not cached locally, or the folder has no config/weights.
+        The model name is unknown, or not cached and downloads are off
+        (``BLOCKBUSTER_OFFLINE=1``) or failed, or the folder has no config/weights.
     blockbuster.errors.BackendOptionError
         An unknown keyword option, or a value of the wrong type.
     """
