@@ -26,6 +26,7 @@ path = "image.zarr"
 reader = "zarr"
 channel_axis = 0
 level = 1                      # not a core key: a reader option
+storage_options = {anon = true}  # into reader_options
 
 [segmenter]
 name = "watershed"
@@ -51,6 +52,7 @@ writer = "zarr"
 overwrite = true
 table = "objects.csv"
 zarr_format = 2                # a writer option
+storage_options = {endpoint_url = "http://127.0.0.1:9"}  # into writer_options
 
 [run]
 retries = 5
@@ -59,6 +61,7 @@ skip_empty = 0.25
 resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
+stage_dir = "stage"            # relative to the config file
 
 [plugins]
 block = ["blocked-plugin"]
@@ -73,7 +76,7 @@ def expected_arguments(folder: Path) -> dict:
         "output": "mask",
         "probability_threshold": 0.25,
         "reader": "zarr",
-        "reader_options": {"level": 1},
+        "reader_options": {"level": 1, "storage_options": {"anon": True}},
         "channel_axis": 0,
         "tile_shape": (48, 40),
         "overlap": (6, 5),
@@ -89,10 +92,12 @@ def expected_arguments(folder: Path) -> dict:
         "resume": False,
         "write_to": str(folder / "out.zarr"),
         "writer": "zarr",
-        "writer_options": {"zarr_format": 2},
+        "writer_options": {"zarr_format": 2,
+                           "storage_options": {"endpoint_url": "http://127.0.0.1:9"}},
         "overwrite": True,
         "table": str(folder / "objects.csv"),
         "progress": True,
+        "stage_dir": str(folder / "stage"),
     }
 
 

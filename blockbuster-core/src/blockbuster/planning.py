@@ -11,6 +11,7 @@ import numpy as np
 from blockbuster.errors import InvalidParameterError
 from blockbuster.image import ImageView
 from blockbuster.merge import MERGE_MODES
+from blockbuster.stores import is_url
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
@@ -29,7 +30,9 @@ def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_bu
     return grid
 
 
-def resolve_table_path(table, write_to) -> Path | None:
+def resolve_table_path(table, write_to) -> Path | str | None:
+    """The table's path: ``table``, or named after ``write_to`` for ``table=True`` (a URL stays
+    a string, see :mod:`blockbuster.stores`)."""
     if table is None or table is False:
         return None
     if table is True:
@@ -37,9 +40,9 @@ def resolve_table_path(table, write_to) -> Path | None:
             raise InvalidParameterError(
                 "table=True names the table after write_to; give write_to= or a table path."
             )
-        return Path(f"{write_to}.objects.csv")
-    path = Path(table)
-    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        table = f"{write_to}.objects.csv"
+    path = table if is_url(table) else Path(table)
+    if not str(path).lower().endswith((".csv", ".parquet", ".pq")):
         raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
     return path
 
