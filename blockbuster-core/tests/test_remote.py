@@ -19,7 +19,9 @@ import zarr
 
 from blockbuster import tile_process
 from blockbuster.cli import main
-from blockbuster.errors import ReadOnlyStoreError, StoreAccessError, StoreNotInstalledError
+from blockbuster.errors import (OutputLockedError, ReadOnlyStoreError, StoreAccessError,
+                                StoreNotInstalledError)
+from blockbuster.lock import lock_output
 from blockbuster.stores import Location
 from blockbuster.synthetic import write_image
 from blockbuster.table import read_table
@@ -206,7 +208,7 @@ def test_unknown_scheme_and_missing_package_name_what_to_install():
 
 def test_missing_bucket_and_refused_credentials_name_the_url(tmp_path, s3, bucket):
     image = np.zeros((32, 32), np.float32)
-    with pytest.raises(StoreAccessError, match=r"s3://no-such-bucket/labels.zarr: the bucket "
+    with pytest.raises(StoreAccessError, match=r"s3://no-such-bucket/labels.zarr(.lock)?: the bucket "
                                                r"'no-such-bucket' does not exist.*bucket name"):
         tile_process(image, "threshold", write_to="s3://no-such-bucket/labels.zarr",
                      storage_options=s3.storage_options, stage_dir=tmp_path)
@@ -216,7 +218,7 @@ def test_missing_bucket_and_refused_credentials_name_the_url(tmp_path, s3, bucke
     assert not list(tmp_path.iterdir())  # refused before anything was staged
     s3.refuse_credentials = True
     try:
-        with pytest.raises(StoreAccessError, match=rf"{bucket}/labels.zarr: .*credentials"):
+        with pytest.raises(StoreAccessError, match=rf"{bucket}/labels.zarr(.lock)?: .*credentials"):
             tile_process(image, "threshold", write_to=f"{bucket}/labels.zarr",
                          storage_options=s3.storage_options, stage_dir=tmp_path)
         with pytest.raises(StoreAccessError, match=rf"{bucket}/image.zarr.*credentials"):
@@ -299,3 +301,31 @@ def test_create_is_put_if_absent_for_lock_files(tmp_path, s3, bucket, where):
     assert lock.read_bytes() == b"first run"
     lock.write_bytes(b"first run, heartbeat")  # the holder refreshes it
     assert lock.read_bytes() == b"first run, heartbeat"
+
+
+def test_an_s3_output_is_locked_for_the_run_and_a_gone_holder_is_taken_over(tmp_path, s3,
+                                                                            bucket):
+    _, data = ome_zarr_image(tmp_path)
+    out = f"{bucket}/labels.zarr"
+    lock = Location(f"{out}.lock", s3.storage_options)
+    options = dict(tile_shape=(32, 32), overlap=8, segmenter_options=THRESHOLD,
+                   storage_options=s3.storage_options, stage_dir=tmp_path / "stage")
+    expected = tile_process(data, "threshold", compute=True, **options)
+
+    holder = lock_output(out, s3.storage_options)
+    holder.acquire()  # another run, elsewhere, is writing this output
+    try:
+        with pytest.raises(OutputLockedError, match=r"is held by process \d+ on host"):
+            tile_process(data, "threshold", write_to=out, **options)
+        assert not Location(out, s3.storage_options).exists()  # refused before writing
+    finally:
+        holder.release()
+    assert not lock.exists()
+
+    gone = {"host": "node-that-died", "pid": 4242, "started": 0.0, "heartbeat": 0.0,
+            "token": "gone"}
+    lock.write_bytes(json.dumps(gone).encode())  # a run on a lost node left its lock
+    with pytest.warns(UserWarning, match="took over the lock .*heartbeat was"):
+        labels = tile_process(data, "threshold", write_to=out, compute=True, **options)
+    assert np.array_equal(labels, expected)
+    assert not lock.exists()  # released at the end of the run

@@ -224,7 +224,9 @@ def tile_process(
     out.set_source(image)
     fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map)
     try:
-        with holding(lock_output(None if temporary else local_if_file_url(write_to))) as lock:
+        lock = lock_output(None if temporary else local_if_file_url(write_to),
+                           writer_options.get("storage_options"))
+        with holding(lock):
             out.check(fingerprint, image.source)
             segmenter = segmenter.prepared(image)
             stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
