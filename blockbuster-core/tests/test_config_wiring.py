@@ -26,6 +26,7 @@ path = "image.zarr"
 reader = "zarr"
 channel_axis = 0
 level = 1                      # not a core key: a reader option
+storage_options = {anon = true}  # into reader_options
 
 [segmenter]
 name = "watershed"
@@ -52,6 +53,7 @@ overwrite = true
 table = "objects.csv"
 merge_log = "merges.parquet"
 zarr_format = 2                # a writer option
+storage_options = {endpoint_url = "http://127.0.0.1:9"}  # into writer_options
 
 [run]
 retries = 5
@@ -60,6 +62,7 @@ skip_empty = 0.25
 resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
+stage_dir = "stage"            # relative to the config file
 
 [verify]
 windows = 6
@@ -78,7 +81,7 @@ def expected_arguments(folder: Path) -> dict:
         "output": "mask",
         "probability_threshold": 0.25,
         "reader": "zarr",
-        "reader_options": {"level": 1},
+        "reader_options": {"level": 1, "storage_options": {"anon": True}},
         "channel_axis": 0,
         "tile_shape": (48, 40),
         "overlap": (6, 5),
@@ -94,13 +97,15 @@ def expected_arguments(folder: Path) -> dict:
         "resume": False,
         "write_to": str(folder / "out.zarr"),
         "writer": "zarr",
-        "writer_options": {"zarr_format": 2},
+        "writer_options": {"zarr_format": 2,
+                           "storage_options": {"endpoint_url": "http://127.0.0.1:9"}},
         "overwrite": True,
         "table": str(folder / "objects.csv"),
         "merge_log": str(folder / "merges.parquet"),
         "verify": 6,
         "verify_threshold": 0.95,
         "progress": True,
+        "stage_dir": str(folder / "stage"),
     }
 
 

@@ -56,7 +56,8 @@ from blockbuster.pixelmaps import resolve_output
 from blockbuster.progress import Progress
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
-from blockbuster.staging import Stage
+from blockbuster.staging import Stage, stage_root
+from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
 from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
 from blockbuster.verify import (
@@ -118,14 +119,16 @@ def tile_process(
     merge_log: str | os.PathLike | bool | None = None,
     verify: int | None = None,
     verify_threshold: float = DEFAULT_THRESHOLD,
+    storage_options: dict | None = None,
+    stage_dir: str | os.PathLike | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
     Parameters
     ----------
     image
-        A path (zarr array or group, v2 or v3; more formats through reader plugins), a
-        ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
+        A path or URL (zarr array or group, v2 or v3, OME-Zarr; more formats through reader
+        plugins), a ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
     fn
         ``tile -> labels`` (integers, 0 = background, the tile's spatial shape), or the name of
         a registered segmenter (e.g. ``"threshold"``). ``segmenter=`` is the same argument.
@@ -168,8 +171,17 @@ def tile_process(
         executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
         default, or as many as the segmenter asks for (``Needs.workers``: one per GPU).
     write_to, overwrite
-        Output zarr path; refuses to replace data that is not this same job unless
-        ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
+        Output zarr path or URL (``s3://``, ``gs://``...); refuses to replace data that is not
+        this same job unless ``overwrite=True``. Without it, a temporary store is used and
+        removed afterwards.
+    storage_options
+        Options of the remote store (credentials, ``endpoint_url``, ``anon``...) for a URL
+        ``image``, ``write_to`` or ``table``; ``reader_options["storage_options"]`` and
+        ``writer_options["storage_options"]`` set one side alone and win over this.
+    stage_dir
+        Local folder for the staging area of a run: a subfolder named by the job goes there.
+        Default: ``<write_to>.stage`` next to a local output, a local cache folder
+        (``$BLOCKBUSTER_STAGE_DIR`` or ``~/.cache/blockbuster/stage``) for a remote one.
     compute
         ``True`` returns a numpy array (only for results that fit in RAM); ``False`` a dask
         array over the written labels.
@@ -185,7 +197,7 @@ def tile_process(
         low-resolution boolean mask over the image (tiles where it is all False).
     resume
         Rerunning the same job into the same ``write_to`` after a crash skips the tiles already
-        done (``<write_to>.stage``); ``False`` starts fresh.
+        done (staged in ``<write_to>.stage`` or under ``stage_dir``); ``False`` starts fresh.
     table
         Write the per-object table: ``True`` for ``<write_to>.objects.csv``, or a ``.csv`` /
         ``.parquet`` path (:mod:`blockbuster.table`).
@@ -212,7 +224,8 @@ def tile_process(
     registry = registry if registry is not None else Registry()
     fn, output = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options,
                                      output)
-    image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
+    reader_options = with_storage_options(reader_options, image, storage_options)
+    image = ImageView.open(registry.open_image(image, reader=reader, **reader_options),
                            channel_axis)
     check_retries(retries)
     if verify is not None:
@@ -234,22 +247,27 @@ def tile_process(
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
         write_to = temporary / "labels.zarr"
-    out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
+    writer_options = with_storage_options(writer_options, write_to, storage_options)
+    out = registry.writer(writer, write_to, overwrite=overwrite, **writer_options)
     out.set_source(image)
     fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map)
     try:
-        with holding(lock_output(None if temporary else write_to)) as lock:
+        lock = lock_output(None if temporary else local_if_file_url(write_to),
+                           writer_options.get("storage_options"))
+        with holding(lock):
             out.check(fingerprint, image.source)
             segmenter = segmenter.prepared(image)
-            stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage",
-                          grid)
+            stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
+                          else temporary / "stage", grid)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
                       skip_empty, table_path is not None, output=str(write_to))
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
                                  overwrite=overwrite, progress=progress, table_path=table_path,
-                                 log_path=log_path)
+                                 log_path=log_path,
+                                 table_options=writer_options.get("storage_options",
+                                                                  storage_options))
             except OutputWriteError as error:
                 add_progress(error, stage, len(grid))
                 raise
@@ -285,10 +303,11 @@ def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshol
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
-         resume: bool, overwrite: bool, progress: bool, table_path: Path | None,
-         log_path: Path | None = None) -> int:
+         resume: bool, overwrite: bool, progress: bool, table_path: Path | str | None,
+         log_path: Path | str | None = None, table_options: dict | None = None) -> int:
     """Segment, merge and relabel the job (resuming its stage), write the table and the merge
-    log: the run proper, under the output's lock. Returns the number of objects."""
+    log (URLs with ``table_options``): the run proper, under the output's lock. Returns the
+    number of objects."""
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
@@ -306,10 +325,12 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
         table = combine(partials, **job.image.table_metadata())
-        writing(write_table, table_path, "the object table")(table, table_path)
+        writing(write_table, table_path, "the object table")(table, table_path,
+                                                             storage_options=table_options)
     if log_path is not None:
         log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes)
-        writing(write_table, log_path, "the merge log")(log, log_path)
+        writing(write_table, log_path, "the merge log")(log, log_path,
+                                                        storage_options=table_options)
     return relabeling.n_objects
 
 
@@ -337,6 +358,15 @@ def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
 
 
 MAX_RUN = 16  # tiles per task at most
+
+
+def with_storage_options(options: dict | None, where: Any, storage_options: dict | None) -> dict:
+    """``options`` plus the run's ``storage_options`` when ``where`` is a URL (the side's own
+    ``storage_options`` option wins)."""
+    options = dict(options or {})
+    if storage_options is not None and is_url(where):
+        options.setdefault("storage_options", storage_options)
+    return options
 
 
 def _segmenter_callable(registry, fn, options: dict | None,

@@ -11,6 +11,7 @@ import numpy as np
 from blockbuster.errors import InvalidParameterError
 from blockbuster.image import ImageView
 from blockbuster.merge import MERGE_MODES
+from blockbuster.stores import is_url
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
@@ -29,17 +30,19 @@ def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_bu
     return grid
 
 
-def resolve_table_path(table, write_to) -> Path | None:
+def resolve_table_path(table, write_to) -> Path | str | None:
+    """The table's path: ``table``, or named after ``write_to`` for ``table=True`` (a URL stays
+    a string, see :mod:`blockbuster.stores`)."""
     return path_beside_output(table, write_to, argument="table", what="table",
                               beside=".objects.csv", suffixes=(".csv", ".parquet", ".pq"),
                               kinds="a .csv or .parquet path", give="a table path")
 
 
 def path_beside_output(value, write_to, *, argument: str, what: str, beside: str,
-                       suffixes: tuple[str, ...], kinds: str, give: str) -> Path | None:
+                       suffixes: tuple[str, ...], kinds: str, give: str) -> Path | str | None:
     """Where a file written with the labels goes: ``None`` for ``None``/``False``, beside
     ``write_to`` (its name plus ``beside``) for ``True``, else the path given, whose suffix
-    must be one of ``suffixes``."""
+    must be one of ``suffixes`` (a URL stays a string, see :mod:`blockbuster.stores`)."""
     if value is None or value is False:
         return None
     if value is True:
@@ -47,9 +50,9 @@ def path_beside_output(value, write_to, *, argument: str, what: str, beside: str
             raise InvalidParameterError(
                 f"{argument}=True names the {what} after write_to; give write_to= or {give}."
             )
-        return Path(f"{write_to}{beside}")
-    path = Path(value)
-    if path.suffix.lower() not in suffixes:
+        value = f"{write_to}{beside}"
+    path = value if is_url(value) else Path(value)
+    if not str(path).lower().endswith(suffixes):
         raise InvalidParameterError(f"{argument}={str(value)!r}: use {kinds}.")
     return path
 
