@@ -51,6 +51,7 @@ path = "out.zarr"
 writer = "zarr"
 overwrite = true
 table = "objects.csv"
+merge_log = "merges.parquet"
 zarr_format = 2                # a writer option
 storage_options = {endpoint_url = "http://127.0.0.1:9"}  # into writer_options
 
@@ -62,6 +63,10 @@ resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
 stage_dir = "stage"            # relative to the config file
+
+[verify]
+windows = 6
+threshold = 0.95
 
 [plugins]
 block = ["blocked-plugin"]
@@ -96,6 +101,9 @@ def expected_arguments(folder: Path) -> dict:
                            "storage_options": {"endpoint_url": "http://127.0.0.1:9"}},
         "overwrite": True,
         "table": str(folder / "objects.csv"),
+        "merge_log": str(folder / "merges.parquet"),
+        "verify": 6,
+        "verify_threshold": 0.95,
         "progress": True,
         "stage_dir": str(folder / "stage"),
     }
@@ -156,16 +164,17 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
     config.write_text('[input]\npath = "image.zarr"\n[segmenter]\nname = "threshold"\n')
     flags = ["--segmenter", "watershed", "--tile-shape", "30,31", "--overlap", "7",
              "--merge", "touch", "--executor", "serial", "--workers", "4",
-             "--output", "o.zarr", "--overwrite", "--progress",
+             "--output", "o.zarr", "--overwrite", "--progress", "--merge-log",
              "--set", "run.retries=7", "--set", 'output.writer="zarr"']
     assert main(["run", str(config), *flags]) == 0
     (arguments,) = calls
     assert {k: arguments[k] for k in ("fn", "tile_shape", "overlap", "merge", "executor",
                                       "workers", "write_to", "overwrite", "progress",
-                                      "retries", "writer")} == {
+                                      "retries", "writer", "merge_log")} == {
         "fn": "watershed", "tile_shape": (30, 31), "overlap": 7, "merge": "touch",
         "executor": "serial", "workers": 4, "write_to": str(tmp_path / "o.zarr"),
-        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr"}
+        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr",
+        "merge_log": True}
     used = {flag for flag in flags if flag.startswith("--")}
     assert used == run_flags() - {"--help", "--debug"}, "every run flag is exercised above"
 

@@ -28,6 +28,7 @@
     path = "labels.zarr"
     writer = "zarr"              # other keys are writer options
     overwrite = false
+    merge_log = true             # or a .parquet path: every cross-tile join and its evidence
     storage_options = {endpoint_url = "http://localhost:9000"}  # optional, for a URL path
 
     [run]
@@ -37,6 +38,10 @@
     resume = true                # rerunning after a crash skips finished tiles
     offline = false              # true: never download model weights (BLOCKBUSTER_OFFLINE=1)
     stage_dir = "/scratch/stage" # optional: local folder of the staging area
+
+    [verify]                     # check the seams after the run (``blockbuster verify``)
+    windows = 8                  # seam windows re-run and compared
+    threshold = 0.99             # object F1 each window must reach
 
     [plugins]
     block = ["some-plugin"]      # entry points not to load
@@ -56,6 +61,7 @@ import tomllib
 
 from blockbuster.errors import ConfigError
 from blockbuster.stores import is_url, local_if_file_url
+from blockbuster.verify import DEFAULT_THRESHOLD
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"path": str, "reader": str, "channel_axis": int, "storage_options": dict},
@@ -64,9 +70,10 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
                "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
     "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
-               "storage_options": dict},
+               "merge_log": (str, bool), "storage_options": dict},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool, "stage_dir": str},
+    "verify": {"windows": int, "threshold": (int, float)},
     "plugins": {"block": list},
 }
 OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
@@ -118,6 +125,9 @@ class RunConfig:
             "writer_options": self.options("output") | self._storage_options("output"),
             "overwrite": bool(self.get("output", "overwrite", False)),
             "table": self.get("output", "table"),
+            "merge_log": self.get("output", "merge_log"),
+            "verify": self.get("verify", "windows"),
+            "verify_threshold": self.get("verify", "threshold", DEFAULT_THRESHOLD),
             "stage_dir": self.get("run", "stage_dir"),
         }
 
@@ -189,7 +199,7 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     folder of that name exists next to the config, so model names stay names.
     """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
-                         ("output", "image"), ("run", "stage_dir")):
+                         ("output", "merge_log"), ("output", "image"), ("run", "stage_dir")):
         value = local_if_file_url(config.sections.get(section, {}).get(key))
         if isinstance(value, str) and not is_url(value) and not Path(value).is_absolute():
             config.sections[section][key] = str(base / value)
@@ -201,7 +211,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                *, progress: bool = False):
-    """Run the job a config file describes; returns the labels as a dask array."""
+    """Run the job a config file describes; returns the labels as a dask array (with
+    ``[verify] windows``, the labels and the :class:`~blockbuster.verify.VerifyReport`)."""
     from blockbuster.downloads import offline_mode
     from blockbuster.pipeline import tile_process
     from blockbuster.registry import Registry

@@ -33,17 +33,27 @@ def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_bu
 def resolve_table_path(table, write_to) -> Path | str | None:
     """The table's path: ``table``, or named after ``write_to`` for ``table=True`` (a URL stays
     a string, see :mod:`blockbuster.stores`)."""
-    if table is None or table is False:
+    return path_beside_output(table, write_to, argument="table", what="table",
+                              beside=".objects.csv", suffixes=(".csv", ".parquet", ".pq"),
+                              kinds="a .csv or .parquet path", give="a table path")
+
+
+def path_beside_output(value, write_to, *, argument: str, what: str, beside: str,
+                       suffixes: tuple[str, ...], kinds: str, give: str) -> Path | str | None:
+    """Where a file written with the labels goes: ``None`` for ``None``/``False``, beside
+    ``write_to`` (its name plus ``beside``) for ``True``, else the path given, whose suffix
+    must be one of ``suffixes`` (a URL stays a string, see :mod:`blockbuster.stores`)."""
+    if value is None or value is False:
         return None
-    if table is True:
+    if value is True:
         if write_to is None:
             raise InvalidParameterError(
-                "table=True names the table after write_to; give write_to= or a table path."
+                f"{argument}=True names the {what} after write_to; give write_to= or {give}."
             )
-        table = f"{write_to}.objects.csv"
-    path = table if is_url(table) else Path(table)
-    if not str(path).lower().endswith((".csv", ".parquet", ".pq")):
-        raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
+        value = f"{write_to}{beside}"
+    path = value if is_url(value) else Path(value)
+    if not str(path).lower().endswith(suffixes):
+        raise InvalidParameterError(f"{argument}={str(value)!r}: use {kinds}.")
     return path
 
 
