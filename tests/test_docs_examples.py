@@ -9,7 +9,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["index.md", "getting-started.md", "tiling-and-merging.md", "plugin-authoring.md",
-         "configuration.md", "resume.md", "cluster.md", "torch.md",
+         "configuration.md", "resume.md", "remote.md", "cluster.md", "torch.md",
          "stardist.md", "cellpose.md", "gpu.md", "bioio.md",
          "bioimageio.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)

@@ -26,6 +26,7 @@ path = "image.zarr"
 reader = "zarr"
 channel_axis = 0
 level = 1                      # not a core key: a reader option
+storage_options = {anon = true}  # into reader_options
 
 [segmenter]
 name = "watershed"
@@ -51,7 +52,9 @@ path = "out.zarr"
 writer = "zarr"
 overwrite = true
 table = "objects.csv"
+merge_log = "merges.parquet"
 zarr_format = 2                # a writer option
+storage_options = {endpoint_url = "http://127.0.0.1:9"}  # into writer_options
 
 [run]
 retries = 5
@@ -60,6 +63,11 @@ skip_empty = 0.25
 resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
+stage_dir = "stage"            # relative to the config file
+
+[verify]
+windows = 6
+threshold = 0.95
 
 [plugins]
 block = ["blocked-plugin"]
@@ -74,7 +82,7 @@ def expected_arguments(folder: Path) -> dict:
         "output": "mask",
         "probability_threshold": 0.25,
         "reader": "zarr",
-        "reader_options": {"level": 1},
+        "reader_options": {"level": 1, "storage_options": {"anon": True}},
         "channel_axis": 0,
         "tile_shape": (48, 40),
         "overlap": (6, 5),
@@ -91,10 +99,15 @@ def expected_arguments(folder: Path) -> dict:
         "resume": False,
         "write_to": str(folder / "out.zarr"),
         "writer": "zarr",
-        "writer_options": {"zarr_format": 2},
+        "writer_options": {"zarr_format": 2,
+                           "storage_options": {"endpoint_url": "http://127.0.0.1:9"}},
         "overwrite": True,
         "table": str(folder / "objects.csv"),
+        "merge_log": str(folder / "merges.parquet"),
+        "verify": 6,
+        "verify_threshold": 0.95,
         "progress": True,
+        "stage_dir": str(folder / "stage"),
     }
 
 
@@ -154,17 +167,18 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
     flags = ["--segmenter", "watershed", "--tile-shape", "30,31", "--overlap", "7",
              "--merge", "iou", "--iou-threshold", "0.3", "--executor", "serial",
              "--workers", "4",
-             "--output", "o.zarr", "--overwrite", "--progress",
+             "--output", "o.zarr", "--overwrite", "--progress", "--merge-log",
              "--set", "run.retries=7", "--set", 'output.writer="zarr"']
     assert main(["run", str(config), *flags]) == 0
     (arguments,) = calls
     assert {k: arguments[k] for k in ("fn", "tile_shape", "overlap", "merge", "iou_threshold",
                                       "executor", "workers", "write_to", "overwrite",
-                                      "progress", "retries", "writer")} == {
+                                      "progress", "retries", "writer", "merge_log")} == {
         "fn": "watershed", "tile_shape": (30, 31), "overlap": 7, "merge": "iou",
         "iou_threshold": 0.3,
         "executor": "serial", "workers": 4, "write_to": str(tmp_path / "o.zarr"),
-        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr"}
+        "overwrite": True, "progress": True, "retries": 7, "writer": "zarr",
+        "merge_log": True}
     used = {flag for flag in flags if flag.startswith("--")}
     assert used == run_flags() - {"--help", "--debug"}, "every run flag is exercised above"
 

@@ -1,8 +1,9 @@
-"""The ``blockbuster`` command: ``run``, ``plugins``, ``info`` and ``--version``.
+"""The ``blockbuster`` command: ``run``, ``verify``, ``plugins``, ``info``, ``models`` and
+``--version``.
 
 Exit codes: 0 on success; 1 with a one-line error on stderr for any blockbuster error (the
-full traceback only with ``--debug``; a ``keep_going`` run adds the list of failed tiles); 2 for
-a usage error.
+full traceback only with ``--debug``; a ``keep_going`` run adds the list of failed tiles), or
+when ``verify`` finds the seams below its threshold; 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from blockbuster.errors import (
     TilesFailedError,
     UnknownBackendError,
 )
+from blockbuster.verify import DEFAULT_THRESHOLD, DEFAULT_WINDOWS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="override [output] path")
     run.add_argument("--overwrite", action="store_true", help="replace existing output")
     run.add_argument("--progress", action="store_true", help="show a progress bar")
+    run.add_argument("--merge-log", action="store_true",
+                     help="write every cross-tile join beside the labels ([output] merge_log)")
     run.set_defaults(handler=cmd_run)
     accept_debug_after(run)
+
+    verify = commands.add_parser(
+        "verify", help="run a config's job, then check its seams against windows run whole")
+    verify.add_argument("config", help="path of the TOML config")
+    verify.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key (value parsed as TOML, else a string)")
+    verify.add_argument("--windows", type=int,
+                        help=f"seam windows to check ([verify] windows, default "
+                             f"{DEFAULT_WINDOWS})")
+    verify.add_argument("--threshold", type=float,
+                        help=f"object F1 each window must reach ([verify] threshold, default "
+                             f"{DEFAULT_THRESHOLD})")
+    verify.add_argument("--overlap", type=int, help="override [tiling] overlap")
+    verify.add_argument("--progress", action="store_true", help="show a progress bar")
+    verify.set_defaults(handler=cmd_verify)
+    accept_debug_after(verify)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and backends")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -107,10 +127,32 @@ def accept_debug_after(command: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from blockbuster.config import run_config
 
-    labels = run_config(args.config, overrides_from(args), progress=args.progress)
+    result = run_config(args.config, overrides_from(args), progress=args.progress)
+    labels, report = result if isinstance(result, tuple) else (result, None)
     print(f"wrote {labels.shape} labels ({labels.dtype}) "
           f"to {labels_path(args)}", file=sys.stderr)
-    return 0
+    return 0 if report is None else print_report(report)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Run the job with ``[verify]`` on (8 windows unless set); print the table and verdict."""
+    from blockbuster.config import load_config, run_config
+
+    overrides = dict(parse_assignment(item) for item in args.set)
+    flags = {"verify.windows": args.windows, "verify.threshold": args.threshold,
+             "tiling.overlap": args.overlap}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if load_config(args.config, overrides).get("verify", "windows") is None:
+        overrides["verify.windows"] = DEFAULT_WINDOWS
+    _, report = run_config(args.config, overrides, progress=args.progress)
+    return print_report(report)
+
+
+def print_report(report) -> int:
+    """Print a verification's table and one-line verdict; the exit status (1 on FAIL)."""
+    print(report.table())
+    print(report.verdict())
+    return 0 if report.passed else 1
 
 
 def labels_path(args: argparse.Namespace) -> str:
@@ -130,6 +172,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "executor.workers": args.workers,
         "output.path": args.output,
         "output.overwrite": True if args.overwrite else None,
+        "output.merge_log": True if getattr(args, "merge_log", False) else None,
     }
     if args.tile_shape:
         flags["tiling.tile_shape"] = (

@@ -3,9 +3,10 @@
 ::
 
     [input]
-    path = "image.zarr"          # relative paths are relative to the config file
+    path = "image.zarr"          # relative paths are relative to the config file; or a URL
     reader = "zarr"              # optional: chosen from the path otherwise
     channel_axis = 0             # optional; other keys are reader options
+    storage_options = {anon = true}  # optional: options of a URL's store (s3://, gs://...)
 
     [segmenter]
     name = "threshold"           # other keys are options of that segmenter
@@ -28,6 +29,8 @@
     path = "labels.zarr"
     writer = "zarr"              # other keys are writer options
     overwrite = false
+    merge_log = true             # or a .parquet path: every cross-tile join and its evidence
+    storage_options = {endpoint_url = "http://localhost:9000"}  # optional, for a URL path
 
     [run]
     retries = 2                  # retries of a tile whose segmenter raises
@@ -35,6 +38,11 @@
     skip_empty = 0               # skip tiles whose maximum is at most this
     resume = true                # rerunning after a crash skips finished tiles
     offline = false              # true: never download model weights (BLOCKBUSTER_OFFLINE=1)
+    stage_dir = "/scratch/stage" # optional: local folder of the staging area
+
+    [verify]                     # check the seams after the run (``blockbuster verify``)
+    windows = 8                  # seam windows re-run and compared
+    threshold = 0.99             # object F1 each window must reach
 
     [plugins]
     block = ["some-plugin"]      # entry points not to load
@@ -53,16 +61,20 @@ from typing import Any
 import tomllib
 
 from blockbuster.errors import ConfigError
+from blockbuster.stores import is_url, local_if_file_url
+from blockbuster.verify import DEFAULT_THRESHOLD
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "input": {"path": str, "reader": str, "channel_axis": int},
+    "input": {"path": str, "reader": str, "channel_axis": int, "storage_options": dict},
     "segmenter": {"name": str, "output": str, "probability_threshold": (int, float)},
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
                "iou_threshold": (int, float), "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
-    "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool)},
+    "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
+               "merge_log": (str, bool), "storage_options": dict},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
-            "progress": bool, "offline": bool},
+            "progress": bool, "offline": bool, "stage_dir": str},
+    "verify": {"windows": int, "threshold": (int, float)},
     "plugins": {"block": list},
 }
 OPEN_SECTIONS = {"input", "segmenter", "executor", "output"}  # extra keys are backend options
@@ -95,7 +107,7 @@ class RunConfig:
             "output": self.get("segmenter", "output"),
             "probability_threshold": self.get("segmenter", "probability_threshold"),
             "reader": self.get("input", "reader"),
-            "reader_options": self.options("input"),
+            "reader_options": self.options("input") | self._storage_options("input"),
             "channel_axis": self.get("input", "channel_axis"),
             "tile_shape": tuple(tile_shape) if isinstance(tile_shape, list) else tile_shape,
             "overlap": tuple(overlap) if isinstance(overlap, list) else overlap,
@@ -112,10 +124,19 @@ class RunConfig:
             "resume": self.get("run", "resume", True),
             "write_to": self.get("output", "path"),
             "writer": self.get("output", "writer"),
-            "writer_options": self.options("output"),
+            "writer_options": self.options("output") | self._storage_options("output"),
             "overwrite": bool(self.get("output", "overwrite", False)),
             "table": self.get("output", "table"),
+            "merge_log": self.get("output", "merge_log"),
+            "verify": self.get("verify", "windows"),
+            "verify_threshold": self.get("verify", "threshold", DEFAULT_THRESHOLD),
+            "stage_dir": self.get("run", "stage_dir"),
         }
+
+    def _storage_options(self, section: str) -> dict[str, Any]:
+        """``{"storage_options": ...}`` when the section sets them (they go to its backend)."""
+        options = self.get(section, "storage_options")
+        return {"storage_options": options} if options is not None else {}
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -180,9 +201,9 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     folder of that name exists next to the config, so model names stay names.
     """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
-                         ("output", "image")):
-        value = config.sections.get(section, {}).get(key)
-        if isinstance(value, str) and not Path(value).is_absolute():
+                         ("output", "merge_log"), ("output", "image"), ("run", "stage_dir")):
+        value = local_if_file_url(config.sections.get(section, {}).get(key))
+        if isinstance(value, str) and not is_url(value) and not Path(value).is_absolute():
             config.sections[section][key] = str(base / value)
     for section in OPEN_SECTIONS - {"input", "output"}:
         for key, value in config.options(section).items():
@@ -192,7 +213,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                *, progress: bool = False):
-    """Run the job a config file describes; returns the labels as a dask array."""
+    """Run the job a config file describes; returns the labels as a dask array (with
+    ``[verify] windows``, the labels and the :class:`~blockbuster.verify.VerifyReport`)."""
     from blockbuster.downloads import offline_mode
     from blockbuster.pipeline import tile_process
     from blockbuster.registry import Registry

@@ -123,3 +123,19 @@ class PluginContractError(PluginError, TypeError):
 
 class ConfigError(BlockbusterError, ValueError):
     """A configuration file is invalid; the message names the file, section and key."""
+
+
+class StoreError(BlockbusterError):
+    """Base class of the errors of remote stores (``s3://``, ``gs://``, ``https://``...)."""
+
+
+class StoreNotInstalledError(StoreError, ImportError):
+    """The URL's scheme is unknown, or the package that reads it (s3fs, gcsfs...) is missing."""
+
+
+class StoreAccessError(StoreError, PermissionError):
+    """The store refused the credentials, or the bucket does not exist."""
+
+
+class ReadOnlyStoreError(StoreError, PermissionError):
+    """An output was given on a store that can only be read (``http://``, ``https://``)."""

@@ -97,7 +97,9 @@ def register_model_stores(register) -> None:
 def pick_reader(source: Any) -> str | None:
     """Name the reader for ``source`` (first result wins).
 
-    Receives the ``image`` argument of a run (a path, an array, ...) when no reader was named.
+    Receives the ``image`` argument of a run (a path, an array, ...) when no reader was named;
+    a URL (``s3://``, ``https://``...) arrives as a :class:`~blockbuster.stores.Location`, whose
+    ``read_bytes()`` and ``exists()`` look into the store with the run's ``storage_options``.
     Returns a registered reader name, or ``None`` to let other plugins decide. Format plugins
     claim their paths (e.g. by suffix or metadata). The core's ``tiff`` and ``ome-zarr``
     implementations are ``tryfirst``, its ``zarr``/``array`` one ``trylast``; a plain

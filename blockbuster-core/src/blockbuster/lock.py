@@ -13,8 +13,8 @@ host, or one too stuck to beat).
 
 The lock is created atomically (the complete file is hard-linked into place, which fails if one
 exists; ``O_CREAT | O_EXCL`` where links are not supported) and removed on every exit path of
-the run. This local lock is the default; stores that are not local paths get their own
-:class:`OutputLock` from :func:`lock_output` (see ``docs/resume.md``).
+the run. Remote outputs (``s3://``...) get a :class:`StoreLock`, the same record as an object
+next to the output, created with the store's put-if-absent write (see ``docs/remote.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from blockbuster.errors import OutputLockedError
+from blockbuster.errors import OutputLockedError, StoreError
 from blockbuster.faults import write_failure
 
 HEARTBEAT_SECONDS = 10.0
@@ -69,12 +69,9 @@ class FileLock(OutputLock):
     # -- taking it ------------------------------------------------------------------------
     def acquire(self) -> None:
         self._started = time.time()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise write_failure(error, self.path, "the output's lock") from error
+        self._prepare()
         while not self._create():
-            holder = read_holder(self.path)
+            holder = self._read()
             if holder is None:
                 continue  # released in between: try again
             reason = gone_reason(holder, self.stale)
@@ -85,6 +82,12 @@ class FileLock(OutputLock):
                               f"({reason}); resuming its work.", stacklevel=3)
                 break
         self._start_heartbeat()
+
+    def _prepare(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise write_failure(error, self.path, "the output's lock") from error
 
     def _create(self) -> bool:
         """Create the lock file with our record, atomically; ``False`` if one exists."""
@@ -129,7 +132,7 @@ class FileLock(OutputLock):
         try:
             if read_holder(self.path) != holder:
                 return False  # it changed: released, or already taken over
-            os.replace(self._write_private(self._record()), self.path)
+            self._replace()
         finally:
             mutex.unlink(missing_ok=True)
         for left in self.path.parent.glob(f"{self.path.name}.{holder.get('token')}.*"):
@@ -144,17 +147,17 @@ class FileLock(OutputLock):
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
-            holder = read_holder(self.path)
+            holder = self._read()
             if holder is not None and "unreadable" in holder:
                 continue  # a file system hiccup: look again at the next beat
             if holder is None or holder.get("token") != self.token:
                 self.lost_to = holder or {}
                 return
             with contextlib.suppress(OSError):  # a missed beat is retried at the next one
-                os.replace(self._write_private(self._record()), self.path)
+                self._replace()
 
     def check(self) -> None:
-        holder = read_holder(self.path)
+        holder = self._read()
         if self.lost_to is None and holder is not None and holder.get("token") == self.token:
             return
         raise OutputLockedError(
@@ -170,9 +173,20 @@ class FileLock(OutputLock):
         self._stop.set()
         if self._beating is not None:
             self._beating.join()
-        holder = read_holder(self.path)
+        holder = self._read()
         if holder is not None and holder.get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+            self._remove()
+
+    # -- the lock file --------------------------------------------------------------------
+    def _read(self) -> dict[str, Any] | None:
+        return read_holder(self.path)
+
+    def _replace(self) -> None:
+        """Our fresh record in place of whatever the lock file holds, atomically."""
+        os.replace(self._write_private(self._record()), self.path)
+
+    def _remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
     # -- the record -----------------------------------------------------------------------
     def _record(self) -> dict[str, Any]:
@@ -188,16 +202,80 @@ class FileLock(OutputLock):
         return private
 
 
+class StoreLock(FileLock):
+    """The lock object ``<write_to>.lock`` in a remote store (S3, GCS...), a
+    :class:`~blockbuster.stores.Location`.
+
+    It is taken with a put-if-absent write (:meth:`Location.create`): on S3 a conditional PUT,
+    so of two runs starting together exactly one gets it. On stores without one
+    (:attr:`Location.exclusive_create` is false) two runs starting in the same instant can both
+    write it; the one whose record was overwritten finds out at its next heartbeat and stops
+    before writing its output (:meth:`check`). A gone holder is taken over the same way: our
+    record is written, read back after a moment, and kept only if it is still ours.
+    """
+
+    SETTLE_SECONDS = 0.5  # how long a racing taker's write is given to land
+
+    def __init__(self, location, **kwargs):
+        super().__init__(str(location), **kwargs)
+        self.path = location
+
+    def _prepare(self) -> None:
+        """Nothing to make: object stores have no folders."""
+
+    def _create(self) -> bool:
+        try:
+            self.path.create(json.dumps(self._record()).encode())
+        except FileExistsError:
+            return False
+        except StoreError:
+            raise  # a missing bucket, refused credentials: already named and explained
+        except OSError as error:
+            raise write_failure(error, self.path, "the output's lock") from error
+        return True
+
+    def _take_over(self, holder: dict[str, Any]) -> bool:
+        if self._read() != holder:
+            return False  # it changed: released, or already taken over
+        try:
+            self._replace()
+        except OSError as error:
+            raise write_failure(error, self.path, "the output's lock") from error
+        time.sleep(self.SETTLE_SECONDS)
+        return (self._read() or {}).get("token") == self.token
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return {"unreadable": str(error), "heartbeat": 0.0, "started": 0.0}
+        return parse_record(data, modified=0.0)  # one PUT writes it whole: a bad one is stale
+
+    def _replace(self) -> None:
+        self.path.write_bytes(json.dumps(self._record()).encode())
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):  # a lock left behind is taken over once stale
+            self.path.remove()
+
+
 class NoLock(OutputLock):
-    """For outputs that need none (a run's private temporary output) or that have none yet
-    (remote stores: see ``docs/resume.md``)."""
+    """For outputs that need none: a run's private temporary output."""
 
 
-def lock_output(write_to: str | os.PathLike | None) -> OutputLock:
-    """The lock guarding ``write_to`` and its stage: a :class:`FileLock` for a local path;
-    none for ``None`` (a private temporary output) or, for now, a remote URL."""
-    if write_to is None or "://" in str(write_to):
+def lock_output(write_to: str | os.PathLike | None,
+                storage_options: dict | None = None) -> OutputLock:
+    """The lock guarding ``write_to`` and its stage: a :class:`FileLock` for a local path, a
+    :class:`StoreLock` for a URL (with ``storage_options``); none for ``None`` (a private
+    temporary output)."""
+    if write_to is None:
         return NoLock()
+    if "://" in str(write_to):
+        from blockbuster.stores import Location
+
+        return StoreLock(Location(f"{write_to}.lock", storage_options))
     return FileLock(f"{write_to}.lock")
 
 
@@ -225,6 +303,11 @@ def read_holder(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as error:
         return {"unreadable": str(error), "heartbeat": 0.0, "started": 0.0}
+    return parse_record(text, modified)
+
+
+def parse_record(text: str | bytes, modified: float) -> dict[str, Any]:
+    """The lock record in ``text``; one that is not, as a holder known only by ``modified``."""
     try:
         record = json.loads(text)
     except ValueError:

@@ -95,8 +95,13 @@ def resolve_pairs(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray) -> 
     A pair is contested when each of its labels has another partner backed by at least
     ``CONTEST_RATIO`` times as many pixel pairs.
     """
+    return pairs[kept_pairs(pairs, support, clean)]
+
+
+def kept_pairs(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Which of ``pairs`` :func:`resolve_pairs` keeps (a boolean mask)."""
     if len(pairs) == 0:
-        return pairs
+        return np.zeros(0, bool)
     nodes, index = np.unique(pairs, return_inverse=True)
     index = index.reshape(pairs.shape)
     best = np.zeros(len(nodes), np.int64)
@@ -105,7 +110,7 @@ def resolve_pairs(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray) -> 
     contested = (best[index[:, 0]] >= CONTEST_RATIO * support) & (
         best[index[:, 1]] >= CONTEST_RATIO * support
     )
-    return pairs[(clean > 0) | ~contested]
+    return (clean > 0) | ~contested
 
 
 def _face_pairs(

@@ -43,7 +43,8 @@ from blockbuster.faults import write_failure
 from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
 from blockbuster.lock import OutputLock, holding, lock_output
-from blockbuster.merge import no_edges, resolve_pairs
+from blockbuster.merge import kept_pairs, no_edges
+from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
 from blockbuster.planning import (
     check_retries,
     one_segmenter,
@@ -55,10 +56,17 @@ from blockbuster.pixelmaps import resolve_output
 from blockbuster.progress import Progress
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
-from blockbuster.staging import Stage
+from blockbuster.staging import Stage, stage_root
+from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
 from blockbuster.stitching import check_iou_threshold, iou_edges
 from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
+from blockbuster.verify import (
+    DEFAULT_THRESHOLD,
+    VerifyReport,
+    check_verify_options,
+    verify_seams,
+)
 
 
 @dataclass
@@ -74,6 +82,7 @@ class RunStats:
     worker_peak_rss_mb: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     hint: str | None = None  # a sign that fn returned a pixel map as instances (warned once)
+    verification: VerifyReport | None = None  # with verify=N
 
 
 def tile_process(
@@ -109,14 +118,19 @@ def tile_process(
     registry: Any = None,
     return_stats: bool = False,
     table: str | os.PathLike | bool | None = None,
+    merge_log: str | os.PathLike | bool | None = None,
+    verify: int | None = None,
+    verify_threshold: float = DEFAULT_THRESHOLD,
+    storage_options: dict | None = None,
+    stage_dir: str | os.PathLike | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
     Parameters
     ----------
     image
-        A path (zarr array or group, v2 or v3; more formats through reader plugins), a
-        ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
+        A path or URL (zarr array or group, v2 or v3, OME-Zarr; more formats through reader
+        plugins), a ``zarr.Array``, a numpy array or a dask array. Never loaded whole.
     fn
         ``tile -> labels`` (integers, 0 = background, the tile's spatial shape), or the name of
         a registered segmenter (e.g. ``"threshold"``). ``segmenter=`` is the same argument.
@@ -168,8 +182,17 @@ def tile_process(
         executor name, or an :class:`~blockbuster.executors.Executor`; one worker per core by
         default, or as many as the segmenter asks for (``Needs.workers``: one per GPU).
     write_to, overwrite
-        Output zarr path; refuses to replace data that is not this same job unless
-        ``overwrite=True``. Without it, a temporary store is used and removed afterwards.
+        Output zarr path or URL (``s3://``, ``gs://``...); refuses to replace data that is not
+        this same job unless ``overwrite=True``. Without it, a temporary store is used and
+        removed afterwards.
+    storage_options
+        Options of the remote store (credentials, ``endpoint_url``, ``anon``...) for a URL
+        ``image``, ``write_to`` or ``table``; ``reader_options["storage_options"]`` and
+        ``writer_options["storage_options"]`` set one side alone and win over this.
+    stage_dir
+        Local folder for the staging area of a run: a subfolder named by the job goes there.
+        Default: ``<write_to>.stage`` next to a local output, a local cache folder
+        (``$BLOCKBUSTER_STAGE_DIR`` or ``~/.cache/blockbuster/stage``) for a remote one.
     compute
         ``True`` returns a numpy array (only for results that fit in RAM); ``False`` a dask
         array over the written labels.
@@ -185,12 +208,26 @@ def tile_process(
         low-resolution boolean mask over the image (tiles where it is all False).
     resume
         Rerunning the same job into the same ``write_to`` after a crash skips the tiles already
-        done (``<write_to>.stage``); ``False`` starts fresh.
+        done (staged in ``<write_to>.stage`` or under ``stage_dir``); ``False`` starts fresh.
+    table
+        Write the per-object table: ``True`` for ``<write_to>.objects.csv``, or a ``.csv`` /
+        ``.parquet`` path (:mod:`blockbuster.table`).
+    merge_log
+        Write every cross-tile join with its evidence (tiles, face, labels, pixel pairs,
+        final IDs): ``True`` for ``<write_to>.merges.parquet``, or a ``.parquet`` path
+        (:mod:`blockbuster.mergelog`).
+    verify, verify_threshold
+        Check the stitching after the run: re-run ``fn`` on ``verify`` windows centred on tile
+        corners and faces (each the size of a padded tile, so its centre needs no stitching)
+        and compare (:mod:`blockbuster.verify`). The run passes when every window's object F1
+        is at least ``verify_threshold``; a failing report suggests a larger overlap.
 
     Returns
     -------
     numpy.ndarray or dask.array.Array
         Labels ``1..N`` (uint32, or uint64 when N needs it), spatial shape of ``image``.
+        With ``return_stats=True``, ``(labels, RunStats)``; else with ``verify``,
+        ``(labels, VerifyReport)`` (the report is also ``RunStats.verification``).
     """
     from blockbuster.registry import Registry
 
@@ -198,9 +235,12 @@ def tile_process(
     registry = registry if registry is not None else Registry()
     fn, output = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options,
                                      output)
-    image = ImageView.open(registry.open_image(image, reader=reader, **(reader_options or {})),
+    reader_options = with_storage_options(reader_options, image, storage_options)
+    image = ImageView.open(registry.open_image(image, reader=reader, **reader_options),
                            channel_axis)
     check_retries(retries)
+    if verify is not None:
+        check_verify_options(verify, verify_threshold)
     needs = registry.needs(fn)
     pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
     segmenter = Segmenter.of(fn, needs, retries, pixel_map)
@@ -214,31 +254,44 @@ def tile_process(
         connectivity = pixel_map.connectivity
 
     table_path = resolve_table_path(table, write_to)
+    log_path = resolve_merge_log_path(merge_log, write_to)
     temporary = None
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))
         write_to = temporary / "labels.zarr"
-    out = registry.writer(writer, write_to, overwrite=overwrite, **(writer_options or {}))
+    writer_options = with_storage_options(writer_options, write_to, storage_options)
+    out = registry.writer(writer, write_to, overwrite=overwrite, **writer_options)
     out.set_source(image)
     fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map,
                                   iou_threshold)
     try:
-        with holding(lock_output(None if temporary else write_to)) as lock:
+        lock = lock_output(None if temporary else local_if_file_url(write_to),
+                           writer_options.get("storage_options"))
+        with holding(lock):
             out.check(fingerprint, image.source)
             segmenter = segmenter.prepared(image)
-            stage = Stage(Path(f"{write_to}.stage") if temporary is None else temporary / "stage",
-                          grid)
+            stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
+                          else temporary / "stage", grid)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
                       skip_empty, table_path is not None, output=str(write_to),
                       iou_threshold=iou_threshold)
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
-                                 overwrite=overwrite, progress=progress, table_path=table_path)
+                                 overwrite=overwrite, progress=progress, table_path=table_path,
+                                 log_path=log_path,
+                                 table_options=writer_options.get("storage_options",
+                                                                  storage_options))
             except OutputWriteError as error:
                 add_progress(error, stage, len(grid))
                 raise
             stage.remove()
+        if verify is not None:
+            stats.verification = _verify(image, out.open(), segmenter.fn, grid, verify,
+                                         verify_threshold,
+                                         registry=registry, output=output,
+                                         probability_threshold=probability_threshold,
+                                         connectivity=connectivity)
     except BaseException:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -246,13 +299,29 @@ def tile_process(
     stats.n_objects = n_objects
     stats.seconds_total = time.perf_counter() - started
     result = _result(out, compute, temporary)
-    return (result, stats) if return_stats else result
+    if return_stats:
+        return result, stats
+    return (result, stats.verification) if verify is not None else result
+
+
+def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
+            **options) -> VerifyReport:
+    """Verify the stitched ``labels`` on seam windows, each window run as one tile by ``fn``
+    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's)."""
+    def segment(window: np.ndarray) -> np.ndarray:
+        spatial = tuple(s for a, s in enumerate(window.shape) if a != image.channel_axis)
+        return tile_process(window, fn, tile_shape=spatial, overlap=0, executor="serial",
+                            channel_axis=image.channel_axis, compute=True, **options)
+
+    return verify_seams(image, labels, segment, grid, windows, threshold)
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
-         resume: bool, overwrite: bool, progress: bool, table_path: Path | None) -> int:
-    """Segment, merge and relabel the job (resuming its stage), write the table: the run
-    proper, under the output's lock. Returns the number of objects."""
+         resume: bool, overwrite: bool, progress: bool, table_path: Path | str | None,
+         log_path: Path | str | None = None, table_options: dict | None = None) -> int:
+    """Segment, merge and relabel the job (resuming its stage), write the table and the merge
+    log (URLs with ``table_options``): the run proper, under the output's lock. Returns the
+    number of objects."""
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
@@ -261,7 +330,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats)
         _warn_of_pixel_map(stats.hint)
-        edges = _merge_all(pool, job, bar, stats)
+        candidates, joined = _merge_all(pool, job, bar, stats)
+        edges = candidates[0][joined]
+        if job.merge == "iou":
+            edges = np.concatenate([edges, _stitch_planes(pool, job, edges, bar, stats)])
         relabeling = Relabeling(counts, edges)
         lock.check()
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
@@ -272,7 +344,12 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
         table = combine(partials, **job.image.table_metadata())
-        writing(write_table, table_path, "the object table")(table, table_path)
+        writing(write_table, table_path, "the object table")(table, table_path,
+                                                             storage_options=table_options)
+    if log_path is not None:
+        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes)
+        writing(write_table, log_path, "the merge log")(log, log_path,
+                                                        storage_options=table_options)
     return relabeling.n_objects
 
 
@@ -300,6 +377,15 @@ def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
 
 
 MAX_RUN = 16  # tiles per task at most
+
+
+def with_storage_options(options: dict | None, where: Any, storage_options: dict | None) -> dict:
+    """``options`` plus the run's ``storage_options`` when ``where`` is a URL (the side's own
+    ``storage_options`` option wins)."""
+    options = dict(options or {})
+    if storage_options is not None and is_url(where):
+        options.setdefault("storage_options", storage_options)
+    return options
 
 
 def _segmenter_callable(registry, fn, options: dict | None,
@@ -396,7 +482,9 @@ def _runs(items: list, job: Job, workers: int) -> list[list]:
     return batches(items, length)
 
 
-def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
+def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
+               ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """Every candidate pair ``(pairs, support, clean)`` across the faces, and which join."""
     bar.stage("merge")
     t0 = time.perf_counter()
     found = [no_edges()]
@@ -404,11 +492,9 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats) -> np.ndarray:
         found.append(edges)
         bar.advance()
     pairs, support, clean = (np.concatenate(parts) for parts in zip(*found))
-    pairs = resolve_pairs(pairs, support, clean)
+    joined = kept_pairs(pairs, support, clean)
     stats.stage_seconds["merge"] = time.perf_counter() - t0
-    if job.merge == "iou":
-        pairs = np.concatenate([pairs, _stitch_planes(pool, job, pairs, bar, stats)])
-    return pairs
+    return (pairs, support, clean), joined
 
 
 def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,

@@ -11,6 +11,7 @@ import numpy as np
 from blockbuster.errors import InvalidParameterError
 from blockbuster.image import ImageView
 from blockbuster.merge import MERGE_MODES
+from blockbuster.stores import is_url
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
@@ -47,18 +48,30 @@ def _default_halo(tiles, align) -> tuple[int, ...]:
     return tuple(0 if t == 1 else min(max(DEFAULT_HALO, a), t - 1) for t, a in zip(tiles, align))
 
 
-def resolve_table_path(table, write_to) -> Path | None:
-    if table is None or table is False:
+def resolve_table_path(table, write_to) -> Path | str | None:
+    """The table's path: ``table``, or named after ``write_to`` for ``table=True`` (a URL stays
+    a string, see :mod:`blockbuster.stores`)."""
+    return path_beside_output(table, write_to, argument="table", what="table",
+                              beside=".objects.csv", suffixes=(".csv", ".parquet", ".pq"),
+                              kinds="a .csv or .parquet path", give="a table path")
+
+
+def path_beside_output(value, write_to, *, argument: str, what: str, beside: str,
+                       suffixes: tuple[str, ...], kinds: str, give: str) -> Path | str | None:
+    """Where a file written with the labels goes: ``None`` for ``None``/``False``, beside
+    ``write_to`` (its name plus ``beside``) for ``True``, else the path given, whose suffix
+    must be one of ``suffixes`` (a URL stays a string, see :mod:`blockbuster.stores`)."""
+    if value is None or value is False:
         return None
-    if table is True:
+    if value is True:
         if write_to is None:
             raise InvalidParameterError(
-                "table=True names the table after write_to; give write_to= or a table path."
+                f"{argument}=True names the {what} after write_to; give write_to= or {give}."
             )
-        return Path(f"{write_to}.objects.csv")
-    path = Path(table)
-    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise InvalidParameterError(f"table={str(table)!r}: use a .csv or .parquet path.")
+        value = f"{write_to}{beside}"
+    path = value if is_url(value) else Path(value)
+    if not str(path).lower().endswith(suffixes):
+        raise InvalidParameterError(f"{argument}={str(value)!r}: use {kinds}.")
     return path
 
 

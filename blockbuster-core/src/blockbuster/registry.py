@@ -299,13 +299,25 @@ class Registry:
 
     def writer(self, spec: str | None, path: Any, *, overwrite: bool = False, **options: Any):
         """A writer (default ``zarr``) for ``path``, checked against the writer contract."""
+        from blockbuster.stores import local_if_file_url
+
         backend = self.get("writer", spec or "zarr")
+        path = local_if_file_url(path)
         return _fulfils(backend.create(path, overwrite=overwrite, **options), WRITER_MEMBERS,
                         backend, "blockbuster.writers.Writer")
 
     def open_image(self, source: Any, *, reader: str | None = None, **options: Any):
-        """A reader for ``source``: the named one, or the one the ``pick_reader`` hook picks."""
-        name = reader or self.pm.hook.pick_reader(source=source)
+        """A reader for ``source``: the named one, or the one the ``pick_reader`` hook picks.
+
+        A URL reaches ``pick_reader`` as a :class:`~blockbuster.stores.Location` (holding the
+        ``storage_options`` option), so a plugin can look into the store; a ``file://`` URL
+        is a plain local path everywhere.
+        """
+        from blockbuster.stores import Location, is_url, local_if_file_url
+
+        source = local_if_file_url(source)
+        probe = Location(source, options.get("storage_options")) if is_url(source) else source
+        name = reader or self.pm.hook.pick_reader(source=probe)
         if name is None:
             tried = ", ".join(
                 f"{b.name} ({b.description})" for b in self._unique("reader")

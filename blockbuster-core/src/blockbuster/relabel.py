@@ -57,6 +57,16 @@ class Relabeling:
     def _final_of_representatives(self, ids: np.ndarray) -> np.ndarray:
         return self._before[tile_of(ids)] + local_of(ids) - np.searchsorted(self.absorbed, ids)
 
+    def final_ids(self, ids: np.ndarray) -> np.ndarray:
+        """The output ID of each provisional ID (as the tiles' lookup tables give it)."""
+        ids = np.asarray(ids, np.uint64)
+        final = self._final_of_representatives(ids)
+        if len(self.absorbed):
+            where = np.minimum(np.searchsorted(self.absorbed, ids), len(self.absorbed) - 1)
+            absorbed = self.absorbed[where] == ids
+            final[absorbed] = self.absorbed_final[where[absorbed]]
+        return final.astype(np.int64)
+
     def table(self, index: int) -> TileTable:
         lo, hi = np.searchsorted(
             self.absorbed, first_of_tiles(np.array([index, index + 1]))

@@ -8,6 +8,11 @@ Layout of ``<stage>/``::
                        so its presence marks the tile as done
     job.json           the job fingerprint; a rerun of the same job resumes from the records
 
+The stage is on local disk whatever the output: next to a local ``write_to``
+(``<write_to>.stage``), else, and always when ``stage_dir`` is given, in a folder named by the
+job (:func:`stage_root`) under ``stage_dir`` (default: a local cache folder) — so a run writing
+to ``s3://`` resumes after a crash like any other.
+
 Both tile files are our own format, read only by us. Staging is plain files, not zarr: a
 1024² tile of labels is compressed and written in ~1.7 ms this way against ~6 ms through
 zarr's array API (the staged labels are written once and read once, so zarr's chunk
@@ -17,6 +22,7 @@ needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -31,6 +37,7 @@ import numpy as np
 from blockbuster.errors import StageMismatchError
 from blockbuster.faces import Face
 from blockbuster.faults import write_failure
+from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.tiling import Tile, TileGrid
 
 RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
@@ -151,6 +158,29 @@ def damaged_stage(root: Path, index: int, error: BaseException) -> StageMismatch
         f"the staged files of tile {index} in {str(root)!r} are missing or damaged ({error}). "
         "Delete that folder, or pass resume=False, to start fresh."
     )
+def stage_root(write_to: str | os.PathLike, fingerprint: str,
+               stage_dir: str | os.PathLike | None = None) -> Path:
+    """The local staging folder of a job writing to ``write_to``.
+
+    ``<write_to>.stage`` for a local output without ``stage_dir``; otherwise a folder under
+    ``stage_dir`` (default :func:`default_stage_dir`) named by a hash of the job fingerprint
+    and the output, so the same call finds it again after a crash.
+    """
+    output = local_if_file_url(os.fspath(write_to))
+    if stage_dir is None and not is_url(output):
+        return Path(f"{output}.stage")
+    base = Path(stage_dir) if stage_dir is not None else default_stage_dir()
+    digest = hashlib.sha256(f"{fingerprint}\n{output}".encode()).hexdigest()[:20]
+    return base / f"job-{digest}"
+
+
+def default_stage_dir() -> Path:
+    """``$BLOCKBUSTER_STAGE_DIR``, else ``$XDG_CACHE_HOME/blockbuster/stage`` (``~/.cache``)."""
+    chosen = os.environ.get("BLOCKBUSTER_STAGE_DIR")
+    if chosen:
+        return Path(chosen)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "blockbuster" / "stage"
 
 
 def staged_dtype(count: int) -> np.dtype:

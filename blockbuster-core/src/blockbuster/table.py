@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
                       "centimeter": "cm", "meter": "m", "second": "s", "millisecond": "ms"}
@@ -162,16 +163,27 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
     return table
 
 
-def write_table(table, path: str | os.PathLike) -> Path:
-    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``).
+def write_table(table, path: str | os.PathLike, *,
+                storage_options: dict | None = None) -> Path | str:
+    """Save the table as CSV (``.csv``, tiles as ``"3;4"``) or Parquet (``.parquet``/``.pq``),
+    to a local path or a URL (with ``storage_options``).
 
-    Written whole or not at all: a failed write leaves an earlier table at ``path`` intact.
+    Written whole or not at all: a failed write leaves an earlier table at ``path`` intact
+    (locally a partial file renamed over it, remotely one PUT).
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    import io
+
+    location = Location(path, storage_options)
+    suffix = os.path.splitext(location.name)[1].lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise InvalidParameterError(
             f"table path {str(path)!r}: use a .csv or .parquet suffix.")
+    if location.remote:
+        buffer = io.BytesIO()
+        _write_table_as(table, buffer, suffix)
+        location.write_bytes(buffer.getvalue())
+        return location.url
+    path = location.path
     partial = path.with_name(path.name + ".partial")
     try:
         _write_table_as(table, partial, suffix)
@@ -182,11 +194,12 @@ def write_table(table, path: str | os.PathLike) -> Path:
     return path
 
 
-def _write_table_as(table, path: Path, suffix: str) -> None:
+def _write_table_as(table, target, suffix: str) -> None:
+    """Write the table to ``target`` (a path or a binary file object) in ``suffix``'s format."""
     if suffix == ".csv":
         out = table.copy()
         out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
-        out.to_csv(path, index=False)
+        out.to_csv(target, index=False)
     else:
         import json
 
@@ -196,15 +209,18 @@ def _write_table_as(table, path: Path, suffix: str) -> None:
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         meta = dict(arrow.schema.metadata or {})
         meta[b"blockbuster"] = json.dumps(table.attrs).encode()
-        pq.write_table(arrow.replace_schema_metadata(meta), path)
+        pq.write_table(arrow.replace_schema_metadata(meta), target)
 
 
-def read_table(path: str | os.PathLike):
+def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
     """Read a table written by :func:`write_table` (``tiles`` back as lists)."""
+    import io
+
     import pandas as pd
 
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
+    location = Location(path, storage_options)
+    path = io.BytesIO(location.read_bytes()) if location.remote else location.path
+    if location.name.lower().endswith(".csv"):
         table = pd.read_csv(path)
         table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
                           for v in table["tiles"]]

@@ -11,6 +11,8 @@ For plugin authors:
 - :func:`full_disk` — a disk that fills up after so many bytes under a folder (``ENOSPC``),
   without root rights or a tmpfs, to test what a run does when it runs out of space.
 - :func:`store_digest` — a hash of a zarr store's chunks, to assert two runs wrote the same bytes.
+- :func:`serve_s3` — a real S3-compatible HTTP server (moto's, in a thread, free port) that
+  logs every request, to test ``s3://`` inputs and outputs without a cloud account.
 - the ``blockbuster_registry`` fixture — an isolated :class:`~blockbuster.registry.Registry`
   (entry points not autoloaded) to which a test registers its own plugin.
 """
@@ -132,12 +134,18 @@ def serve_files(files: dict[str, bytes]) -> Iterator[FileServer]:
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        state.url = url
+        yield state
+
+
+@contextlib.contextmanager
+def _serving(server) -> Iterator[str]:
+    """Run ``server`` (a socketserver bound to 127.0.0.1) in a thread; yield its base URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -223,3 +231,63 @@ def store_digest(path: str | os.PathLike) -> str:
         digest.update(chunk.relative_to(path).as_posix().encode())
         digest.update(chunk.read_bytes())
     return digest.hexdigest()
+
+
+# -- remote stores ---------------------------------------------------------------------------
+@dataclass
+class S3Server:
+    """What :func:`serve_s3` yields: the endpoint, ``storage_options`` that reach it, and the
+    log of requests as ``(method, path, query)``."""
+
+    url: str
+    storage_options: dict[str, Any]
+    requests: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Set to refuse every request with S3's ``InvalidAccessKeyId`` (403), as for bad keys.
+    refuse_credentials: bool = False
+
+    def make_bucket(self, name: str) -> None:
+        import s3fs
+
+        s3fs.S3FileSystem(**self.storage_options, skip_instance_cache=True).mkdir(name)
+
+    def count(self, method: str, prefix: str) -> int:
+        """Requests of ``method`` whose path starts with ``prefix`` (e.g. ``/bucket/a.zarr/c/``)."""
+        return sum(1 for m, path, _ in self.requests if m == method and path.startswith(prefix))
+
+
+REFUSED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+           b"<Message>The AWS Access Key Id you provided does not exist in our records."
+           b"</Message></Error>")
+
+
+@contextlib.contextmanager
+def serve_s3() -> Iterator[S3Server]:
+    """Run moto's S3 server (``moto[server]``) at ``http://127.0.0.1:<free port>`` in a thread.
+
+    A real HTTP S3 endpoint, not a mock object: s3fs, zarr and child processes reach it with
+    ``server.storage_options`` (``endpoint_url`` and test keys). Its state lives in this
+    process and goes when the block ends.
+    """
+    import logging
+
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app = DomainDispatcherApplication(create_backend_app)
+    state = S3Server(url="", storage_options={})
+
+    def logged(environ, start_response):
+        state.requests.append((environ["REQUEST_METHOD"], environ["PATH_INFO"],
+                               environ.get("QUERY_STRING", "")))
+        if state.refuse_credentials:
+            start_response("403 Forbidden", [("Content-Type", "application/xml"),
+                                             ("Content-Length", str(len(REFUSED)))])
+            return [REFUSED]
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, logged, threaded=True, request_handler=MotoRequestHandler)
+    with _serving(server) as url:
+        state.url = url
+        state.storage_options = {"endpoint_url": url, "key": "testing", "secret": "testing"}
+        yield state

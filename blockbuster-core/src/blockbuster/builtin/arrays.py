@@ -13,10 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import ImageReadError
+from blockbuster.errors import BlockbusterError, ImageReadError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.readers import BaseReader
+from blockbuster.stores import Location, is_url, local_if_file_url
 from blockbuster.tiling import span
+
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 
 
 @hookimpl
@@ -113,29 +116,45 @@ def _chunks_of(array: Any) -> tuple[int, ...] | None:
 
 
 def is_zarr_path(source: Any) -> bool:
-    """True for a path to a zarr v2 or v3 array or group on disk."""
-    if not isinstance(source, str | os.PathLike):
+    """True for a path or URL (:class:`~blockbuster.stores.Location`) of a zarr v2 or v3 array
+    or group."""
+    if isinstance(source, Location):
+        return any(_has(source / marker) for marker in ZARR_MARKERS)
+    if not isinstance(source, str | os.PathLike) or is_url(source):
         return False
-    path = Path(source)
-    markers = ("zarr.json", ".zarray", ".zgroup")
-    return path.is_dir() and any((path / m).exists() for m in markers)
+    path = Path(local_if_file_url(os.fspath(source)))
+    return path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)
 
 
-def open_zarr(path: str | os.PathLike, *, component: str | None = None) -> ArrayReader:
-    """Open a zarr array, or the image array of a zarr group, read-only."""
+def _has(location: Location) -> bool:
+    try:
+        location.read_bytes()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def open_zarr(path: str | os.PathLike, *, component: str | None = None,
+              storage_options: dict | None = None) -> ArrayReader:
+    """Open a zarr array, or the image array of a zarr group, read-only (a local path or a
+    URL, see :mod:`blockbuster.stores`)."""
     import zarr
 
-    if not Path(path).exists():
+    location = Location(path, storage_options)
+    if not location.remote and not location.exists():
         raise ImageReadError(f"{path!s} does not exist; give the path of a zarr array or group.")
-    if not is_zarr_path(path):
+    if not is_zarr_path(location):
         raise ImageReadError(
-            f"{path!s} is not a zarr array or group (no zarr.json, .zarray or .zgroup inside); "
-            "give a zarr path, a zarr.Array, a numpy array or a dask array."
+            f"{path!s} is not a zarr array or group (no zarr.json, .zarray or .zgroup "
+            f"{'at that URL' if location.remote else 'inside'}); give a zarr path, a zarr.Array, "
+            "a numpy array or a dask array."
         )
     try:
-        node = zarr.open(store=str(path), mode="r")
+        node = zarr.open(store=location.zarr_store(read_only=True), mode="r")
         if component is not None:
             node = node[component]
+    except BlockbusterError:
+        raise
     except Exception as error:
         raise ImageReadError(
             f"{path!s} could not be opened as zarr ({type(error).__name__}: {error}); check that "
@@ -143,7 +162,7 @@ def open_zarr(path: str | os.PathLike, *, component: str | None = None) -> Array
         ) from error
     if isinstance(node, zarr.Group):
         node = _image_array_of_group(node, path)
-    return ArrayReader(node, source=str(Path(path).resolve()) + (f"/{component}" if component else ""))
+    return ArrayReader(node, source=location.key() + (f"/{component}" if component else ""))
 
 
 def _image_array_of_group(group: Any, path: Any) -> Any:
@@ -158,5 +177,5 @@ def _image_array_of_group(group: Any, path: Any) -> Any:
         raise ImageReadError(f"zarr group {path!s} holds no array; give the path of an array.")
     raise ImageReadError(
         f"zarr group {path!s} holds several arrays {arrays}; give the path of one, "
-        f"e.g. {str(Path(path) / arrays[0])!r}."
+        f"e.g. {str(Location(path) / arrays[0])!r}."
     )

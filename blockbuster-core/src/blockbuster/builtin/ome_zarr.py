@@ -20,10 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +30,7 @@ from blockbuster.builtin.channels import ChannelSelectingReader, channel_index
 from blockbuster.builtin.zarr_writer import ZarrLabelsWriter, label_compressors
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
 from blockbuster.hookspecs import hookimpl
+from blockbuster.stores import Location, is_url
 
 DEFAULT_AXES = ("t", "c", "z", "y", "x")
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -73,7 +72,7 @@ class Level:
 class Multiscales:
     """The parsed ``multiscales`` (and ``omero``) metadata of one OME-Zarr image group."""
 
-    group: Path
+    group: Location
     version: str
     zarr_format: int
     axes: tuple[str, ...]
@@ -96,23 +95,16 @@ class Multiscales:
         return None
 
 
-def _group_attrs(path: Path) -> tuple[dict, int] | None:
+def _group_attrs(path: Location) -> tuple[dict, int] | None:
     """The attributes of the zarr group at ``path`` and its zarr format, read as plain JSON."""
-    v3 = path / "zarr.json"
-    if v3.is_file():
-        try:
-            meta = json.loads(v3.read_text())
-        except (OSError, ValueError):
-            return None
+    meta = (path / "zarr.json").read_json()
+    if isinstance(meta, dict):
         if meta.get("node_type") != "group":
             return None
         return meta.get("attributes", {}) or {}, 3
-    if (path / ".zgroup").is_file():
-        attrs = path / ".zattrs"
-        try:
-            return (json.loads(attrs.read_text()) if attrs.is_file() else {}), 2
-        except (OSError, ValueError):
-            return None
+    if (path / ".zgroup").read_json() is not None:
+        attrs = (path / ".zattrs").read_json()
+        return (attrs if isinstance(attrs, dict) else {}), 2
     return None
 
 
@@ -127,7 +119,7 @@ def _ome(attrs: dict) -> tuple[dict, str | None]:
     return attrs, version
 
 
-def _image_group(path: Path, series: int | str | None) -> Path | None:
+def _image_group(path: Location, series: int | str | None) -> Location | None:
     """The image group at ``path``: itself, or a series of a bioformats2raw layout."""
     found = _group_attrs(path)
     if found is None:
@@ -144,17 +136,21 @@ def _image_group(path: Path, series: int | str | None) -> Path | None:
 
 
 def is_ome_zarr(source: Any) -> bool:
-    """True for a local path to an OME-Zarr image group or bioformats2raw layout."""
-    if not isinstance(source, str | os.PathLike):
+    """True for a path or URL (:class:`~blockbuster.stores.Location`) of an OME-Zarr image
+    group or bioformats2raw layout."""
+    if isinstance(source, Location):
+        return _image_group(source, None) is not None
+    if not isinstance(source, str | os.PathLike) or is_url(source):
         return False
-    path = Path(source)
-    return path.is_dir() and _image_group(path, None) is not None
+    path = Location(source)
+    return path.path.is_dir() and _image_group(path, None) is not None
 
 
-def read_multiscales(path: str | os.PathLike, *, series: int | str | None = None) -> Multiscales:
-    """Parse the multiscales metadata of the OME-Zarr image at ``path``."""
-    root = Path(path)
-    if not root.exists():
+def read_multiscales(path: str | os.PathLike | Location, *, series: int | str | None = None,
+                     storage_options: dict | None = None) -> Multiscales:
+    """Parse the multiscales metadata of the OME-Zarr image at ``path`` (a path or URL)."""
+    root = Location(path, storage_options).resolved()
+    if not root.remote and not root.exists():
         raise ImageReadError(f"{str(root)!r} does not exist; give the path of an OME-Zarr image.")
     group = _image_group(root, series)
     if group is None:
@@ -189,11 +185,11 @@ def read_multiscales(path: str | os.PathLike, *, series: int | str | None = None
                        multiscale.get("name"), labels, raw)
 
 
-def _array_shape(path: Path) -> tuple[int, ...]:
-    if (path / "zarr.json").is_file():
-        return tuple(json.loads((path / "zarr.json").read_text())["shape"])
-    if (path / ".zarray").is_file():
-        return tuple(json.loads((path / ".zarray").read_text())["shape"])
+def _array_shape(path: Location) -> tuple[int, ...]:
+    for name in ("zarr.json", ".zarray"):
+        meta = (path / name).read_json()
+        if isinstance(meta, dict) and "shape" in meta:
+            return tuple(meta["shape"])
     raise ImageReadError(f"OME-Zarr dataset {str(path)!r} is missing (no zarr array there).")
 
 
@@ -234,7 +230,8 @@ class OmeZarrReader(ChannelSelectingReader):
     Parameters
     ----------
     path
-        The OME-Zarr image group (``image.ome.zarr``), or the root of a bioformats2raw layout.
+        The OME-Zarr image group (``image.ome.zarr``), or the root of a bioformats2raw layout:
+        a local path or a URL (``s3://``, ``gs://``, ``https://``...).
     level
         Resolution level, 0 = full resolution (default).
     channel
@@ -242,6 +239,9 @@ class OmeZarrReader(ChannelSelectingReader):
         axis is then dropped from ``shape``, ``axes``, ``scale`` and ``units``.
     series
         Series of a bioformats2raw layout (default 0).
+    storage_options
+        Options of the remote store of a URL (credentials, ``endpoint_url``...), see
+        :mod:`blockbuster.stores`.
 
     Attributes: ``shape``, ``dtype``, ``chunks``, ``axes`` (lowercase names of every axis),
     ``scale``, ``translation`` and ``units`` (per axis, physical), ``axis_types``,
@@ -249,9 +249,10 @@ class OmeZarrReader(ChannelSelectingReader):
     """
 
     def __init__(self, path: str | os.PathLike, *, level: int = 0, channel: int | str | None = None,
-                 series: int | str | None = None):
-        self.path = Path(path).resolve()
-        meta = read_multiscales(self.path, series=series)
+                 series: int | str | None = None, storage_options: dict | None = None):
+        self.location = Location(path, storage_options).resolved()
+        self.path = self.location.key()
+        meta = read_multiscales(self.location, series=series)
         if not isinstance(level, int) or isinstance(level, bool) or not (
                 -len(meta.levels) <= level < len(meta.levels)):
             raise InvalidParameterError(
@@ -264,7 +265,8 @@ class OmeZarrReader(ChannelSelectingReader):
         self.zarr_format = meta.zarr_format
         self.group = str(meta.group)
         chosen = meta.levels[self.level]
-        self.array_path = str(meta.group / chosen.path)
+        self._array_location = meta.group / chosen.path
+        self.array_path = str(self._array_location)
         self.channel_labels = meta.channel_labels
         self._channel_axis = meta.axes.index("c") if "c" in meta.axes else None
         self.channel_index = self._resolve_channel(channel, meta, chosen)
@@ -282,7 +284,7 @@ class OmeZarrReader(ChannelSelectingReader):
         self.units = tuple(meta.units[i] for i in keep)
         self.scale = tuple(chosen.scale[i] for i in keep)
         self.translation = tuple(chosen.translation[i] for i in keep)
-        self.source = str(self.path)
+        self.source = self.path
 
     def _resolve_channel(self, channel, meta: Multiscales, level: Level) -> int | None:
         if channel is None:
@@ -300,7 +302,8 @@ class OmeZarrReader(ChannelSelectingReader):
         if array is None:
             import zarr
 
-            array = zarr.open_array(store=self.array_path, mode="r")
+            array = zarr.open_array(store=self._array_location.zarr_store(read_only=True),
+                                    mode="r")
             self._array = array
         return array
 
@@ -350,6 +353,9 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
         For a new OME-Zarr without ``image``: 3 (NGFF 0.5, default) or 2 (NGFF 0.4).
     overwrite
         Replace an existing labels image of the same name.
+    storage_options
+        Options of the remote store when ``path`` (and ``image``) are URLs, e.g.
+        ``s3://bucket/image.zarr`` (see :mod:`blockbuster.stores`).
     """
 
     name = "ome-zarr"
@@ -357,7 +363,8 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
     def __init__(self, path: str | os.PathLike, *, name: str = "segmentation",
                  image: str | os.PathLike | None = None, level: int | None = None,
                  levels: int | None = None, downsample: str = "nearest",
-                 zarr_format: int | None = None, overwrite: bool = False):
+                 zarr_format: int | None = None, overwrite: bool = False,
+                 storage_options: dict | None = None):
         if not name or "/" in name or name in (".", ".."):
             raise InvalidParameterError(f"name={name!r}; give a plain name such as 'cells'.")
         if downsample not in ("nearest", "mode"):
@@ -366,9 +373,10 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
             raise InvalidParameterError(f"zarr_format={zarr_format!r}; use 2 or 3.")
         if levels is not None and (not isinstance(levels, int) or levels < 1):
             raise InvalidParameterError(f"levels={levels!r}; give a number >= 1.")
-        self.path = Path(path).resolve()
+        self.path = Location(path, storage_options).resolved()
+        self.path.require_writable("the labels' image")
         self.label_name = name
-        self.image = Path(image).resolve() if image is not None else None
+        self.image = Location(image, storage_options).resolved() if image is not None else None
         self.level = level
         self.levels = levels
         self.downsample = downsample
@@ -379,21 +387,20 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
 
     # -- where things go ------------------------------------------------------------------------
     @property
-    def container(self) -> Path:
+    def container(self) -> Location:
         """The image group holding ``labels/``: ``path``, or its series 0 (bioformats2raw)."""
-        group = _image_group(self.path, None) if self.path.is_dir() else None
-        return group or self.path
+        return _image_group(self.path, None) or self.path
 
     @property
-    def labels_path(self) -> Path:
+    def labels_path(self) -> Location:
         return self.container / "labels" / self.label_name
 
     @property
-    def labels_node(self) -> Path:
+    def labels_node(self) -> Location:
         return self.labels_path
 
     @property
-    def array_path(self) -> Path:
+    def array_path(self) -> Location:
         return self.labels_path / "0"
 
     def set_source(self, image: Any) -> None:
@@ -406,23 +413,22 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
     # -- writer interface -------------------------------------------------------------------
     def check(self, fingerprint: str, source: str | None = None) -> None:
         """Refuse to touch image data or a labels image that is not an earlier run of this job."""
-        if self.path.exists() and not self.path.is_dir():
+        if self.path.is_file():
             raise OutputExistsError(f"{str(self.path)!r} is a file, not an OME-Zarr image.")
-        if (self.path.is_dir() and any(self.path.iterdir())
-                and _image_group(self.path, None) is None):
+        if not self.path.is_empty() and _image_group(self.path, None) is None:
             raise OutputExistsError(
                 f"{str(self.path)!r} exists and is not an OME-Zarr image; the 'ome-zarr' writer "
                 "adds labels only to an OME-Zarr image or creates a new one at a new path."
             )
-        target = self.labels_path.resolve()
+        target = self.labels_path
         if source:
-            src = Path(source.split("::")[0]).resolve()
-            if src == target or target in src.parents:
+            src = Location(source.split("::")[0])
+            if target.contains(src):
                 raise OutputExistsError(
                     f"labels {self.label_name!r} would replace the input {str(src)!r}; "
                     "choose another name."
                 )
-        if not target.exists():
+        if target.is_empty():
             return
         self.refuse_unless_same_job(
             fingerprint,
@@ -439,19 +445,18 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
         self._meta = meta
         fmt = meta["zarr_format"]
         container = self.container
-        if not container.exists() or _group_attrs(container) is None:
-            root = zarr.open_group(str(container), mode="w", zarr_format=fmt)
+        if _group_attrs(container) is None:
+            root = zarr.open_group(container.zarr_store(), mode="w", zarr_format=fmt)
         else:
-            root = zarr.open_group(str(container), mode="r+")
+            root = zarr.open_group(container.zarr_store(), mode="r+")
             fmt = root.metadata.zarr_format
             meta["zarr_format"] = fmt
         labels_dir = container / "labels"
         if _group_attrs(labels_dir) is None:
             labels = root.create_group("labels")
         else:
-            labels = zarr.open_group(str(labels_dir), mode="r+")
-        if self.labels_path.exists():
-            shutil.rmtree(self.labels_path)  # only labels/<name>: checked in check()
+            labels = zarr.open_group(labels_dir.zarr_store(), mode="r+")
+        self.labels_path.remove()  # only labels/<name>: checked in check()
         names = list(_ome_attrs(labels.attrs.asdict(), fmt).get("labels", []))
         if self.label_name not in names:
             names.append(self.label_name)
@@ -469,7 +474,7 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
     def finish(self, **info: Any) -> None:
         import zarr
 
-        group = zarr.open_group(str(self.labels_path), mode="r+")
+        group = zarr.open_group(self.labels_path.zarr_store(), mode="r+")
         level0 = group["0"]
         meta = getattr(self, "_meta", None) or self._label_metadata(level0.shape)
         meta["zarr_format"] = group.metadata.zarr_format
@@ -547,7 +552,7 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
         if _image_group(self.container, None) == self.container:
             image_label["source"] = {"image": "../../"}
         elif self.image is not None:
-            image_label["source"] = {"image": os.path.relpath(self.image, self.labels_path)}
+            image_label["source"] = {"image": self.labels_path.relative_link(self.image)}
         if meta["version"] == "0.4":
             multiscale = {"version": "0.4", **multiscale}
             image_label = {"version": "0.4", **image_label}

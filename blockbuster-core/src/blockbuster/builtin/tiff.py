@@ -22,6 +22,7 @@ from blockbuster.builtin.channels import ChannelSelectingReader, channel_index
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.readers import OpensPerProcess
+from blockbuster.stores import Location
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".ome.tif", ".ome.tiff", ".ome.btf")
 UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "\\u00B5m": "micrometer",
@@ -42,7 +43,9 @@ def pick_reader(source: Any) -> str | None:
 
 
 def is_tiff_path(source: Any) -> bool:
-    """True for a path whose name ends like a TIFF file (.tif, .tiff, .ome.tif, .btf, ...)."""
+    """True for a path or URL whose name ends like a TIFF file (.tif, .tiff, .ome.tif, .btf...)."""
+    if isinstance(source, Location):
+        return source.name.lower().endswith(TIFF_SUFFIXES)
     if not isinstance(source, str | os.PathLike):
         return False
     name = Path(source).name.lower()
@@ -66,7 +69,8 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
     Parameters
     ----------
     path
-        The TIFF file.
+        The TIFF file: a local path or a URL (``s3://``, ``https://``...), whose TIFF tiles are
+        then fetched with ranged reads.
     series
         Series (image) in the file (default 0).
     level
@@ -74,6 +78,8 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
     channel
         Keep only this channel: index on the ``c`` axis or its OME channel name; the ``c``
         axis is then dropped.
+    storage_options
+        Options of the remote store of a URL (see :mod:`blockbuster.stores`).
 
     Attributes: ``shape``, ``dtype``, ``chunks`` (TIFF tile or strip shape), ``axes``,
     ``scale``, ``units``, ``translation``, ``channel_labels``, ``source``.
@@ -82,9 +88,10 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
     per_process = ("_tif", "_zarr")
 
     def __init__(self, path: str | os.PathLike, *, series: int = 0, level: int = 0,
-                 channel: int | str | None = None):
-        self.path = Path(path).resolve()
-        if not self.path.is_file():
+                 channel: int | str | None = None, storage_options: dict | None = None):
+        self.location = Location(path, storage_options).resolved()
+        self.path = self.location.path if not self.location.remote else self.location.url
+        if not self.location.is_file():
             raise ImageReadError(f"{str(path)!r} does not exist or is not a file.")
         self.series = series
         self.level = level
@@ -130,9 +137,8 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
         self.dtype = np.dtype(array.dtype)
         self.tiff_axes = s.axes
         self.is_ome = bool(tif.is_ome)
-        self.source = str(self.path)
-        stat = self.path.stat()
-        self._stamp = (stat.st_size, int(stat.st_mtime))
+        self.source = self.location.key()
+        self._stamp = _stamp(self.location)
 
     def _resolve_channel(self, channel, full_shape) -> int | None:
         if channel is None:
@@ -154,7 +160,7 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
             with self._lock:
                 tif = self.__dict__.get("_tif")
                 if tif is None:
-                    tif = tifffile.TiffFile(str(self.path))
+                    tif = tifffile.TiffFile(_open(self.location))
                     self._tif = tif
         return tif
 
@@ -192,6 +198,25 @@ class TiffReader(OpensPerProcess, ChannelSelectingReader):
     def __repr__(self) -> str:
         return (f"TiffReader({self.source!r}, series={self.series}, level={self.level}, "
                 f"shape={self.shape}, axes={''.join(self.axes)}, dtype={self.dtype})")
+
+
+def _open(location: Location):
+    """A local path as a string (tifffile opens it), a remote file as an fsspec file object."""
+    if not location.remote:
+        return str(location.path)
+    with location.translated_errors():
+        return location.fs.open(location.url, "rb")
+
+
+def _stamp(location: Location) -> tuple:
+    """Size and modification stamp (mtime, or the object's ETag / Last-Modified)."""
+    if not location.remote:
+        stat = location.path.stat()
+        return (stat.st_size, int(stat.st_mtime))
+    with location.translated_errors():
+        info = location.fs.info(location.url)
+    modified = info.get("ETag") or info.get("LastModified") or info.get("mtime")
+    return (info.get("size"), str(modified))
 
 
 def _physical(tif, series, axes: tuple[str, ...]):

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from abc import abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError, OutputExistsError
 from blockbuster.hookspecs import hookimpl
+from blockbuster.stores import Location
 from blockbuster.writers import Writer
 
 ATTRS_KEY = "blockbuster"
@@ -40,7 +39,7 @@ def label_compressors():
     return (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
 
 
-def open_for_tile_writes(path: str | os.PathLike):
+def open_for_tile_writes(location: Location):
     """Open a label array for writers that only ever write whole, non-empty chunks.
 
     Writers skip all-zero tiles themselves, so zarr's own empty-chunk check (a full compare of
@@ -49,7 +48,8 @@ def open_for_tile_writes(path: str | os.PathLike):
     """
     import zarr
 
-    return zarr.open_array(store=str(path), mode="r+").with_config({"write_empty_chunks": True})
+    return zarr.open_array(store=location.zarr_store(), mode="r+").with_config(
+        {"write_empty_chunks": True})
 
 
 class ZarrLabelsWriter(Writer):
@@ -61,12 +61,12 @@ class ZarrLabelsWriter(Writer):
 
     @property
     @abstractmethod
-    def labels_node(self) -> Path:
+    def labels_node(self) -> Location:
         """The zarr array or group whose attributes hold the job fingerprint."""
 
     @property
     @abstractmethod
-    def array_path(self) -> Path:
+    def array_path(self) -> Location:
         """The full-resolution label array."""
 
     def previous_fingerprint(self) -> str | None:
@@ -74,7 +74,8 @@ class ZarrLabelsWriter(Writer):
         import zarr
 
         try:
-            attrs = zarr.open(store=str(self.labels_node), mode="r").attrs.asdict()
+            store = self.labels_node.zarr_store(read_only=True)
+            attrs = zarr.open(store=store, mode="r").attrs.asdict()
         except Exception:
             return None
         return attrs.get(ATTRS_KEY, {}).get("fingerprint")
@@ -104,7 +105,8 @@ class ZarrLabelsWriter(Writer):
         import dask.array as da
         import zarr
 
-        return da.from_zarr(zarr.open_array(store=str(self.array_path), mode="r"))
+        return da.from_zarr(zarr.open_array(store=self.array_path.zarr_store(read_only=True),
+                                            mode="r"))
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -113,34 +115,37 @@ class ZarrLabelsWriter(Writer):
 
 
 class ZarrWriter(ZarrLabelsWriter):
-    """Writes labels to a zarr array at ``path`` (zarr v3 by default, v2 with ``zarr_format=2``)."""
+    """Writes labels to a zarr array at ``path`` (zarr v3 by default, v2 with ``zarr_format=2``):
+    a local path or a URL with its ``storage_options`` (see :mod:`blockbuster.stores`)."""
 
     name = "zarr"
 
-    def __init__(self, path: str | os.PathLike, *, zarr_format: int = 3, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, *, zarr_format: int = 3, overwrite: bool = False,
+                 storage_options: dict | None = None):
         if zarr_format not in (2, 3):
             raise InvalidParameterError(f"zarr_format={zarr_format!r}; use 2 or 3.")
-        self.path = Path(path)
+        self.path = Location(path, storage_options)
+        self.path.require_writable("write_to")
         self.zarr_format = zarr_format
         self.overwrite = overwrite
         self._array = None
 
     @property
-    def labels_node(self) -> Path:
+    def labels_node(self) -> Location:
         return self.path
 
     @property
-    def array_path(self) -> Path:
+    def array_path(self) -> Location:
         return self.path
 
     def check(self, fingerprint: str, source: str | None = None) -> None:
         """Refuse to write over the input or over data that is not an earlier run of this job."""
-        if source and Path(source.split("::")[0]).resolve() == self.path.resolve():
+        if source and Location(source.split("::")[0]) == self.path:
             raise OutputExistsError(
                 f"write_to {str(self.path)!r} is the input image; blockbuster never overwrites "
                 "image data. Write the labels to another path."
             )
-        if not self.path.exists() or not any(self.path.iterdir()):
+        if self.path.is_empty():
             return
         self.refuse_unless_same_job(
             fingerprint,
@@ -151,10 +156,9 @@ class ZarrWriter(ZarrLabelsWriter):
     def create(self, shape, chunks, dtype, fingerprint: str) -> None:
         import zarr
 
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        self.path.remove()
         array = zarr.create_array(
-            store=str(self.path),
+            store=self.path.zarr_store(),
             shape=shape,
             chunks=chunks,
             dtype=dtype,
@@ -167,4 +171,4 @@ class ZarrWriter(ZarrLabelsWriter):
     def finish(self, **info: Any) -> None:
         import zarr
 
-        self.mark_complete(zarr.open_array(store=str(self.path), mode="r+"), info)
+        self.mark_complete(zarr.open_array(store=self.path.zarr_store(), mode="r+"), info)
