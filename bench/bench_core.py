@@ -12,7 +12,11 @@ never holds the image), then for each size runs ``tile_process`` in a fresh proc
   :mod:`blockbuster.memory`; target: the 16384² run <= 1.2x the 8192² run),
 - the 1 -> 2 worker speed-up.
 
-Usage: python bench/bench_core.py [--quick] [--out bench/results]
+``--default-halo`` measures instead what exactness by default costs: the same runs (one
+worker) with ``overlap=0`` (the touch rule) and with ``overlap`` left out (the 1-pixel default
+halo and the overlap rule), alternated ``--repeats`` times; medians.
+
+Usage: python bench/bench_core.py [--quick] [--default-halo] [--repeats N] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -58,8 +62,10 @@ def warm_imports() -> None:
     import blockbuster.pipeline  # noqa: F401
 
 
-def run_case(image: str, workers: int, executor: str) -> dict:
-    """Run in this process (called in a child): one tile_process, its stats and peak RSS."""
+def run_case(image: str, workers: int, executor: str, overlap: int | None = 0) -> dict:
+    """Run in this process (called in a child): one tile_process, its stats and peak RSS.
+
+    ``overlap=None`` leaves it to blockbuster (the default halo)."""
     warm_imports()
     from blockbuster import tile_process
     from blockbuster.memory import peak_rss_mb
@@ -68,10 +74,11 @@ def run_case(image: str, workers: int, executor: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         _, stats = tile_process(image, Threshold(threshold=THRESHOLD), tile_shape=(TILE, TILE),
-                                overlap=0, executor=executor, workers=workers,
+                                overlap=overlap, executor=executor, workers=workers,
                                 write_to=Path(tmp) / "labels.zarr", return_stats=True)
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
+            "merge": "overlap" if overlap != 0 else "touch",
             "stages_s": stats.stage_seconds, "peak_rss_mb": peak_rss_mb(),
             "peak_rss_worker_mb": stats.worker_peak_rss_mb, "tiles": stats.n_tiles}
 
@@ -119,10 +126,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2048² and 4096² only")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--data", default=None, help="where to keep the synthetic images")
+    parser.add_argument("--default-halo", action="store_true",
+                        help="the cost of the default 1-pixel halo against overlap=0")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     sides = [2048, 4096] if args.quick else [8192, 16384]
     data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
     data.mkdir(parents=True, exist_ok=True)
+    if args.default_halo:
+        return default_halo_cost(sides, data, Path(args.out), args.repeats)
     rows = []
     floor = in_child("import_floor")["peak_rss_mb"]
     for side in sides:
@@ -157,6 +169,48 @@ def main() -> None:
     (out / "core.json").write_text(json.dumps(summary, indent=1))
     (out / "core.md").write_text(markdown(summary))
     print(markdown(summary))
+
+
+def default_halo_cost(sides: list[int], data: Path, out: Path, repeats: int) -> None:
+    """One worker, ``overlap=0`` against ``overlap`` left out, alternated; medians per side."""
+    import statistics
+
+    rows = []
+    for side in sides:
+        image = data / f"nuclei-{side}.zarr"
+        build_image(image, side)
+        runs = {0: [], None: []}
+        for _ in range(repeats):
+            for overlap in runs:
+                runs[overlap].append(in_child("run_case", str(image), 1, "threads", overlap))
+        row = {"side": side, "tiles": runs[0][0]["tiles"], "repeats": repeats}
+        for overlap, name in ((0, "touch"), (None, "default")):
+            row[f"objects_{name}"] = runs[overlap][0]["objects"]
+            row[f"wall_{name}_s"] = statistics.median(r["wall_s"] for r in runs[overlap])
+            row[f"in_fn_{name}_s"] = statistics.median(r["in_fn_s"] for r in runs[overlap])
+            for stage in ("segment", "merge", "relabel"):
+                row[f"{stage}_{name}_s"] = statistics.median(
+                    r["stages_s"][stage] for r in runs[overlap])
+        row["cost"] = row["wall_default_s"] / row["wall_touch_s"] - 1
+        rows.append(row)
+        print(json.dumps(row, indent=1), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "core-default-halo.json").write_text(json.dumps({"rows": rows}, indent=1))
+    (out / "core-default-halo.md").write_text(halo_markdown(rows))
+    print(halo_markdown(rows))
+
+
+def halo_markdown(rows: list[dict]) -> str:
+    lines = ["| side | tiles | objects touch / default | wall s: overlap=0 / default | cost | "
+             "segment s | merge s | relabel s (each overlap=0 / default) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['side']} | {r['tiles']} | {r['objects_touch']} / {r['objects_default']} | "
+            f"{r['wall_touch_s']:.2f} / {r['wall_default_s']:.2f} | {r['cost']:+.0%} | "
+            + " | ".join(f"{r[f'{s}_touch_s']:.2f} / {r[f'{s}_default_s']:.2f}"
+                         for s in ("segment", "merge", "relabel")) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def met(value: float, limit: float) -> str:

@@ -37,7 +37,8 @@ probability_threshold = 0.25
 [tiling]
 tile_shape = [48, 40]
 overlap = [6, 5]
-merge = "touch"
+merge = "iou"
+iou_threshold = 0.4
 connectivity = 1
 memory_budget = 123456789
 
@@ -85,7 +86,8 @@ def expected_arguments(folder: Path) -> dict:
         "channel_axis": 0,
         "tile_shape": (48, 40),
         "overlap": (6, 5),
-        "merge": "touch",
+        "merge": "iou",
+        "iou_threshold": 0.4,
         "connectivity": 1,
         "memory_budget": 123456789,
         "executor": "processes",
@@ -163,15 +165,17 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
     config = tmp_path / "job.toml"
     config.write_text('[input]\npath = "image.zarr"\n[segmenter]\nname = "threshold"\n')
     flags = ["--segmenter", "watershed", "--tile-shape", "30,31", "--overlap", "7",
-             "--merge", "touch", "--executor", "serial", "--workers", "4",
+             "--merge", "iou", "--iou-threshold", "0.3", "--executor", "serial",
+             "--workers", "4",
              "--output", "o.zarr", "--overwrite", "--progress", "--merge-log",
              "--set", "run.retries=7", "--set", 'output.writer="zarr"']
     assert main(["run", str(config), *flags]) == 0
     (arguments,) = calls
-    assert {k: arguments[k] for k in ("fn", "tile_shape", "overlap", "merge", "executor",
-                                      "workers", "write_to", "overwrite", "progress",
-                                      "retries", "writer", "merge_log")} == {
-        "fn": "watershed", "tile_shape": (30, 31), "overlap": 7, "merge": "touch",
+    assert {k: arguments[k] for k in ("fn", "tile_shape", "overlap", "merge", "iou_threshold",
+                                      "executor", "workers", "write_to", "overwrite",
+                                      "progress", "retries", "writer", "merge_log")} == {
+        "fn": "watershed", "tile_shape": (30, 31), "overlap": 7, "merge": "iou",
+        "iou_threshold": 0.3,
         "executor": "serial", "workers": 4, "write_to": str(tmp_path / "o.zarr"),
         "overwrite": True, "progress": True, "retries": 7, "writer": "zarr",
         "merge_log": True}

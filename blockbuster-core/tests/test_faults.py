@@ -36,7 +36,7 @@ from blockbuster.table import read_table
 from blockbuster.testing import full_disk
 
 IMAGE = touching_disks((192, 160), seed=5)
-TILES = (64, 32)  # 3 x 5 = 15 tiles
+TILES = (64, 32)  # 3 x 5 = 15 tiles, read without a halo: each tile reads its chunk
 N_TILES = 15
 FN = Threshold(threshold=0.5)
 
@@ -44,11 +44,11 @@ FN = Threshold(threshold=0.5)
 @pytest.fixture(scope="module")
 def reference():
     """The labels of an uninterrupted run."""
-    return tile_process(IMAGE, FN, tile_shape=TILES, executor="serial", compute=True)
+    return tile_process(IMAGE, FN, tile_shape=TILES, overlap=0, executor="serial", compute=True)
 
 
 def run(image=IMAGE, fn=FN, **options):
-    options = {"tile_shape": TILES, "executor": "serial", **options}
+    options = {"tile_shape": TILES, "overlap": 0, "executor": "serial", **options}
     return tile_process(image, fn, **options)
 
 
@@ -119,7 +119,7 @@ class Paused:  # the same job as the test's FN, paused until the gate file exist
         return sys.argv[4]
 
 out, started, gate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-tile_process(touching_disks((192, 160), seed=5), Paused(), tile_shape=(64, 32),
+tile_process(touching_disks((192, 160), seed=5), Paused(), tile_shape=(64, 32), overlap=0,
              executor="serial", write_to=out)
 """
 

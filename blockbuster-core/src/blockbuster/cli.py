@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--segmenter", help="override [segmenter] name")
     run.add_argument("--tile-shape", help="override [tiling] tile_shape, e.g. 1,1024,1024 or auto")
     run.add_argument("--overlap", type=int, help="override [tiling] overlap")
-    run.add_argument("--merge", choices=["touch", "overlap"], help="override [tiling] merge")
+    run.add_argument("--merge", choices=["touch", "overlap", "iou"],
+                     help="override [tiling] merge")
+    run.add_argument("--iou-threshold", type=float, help="override [tiling] iou_threshold")
     run.add_argument("--executor", help="override [executor] name")
     run.add_argument("--workers", type=int, help="override [executor] workers")
     run.add_argument("--output", help="override [output] path")
@@ -165,6 +167,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "segmenter.name": args.segmenter,
         "tiling.overlap": args.overlap,
         "tiling.merge": args.merge,
+        "tiling.iou_threshold": args.iou_threshold,
         "executor.name": args.executor,
         "executor.workers": args.workers,
         "output.path": args.output,

@@ -17,7 +17,8 @@
     [tiling]
     tile_shape = [1024, 1024]    # or "auto"; omit for the input's chunks
     overlap = 32
-    merge = "overlap"            # or "touch"
+    merge = "overlap"            # or "touch", or "iou" for per-slice tiles of a stack
+    iou_threshold = 0.25         # merge = "iou": least IoU joining two planes' objects
     connectivity = 2
 
     [executor]
@@ -67,7 +68,7 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"path": str, "reader": str, "channel_axis": int, "storage_options": dict},
     "segmenter": {"name": str, "output": str, "probability_threshold": (int, float)},
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
-               "connectivity": int, "memory_budget": int},
+               "iou_threshold": (int, float), "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
     "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
                "merge_log": (str, bool), "storage_options": dict},
@@ -111,6 +112,7 @@ class RunConfig:
             "tile_shape": tuple(tile_shape) if isinstance(tile_shape, list) else tile_shape,
             "overlap": tuple(overlap) if isinstance(overlap, list) else overlap,
             "merge": self.get("tiling", "merge"),
+            "iou_threshold": self.get("tiling", "iou_threshold"),
             "connectivity": self.get("tiling", "connectivity"),
             "memory_budget": self.get("tiling", "memory_budget"),
             "executor": self.get("executor", "name"),

@@ -4,9 +4,9 @@ For each tile the core keeps its *core* labels renumbered ``1..n`` (local labels
 face shared with another tile:
 
 - the **inner** layer: the core's outermost layer of local labels;
-- the **outer** layer (``merge="overlap"`` only): the tile's own prediction one pixel beyond its
-  core, inside its halo, widened by one pixel on the other axes, mapped to local labels (0 where
-  the predicted object does not reach into the core).
+- the **outer** layer (``merge="overlap"`` and ``"iou"`` only): the tile's own prediction one
+  pixel beyond its core, inside its halo, widened by one pixel on the other axes, mapped to
+  local labels (0 where the predicted object does not reach into the core).
 
 The merge reads only these layers, never the label image.
 """

@@ -10,7 +10,7 @@ from blockbuster.tiling import TileGrid
 
 
 def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity,
-                    pixel_map=None) -> str:
+                    pixel_map=None, iou_threshold=None) -> str:
     """The job's identity: the input (:class:`~blockbuster.image.ImageView`), the segmenter
     (:class:`~blockbuster.segmenter.Segmenter`), the tiling and the merge."""
     job = {
@@ -23,6 +23,8 @@ def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity,
         "channel_axis": image.channel_axis,
         "blockbuster": __version__,
     }
+    if iou_threshold is not None:  # merge="iou" only, so other jobs' stages still resume
+        job["iou_threshold"] = iou_threshold
     if pixel_map is not None:  # absent for instances, so older stages still resume
         job["output"] = [pixel_map.kind, pixel_map.threshold]
     return json.dumps(job, sort_keys=True)

@@ -21,6 +21,9 @@ neighbours across a face — face, edge and corner neighbours all count — with
   as many agreeing pixel pairs. Connected components never produce such weak, doubly
   outvoted pairs in practice; the property tests check it.
 
+``merge="iou"`` (per-slice tiles, :mod:`blockbuster.stitching`) merges tiles within a plane by
+the overlap rule (by touch without a halo) and joins planes by IoU instead.
+
 Semantic maps (:mod:`blockbuster.pixelmaps`) are merged by touch with one more condition:
 ``p`` and ``q`` have the same class, read from the class layers staged beside the labels.
 
@@ -40,7 +43,7 @@ from blockbuster.ids import encode
 from blockbuster.staging import TileRecord
 from blockbuster.tiling import Tile, TileGrid
 
-MERGE_MODES = ("touch", "overlap")
+MERGE_MODES = ("touch", "overlap", "iou")
 CONTEST_RATIO = 4
 
 
@@ -59,10 +62,14 @@ def tile_edges(
     if own.count == 0:
         return no_edges()
     found = []
+    across_planes = _stack_axis(grid) if mode == "iou" else None
     for axis in range(grid.ndim):
-        if tile.position[axis] + 1 >= grid.grid_shape[axis]:
+        if tile.position[axis] + 1 >= grid.grid_shape[axis] or axis == across_planes:
             continue
         for other in grid.neighbours_after(tile, axis):
+            if across_planes is not None and (
+                    other.position[across_planes] != tile.position[across_planes]):
+                continue  # planes are joined by IoU (blockbuster.stitching), not here
             theirs = record_of(other.index)
             if theirs.count:
                 found.extend(
@@ -114,7 +121,7 @@ def _face_pairs(
     their_inner = theirs.faces[face_key("inner", axis, "lo")]
     p_layer = inner_box(tile, axis, "hi")
     q_layer = inner_box(other, axis, "lo")
-    asks_halo = mode == "overlap" and grid.overlap[axis] > 0
+    asks_halo = mode in ("overlap", "iou") and grid.overlap[axis] > 0
     classes = _class_layers(own, theirs, axis)
     if asks_halo:
         mine_outer = own.faces[face_key("outer", axis, "hi")]
@@ -146,6 +153,12 @@ def _face_pairs(
                 clean[keep].astype(np.uint64),
             ], axis=1))
     return pairs
+
+
+def _stack_axis(grid: TileGrid) -> int:
+    from blockbuster.stitching import stack_axis
+
+    return stack_axis(grid)
 
 
 def _class_layers(own: TileRecord, theirs: TileRecord, axis: int) -> tuple[Face, Face] | None:

@@ -59,7 +59,8 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
-from blockbuster.tasks import Job, batches, merge_task, relabel_task, segment_task
+from blockbuster.stitching import check_iou_threshold, iou_edges
+from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
     VerifyReport,
@@ -93,6 +94,7 @@ def tile_process(
     tile_shape: Sequence[int] | dict | str | None = None,
     overlap: int | Sequence[int] | dict | None = None,
     merge: str | None = None,
+    iou_threshold: float | None = None,
     connectivity: int | None = None,
     output: str | None = None,
     probability_threshold: float | None = None,
@@ -143,10 +145,19 @@ def tile_process(
     overlap
         Halo added on every side of a tile before ``fn`` runs: an int (applied to every axis
         whose tile is longer than 1), one value per spatial axis, or a dict by axis name.
-        Defaults to the halo the segmenter asks for, else 0.
+        Defaults to the halo the segmenter asks for, else 1 pixel (0 with ``merge="touch"``
+        or a pixel-map ``output``): the least halo with which the overlap merge makes
+        connected components exact whatever their connectivity.
     merge
-        ``"overlap"`` (default when there is a halo) or ``"touch"``; see
-        :mod:`blockbuster.merge`.
+        ``"overlap"`` (default when there is a halo, which is the default) or ``"touch"``;
+        see :mod:`blockbuster.merge`. ``"iou"`` for per-slice 2D labels of a stack (tiles one
+        plane thick, e.g. ``tile_shape=(1, 1024, 1024)``): tiles within a plane merge by the
+        overlap rule, and a 2D object joins the one in the next plane that it overlaps with
+        ``IoU >= iou_threshold``, best match both ways (Cellpose's ``stitch3D`` rule), on
+        whole objects across tiles; see :mod:`blockbuster.stitching`.
+    iou_threshold
+        The least IoU joining two planes' objects under ``merge="iou"`` (default 0.25, as
+        Cellpose's ``stitch_threshold``).
     connectivity
         Which pixel neighbours across a face can join objects under ``merge="touch"``:
         1 = face neighbours only, up to the number of axes (default) = edge and corner too.
@@ -236,8 +247,9 @@ def tile_process(
     executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
                                  **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
-                       memory_budget)
+                       memory_budget, default_halo=merge != "touch" and pixel_map is None)
     merge = resolve_merge(merge, grid, pixel_map)
+    iou_threshold = check_iou_threshold(iou_threshold, merge)
     if pixel_map is not None:
         connectivity = pixel_map.connectivity
 
@@ -250,7 +262,8 @@ def tile_process(
     writer_options = with_storage_options(writer_options, write_to, storage_options)
     out = registry.writer(writer, write_to, overwrite=overwrite, **writer_options)
     out.set_source(image)
-    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map)
+    fingerprint = job_fingerprint(image, segmenter, grid, merge, connectivity, pixel_map,
+                                  iou_threshold)
     try:
         lock = lock_output(None if temporary else local_if_file_url(write_to),
                            writer_options.get("storage_options"))
@@ -260,7 +273,8 @@ def tile_process(
             stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
                           else temporary / "stage", grid)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
-                      skip_empty, table_path is not None, output=str(write_to))
+                      skip_empty, table_path is not None, output=str(write_to),
+                      iou_threshold=iou_threshold)
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
@@ -311,11 +325,16 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
-    with Progress(progress, len(job.grid)) as bar, executor.start(job) as pool:
+    stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
+        "segment", "merge", "relabel")
+    with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats)
         _warn_of_pixel_map(stats.hint)
         candidates, joined = _merge_all(pool, job, bar, stats)
-        relabeling = Relabeling(counts, candidates[0][joined])
+        edges = candidates[0][joined]
+        if job.merge == "iou":
+            edges = np.concatenate([edges, _stitch_planes(pool, job, edges, bar, stats)])
+        relabeling = Relabeling(counts, edges)
         lock.check()
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
                                                        relabeling.dtype, fingerprint)
@@ -476,6 +495,20 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
     joined = kept_pairs(pairs, support, clean)
     stats.stage_seconds["merge"] = time.perf_counter() - t0
     return (pairs, support, clean), joined
+
+
+def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,
+                   stats: RunStats) -> np.ndarray:
+    """``merge="iou"``: the pairs joining 2D objects across planes."""
+    bar.stage("stitch")
+    t0 = time.perf_counter()
+    reports = []
+    for report in pool.map_unordered(overlap_task, range(len(job.grid))):
+        reports.append(report)
+        bar.advance()
+    pairs = iou_edges(in_plane, reports, job.iou_threshold)
+    stats.stage_seconds["stitch"] = time.perf_counter() - t0
+    return pairs
 
 
 def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Progress,

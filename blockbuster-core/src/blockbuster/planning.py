@@ -15,19 +15,37 @@ from blockbuster.stores import is_url
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
 
-def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_budget) -> TileGrid:
+DEFAULT_HALO = 1  # the least halo with which the overlap rule makes connected components exact
+
+
+def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_budget, *,
+                default_halo: bool = True) -> TileGrid:
     """The tile grid of a run from the user's arguments.
 
     ``tile_shape`` and ``overlap`` may be given per axis, by axis name, or left to the
-    segmenter's :class:`~blockbuster.segmenter.Needs` and the memory budget.
+    segmenter's :class:`~blockbuster.segmenter.Needs` and the memory budget. When neither
+    gives a halo, ``default_halo`` adds :data:`DEFAULT_HALO` pixels (rounded up to the
+    segmenter's alignment) on every axis whose tile is longer than 1, so the overlap rule
+    applies and connected components are exact whatever their connectivity.
     """
     halo = _by_axis_name(overlap if overlap is not None else needs.halo, image.axes, "overlap", 0)
+    defaulted = halo is None and default_halo
     tiles = _resolve_tile_shape(_by_axis_name(tile_shape, image.axes, "tile_shape", None), image,
-                                halo, needs, workers, memory_budget)
+                                DEFAULT_HALO if defaulted else halo, needs, workers,
+                                memory_budget)
     tiles = _aligned(tiles, needs.align, image.shape, chosen=tile_shape in (None, "auto"))
+    if defaulted:
+        halo = _default_halo(tiles, needs.align)
     grid = TileGrid(image.shape, tiles, validate_overlap(halo, tiles))
     _warn_if_misaligned(grid, needs.align)
     return grid
+
+
+def _default_halo(tiles, align) -> tuple[int, ...]:
+    """:data:`DEFAULT_HALO` on every axis whose tile is longer than 1, rounded up to the
+    segmenter's alignment (a network's window stays on its lattice) but smaller than the tile."""
+    align = _per_axis(align, len(tiles)) or (1,) * len(tiles)
+    return tuple(0 if t == 1 else min(max(DEFAULT_HALO, a), t - 1) for t, a in zip(tiles, align))
 
 
 def resolve_table_path(table, write_to) -> Path | str | None:
@@ -181,6 +199,10 @@ def resolve_merge(merge: str | None, grid: TileGrid, pixel_map=None) -> str:
         return "overlap" if any(grid.overlap) else "touch"
     if merge not in MERGE_MODES:
         raise InvalidParameterError(f"merge={merge!r}; use one of {list(MERGE_MODES)}.")
+    if merge == "iou":
+        from blockbuster.stitching import stack_axis
+
+        stack_axis(grid)  # refuses tiles that are not one plane thick
     if merge == "overlap" and not any(
         o > 0 for o, g in zip(grid.overlap, grid.grid_shape) if g > 1
     ) and len(grid) > 1:

@@ -45,6 +45,7 @@ class Job:
     skip_empty: Any = None
     table: bool = False
     output: str = ""  # where the writer writes, for error messages
+    iou_threshold: float | None = None  # merge="iou" only
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, 
         return local, TileRecord(len(present), faces)
     local, present = local_labels(raw[tile.core_in_padded], tile)
     faces = inner_faces(local, tile, job.grid)
-    if job.merge == "overlap":
+    if job.merge in ("overlap", "iou"):
         faces.update(outer_faces(raw, present, tile, job.grid))
     return local, TileRecord(len(present), faces)
 
@@ -207,6 +208,13 @@ def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """The provisional-ID pairs (with their support) across the faces after tile ``index``."""
     return tile_edges(job.grid.tile(index), job.grid, job.merge, job.stage.read_record,
                       job.connectivity)
+
+
+def overlap_task(job: Job, index: int):
+    """``merge="iou"``: tile ``index``'s label overlaps with the next plane, and label areas."""
+    from blockbuster.stitching import plane_overlaps
+
+    return plane_overlaps(index, job.grid, job.stage)
 
 
 def _write_output(job: Job, tile: Tile, labels: np.ndarray) -> None:
