@@ -98,6 +98,9 @@ def tile_process(
     connectivity: int | None = None,
     output: str | None = None,
     probability_threshold: float | None = None,
+    instances: str | None = None,
+    min_distance: int | None = None,
+    split_halo: int | None = None,
     channel_axis: int | None = None,
     executor: Executor | str | None = None,
     workers: int | None = None,
@@ -174,6 +177,15 @@ def tile_process(
     probability_threshold
         Foreground cut of ``output="probability"`` (``value > threshold``); default 0.5 or
         the segmenter's own.
+    instances, min_distance, split_halo
+        How objects are formed from a ``"mask"`` or ``"probability"`` map: ``"components"``
+        (connected components, exact; the default unless the segmenter's ``Needs`` says
+        otherwise) or ``"watershed"``: touching objects split by a seeded watershed on the
+        distance transform of the foreground, seeds at least ``min_distance`` apart (default
+        5). Each tile splits its core plus ``split_halo`` pixels (default
+        ``4 * min_distance``, read on top of ``overlap``) of exact map values and tiles are
+        joined by the overlap rule; see :mod:`blockbuster.splitting`. A segmenter chosen by
+        name that has a ``min_distance`` option of its own receives it there.
     channel_axis
         Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole. Taken from the
         reader's axis names (``"c"``) when it knows them.
@@ -233,8 +245,8 @@ def tile_process(
 
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
-    fn, output = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options,
-                                     output)
+    fn, output, min_distance = _segmenter_callable(registry, one_segmenter(fn, segmenter),
+                                                   segmenter_options, output, min_distance)
     reader_options = with_storage_options(reader_options, image, storage_options)
     image = ImageView.open(registry.open_image(image, reader=reader, **reader_options),
                            channel_axis)
@@ -242,12 +254,15 @@ def tile_process(
     if verify is not None:
         check_verify_options(verify, verify_threshold)
     needs = registry.needs(fn)
-    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs,
+                               instances=instances, min_distance=min_distance,
+                               split_halo=split_halo)
     segmenter = Segmenter.of(fn, needs, retries, pixel_map)
     executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
                                  **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
-                       memory_budget, default_halo=merge != "touch" and pixel_map is None)
+                       memory_budget, default_halo=merge != "touch" and pixel_map is None,
+                       split_halo=pixel_map.split_halo if pixel_map is not None else 0)
     merge = resolve_merge(merge, grid, pixel_map)
     iou_threshold = check_iou_threshold(iou_threshold, merge)
     if pixel_map is not None:
@@ -291,7 +306,8 @@ def tile_process(
                                          verify_threshold,
                                          registry=registry, output=output,
                                          probability_threshold=probability_threshold,
-                                         connectivity=connectivity)
+                                         connectivity=connectivity,
+                                         **_splitting_options(pixel_map))
     except BaseException:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -302,6 +318,14 @@ def tile_process(
     if return_stats:
         return result, stats
     return (result, stats.verification) if verify is not None else result
+
+
+def _splitting_options(pixel_map) -> dict:
+    """The run's watershed options, for a verify window run as one tile."""
+    if pixel_map is None or not pixel_map.splits:
+        return {}
+    return {"instances": pixel_map.instances, "min_distance": pixel_map.min_distance,
+            "split_halo": pixel_map.split_halo}
 
 
 def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
@@ -388,20 +412,25 @@ def with_storage_options(options: dict | None, where: Any, storage_options: dict
     return options
 
 
-def _segmenter_callable(registry, fn, options: dict | None,
-                        output: str | None) -> tuple[Callable, str | None]:
+def _segmenter_callable(registry, fn, options: dict | None, output: str | None,
+                        min_distance: int | None = None
+                        ) -> tuple[Callable, str | None, int | None]:
     """``fn`` itself, or the registered segmenter it names, built with ``options``; and the
-    ``output`` left for the core (a named segmenter with an ``output`` option takes it)."""
+    ``output`` and ``min_distance`` left for the core (a named segmenter with an option of
+    that name takes it, and declares what it returns in its ``Needs``)."""
     if isinstance(fn, str):
         options = dict(options or {})
         if output is not None and "output" not in options and _has_option(registry, fn, "output"):
-            options["output"], output = output, None  # it declares what it returns in its Needs
+            options["output"], output = output, None
+        if (min_distance is not None and "min_distance" not in options
+                and _has_option(registry, fn, "min_distance")):
+            options["min_distance"], min_distance = min_distance, None
         fn = registry.segmenter(fn, **options)
     if not callable(fn):
         raise InvalidParameterError(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
-    return fn, output
+    return fn, output, min_distance
 
 
 def _has_option(registry, name: str, option: str) -> bool:
