@@ -112,7 +112,8 @@ class PixelMap:
     def objects(self, values) -> np.ndarray:
         """The objects of a whole map: connected components of each class."""
         values = np.asarray(values)
-        return self.label(self.classes(self.checked(values, values.shape, "the map")))
+        return self.label(self.classes(self.checked(values, values.shape, "the map")),
+                          origin=(0,) * values.ndim)
 
     def label(self, classes: np.ndarray, origin: tuple[int, ...] | None = None) -> np.ndarray:
         """Connected components of each class of ``classes`` (0 stays background), or with

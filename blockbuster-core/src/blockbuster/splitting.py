@@ -39,10 +39,11 @@ def watershed_split(foreground: np.ndarray, min_distance: int = DEFAULT_MIN_DIST
     """Objects of a boolean ``foreground``: touching blobs split by a seeded watershed on its
     distance transform (seeds ``min_distance`` apart). int32 labels, 0 = background.
 
-    Pixels the flood reaches at the same height are ordered by a fixed pseudo-random rank of
-    their image coordinates (``origin``: where ``foreground`` starts in the image), not by
-    when the flood happened to reach them: every window of an image then draws a boundary
-    between two touching objects where the whole image draws it.
+    With ``origin`` (where ``foreground`` starts in the image), pixels the flood reaches at
+    the same height are ordered by a fixed pseudo-random rank of their image coordinates, not
+    by when the flood happened to reach them: every window of an image then draws a boundary
+    between two touching objects where the whole image draws it. Without it (a tile that
+    does not know where it lies), ties go by flood order, as in skimage.
     """
     from scipy import ndimage
     from skimage.feature import peak_local_max
@@ -59,15 +60,15 @@ def watershed_split(foreground: np.ndarray, min_distance: int = DEFAULT_MIN_DIST
     seeds = np.zeros(foreground.shape, np.int32)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     seed_unseeded_pieces(seeds, pieces)
-    height = TIE_BREAK * pixel_rank(foreground.shape, origin) - distance
+    height = -distance if origin is None else (
+        TIE_BREAK * pixel_rank(foreground.shape, origin) - distance)
     return watershed(height, seeds, mask=foreground,
                      connectivity=min(connectivity, foreground.ndim)).astype(np.int32)
 
 
-def pixel_rank(shape: tuple[int, ...], origin: tuple[int, ...] | None = None) -> np.ndarray:
+def pixel_rank(shape: tuple[int, ...], origin: tuple[int, ...]) -> np.ndarray:
     """A pseudo-random number in ``[0, 1)`` for every pixel of a window at ``origin``, a
     function of its image coordinates alone (a multiplicative hash of them)."""
-    origin = origin or (0,) * len(shape)
     key = np.zeros(shape, np.uint64)
     with np.errstate(over="ignore"):
         for axis, (start, size) in enumerate(zip(origin, shape)):

@@ -154,7 +154,11 @@ class TorchSegmenter:
     @property
     def pixel_map(self) -> str | None:
         """``"semantic"`` or ``"probability"`` when tiles return that map for blockbuster to
-        label (exactly, across tiles); ``None`` when they return instance labels."""
+        label (exactly, across tiles) or, for a probability map with
+        ``instance="watershed"``, to split on the stitched map; ``None`` when they return
+        instance labels."""
+        if self.output == "probability" and self.instance == "watershed":
+            return self.output
         if self.output == "instance" or self.instance != "connected-components":
             return None
         return self.output
@@ -168,9 +172,12 @@ class TorchSegmenter:
         if per_voxel is None:
             per_voxel = float(FEATURE_BYTES_PER_VOXEL * (self.given_batch_size or 1))
         kind = self.pixel_map
+        splits = kind is not None and self.instance == "watershed"
         return Needs(halo=self.halo, bytes_per_voxel=per_voxel, workers=gpu_count(self.device),
                      output=kind or "instances",
-                     probability_threshold=self.threshold if kind == "probability" else None)
+                     probability_threshold=self.threshold if kind == "probability" else None,
+                     instances="watershed" if splits else None,
+                     min_distance=self.min_distance if splits else None)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Segment one tile: int32 labels of the tile's spatial shape, or, for a
