@@ -42,11 +42,24 @@ def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_bu
         halo = _default_halo(tiles, needs.align)
     halo = validate_overlap(halo, tiles)
     if split_halo:
-        halo = validate_overlap(tuple(h + split_halo if t > 1 else h
-                                      for h, t in zip(halo, tiles)), tiles)
+        halo = _with_split_halo(halo, tiles, split_halo)
     grid = TileGrid(image.shape, tiles, halo)
     _warn_if_misaligned(grid, needs.align)
     return grid
+
+
+def _with_split_halo(halo: tuple[int, ...], tiles, split_halo: int) -> tuple[int, ...]:
+    """``halo`` plus ``split_halo`` on every axis whose tile is longer than 1, smaller than
+    the tile (a tile's window reaches its neighbours, not beyond)."""
+    total = tuple(h + split_halo if t > 1 else h for h, t in zip(halo, tiles))
+    for axis, (h, t) in enumerate(zip(total, tiles)):
+        if h >= t:
+            raise InvalidParameterError(
+                f"instances='watershed' reads split_halo {split_halo} + overlap "
+                f"{h - split_halo} = {h} pixels around each tile, not smaller than the tile "
+                f"size {t} on axis {axis}; use a tile_shape larger than {h} there."
+            )
+    return total
 
 
 def _default_halo(tiles, align) -> tuple[int, ...]:
