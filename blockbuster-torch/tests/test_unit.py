@@ -178,6 +178,19 @@ def test_watershed_splits_touching_disks_connected_components_does_not():
     assert np.array_equal(split > 0, pair > 0.5)
 
 
+def test_probability_watershed_splits_the_stitched_map_as_on_the_whole_image():
+    from blockbuster import tile_process
+    from blockbuster.synthetic import touching_disks
+    from blockbuster.testing import assert_same_labels
+
+    disks = touching_disks((192, 192), radius=9, spacing=17, seed=2)
+    fn = torch_fn(Identity(), output="probability", instance="watershed", min_distance=5,
+                  normalize=None, halo=0)
+    tiled = tile_process(disks, fn, tile_shape=(64, 64), compute=True)
+    assert tiled.max() > 80
+    assert_same_labels(whole_image_objects(fn, disks), tiled)
+
+
 def test_components_and_probability_watershed_leave_the_map_to_blockbuster():
     def output_of(**options):
         return torch_fn(Identity(), **options).blockbuster_needs().output
