@@ -59,7 +59,7 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
-from blockbuster.stitching import check_iou_threshold, iou_edges
+from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
@@ -356,8 +356,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         _warn_of_pixel_map(stats.hint)
         candidates, joined = _merge_all(pool, job, bar, stats)
         edges = candidates[0][joined]
+        planes = None
         if job.merge == "iou":
-            edges = np.concatenate([edges, _stitch_planes(pool, job, edges, bar, stats)])
+            planes = _stitch_planes(pool, job, edges, bar, stats)
+            edges = np.concatenate([edges, planes.edges])
         relabeling = Relabeling(counts, edges)
         lock.check()
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
@@ -371,7 +373,8 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:
-        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes)
+        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes,
+                              planes=planes)
         writing(write_table, log_path, "the merge log")(log, log_path,
                                                         storage_options=table_options)
     return relabeling.n_objects
@@ -527,17 +530,17 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
 
 
 def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,
-                   stats: RunStats) -> np.ndarray:
-    """``merge="iou"``: the pairs joining 2D objects across planes."""
+                   stats: RunStats) -> PlaneJoins:
+    """``merge="iou"``: the pairs of 2D objects overlapping across planes, and which join."""
     bar.stage("stitch")
     t0 = time.perf_counter()
     reports = []
     for report in pool.map_unordered(overlap_task, range(len(job.grid))):
         reports.append(report)
         bar.advance()
-    pairs = iou_edges(in_plane, reports, job.iou_threshold)
+    joins = plane_joins(in_plane, reports, job.iou_threshold)
     stats.stage_seconds["stitch"] = time.perf_counter() - t0
-    return pairs
+    return joins
 
 
 def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Progress,
