@@ -303,7 +303,7 @@ def tile_process(
             stage.remove()
         if verify is not None:
             stats.verification = _verify(image, out.open(), segmenter.fn, grid, verify,
-                                         verify_threshold,
+                                         verify_threshold, merge,
                                          registry=registry, output=output,
                                          probability_threshold=probability_threshold,
                                          connectivity=connectivity,
@@ -329,7 +329,7 @@ def _splitting_options(pixel_map) -> dict:
 
 
 def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
-            **options) -> VerifyReport:
+            merge: str, **options) -> VerifyReport:
     """Verify the stitched ``labels`` on seam windows, each window run as one tile by ``fn``
     as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's)."""
     def segment(window: np.ndarray) -> np.ndarray:
@@ -337,7 +337,7 @@ def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshol
         return tile_process(window, fn, tile_shape=spatial, overlap=0, executor="serial",
                             channel_axis=image.channel_axis, compute=True, **options)
 
-    return verify_seams(image, labels, segment, grid, windows, threshold)
+    return verify_seams(image, labels, segment, grid, windows, threshold, merge)
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
