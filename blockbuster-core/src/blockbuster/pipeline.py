@@ -59,6 +59,7 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
+from blockbuster.tiling import Tile
 from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
 from blockbuster.verify import (
@@ -302,12 +303,11 @@ def tile_process(
                 raise
             stage.remove()
         if verify is not None:
-            stats.verification = _verify(image, out.open(), segmenter.fn, grid, verify,
+            stats.verification = _verify(image, out.open(), segmenter, grid, verify,
                                          verify_threshold, merge,
                                          registry=registry, output=output,
                                          probability_threshold=probability_threshold,
-                                         connectivity=connectivity,
-                                         **_splitting_options(pixel_map))
+                                         connectivity=connectivity)
     except BaseException:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -320,22 +320,25 @@ def tile_process(
     return (result, stats.verification) if verify is not None else result
 
 
-def _splitting_options(pixel_map) -> dict:
-    """The run's watershed options, for a verify window run as one tile."""
-    if pixel_map is None or not pixel_map.splits:
-        return {}
-    return {"instances": pixel_map.instances, "min_distance": pixel_map.min_distance,
-            "split_halo": pixel_map.split_halo}
-
-
-def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
-            merge: str, **options) -> VerifyReport:
+def _verify(image: ImageView, labels, segmenter: Segmenter, grid, windows: int,
+            threshold: float, merge: str, **options) -> VerifyReport:
     """Verify the stitched ``labels`` on seam windows, each window run as one tile by ``fn``
-    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's)."""
-    def segment(window: np.ndarray) -> np.ndarray:
+    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's).
+
+    A map split by a watershed is split on the whole window, its ties ranked by image
+    coordinates as the run's tiles ranked them (:mod:`blockbuster.splitting`)."""
+    pixel_map = segmenter.pixel_map
+
+    def segment(window: np.ndarray, origin: tuple[int, ...]) -> np.ndarray:
         spatial = tuple(s for a, s in enumerate(window.shape) if a != image.channel_axis)
-        return tile_process(window, fn, tile_shape=spatial, overlap=0, executor="serial",
-                            channel_axis=image.channel_axis, compute=True, **options)
+        if pixel_map is not None and pixel_map.splits:
+            whole = tuple(slice(0, s) for s in spatial)
+            (values,), _ = segmenter.segment([window], [Tile(0, (0,) * len(spatial), whole,
+                                                             whole)])
+            return pixel_map.label(pixel_map.classes(values), origin)
+        return tile_process(window, segmenter.fn, tile_shape=spatial, overlap=0,
+                            executor="serial", channel_axis=image.channel_axis, compute=True,
+                            **options)
 
     return verify_seams(image, labels, segment, grid, windows, threshold, merge)
 

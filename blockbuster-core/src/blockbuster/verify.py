@@ -117,20 +117,21 @@ class VerifyReport:
         return f"{self.table()}\n{self.verdict()}"
 
 
-def verify_seams(image, labels, segment: Callable[[np.ndarray], np.ndarray], grid: TileGrid,
+def verify_seams(image, labels, segment: Callable[..., np.ndarray], grid: TileGrid,
                  windows: int = DEFAULT_WINDOWS,
                  threshold: float = DEFAULT_THRESHOLD, merge: str | None = None) -> VerifyReport:
     """Compare ``labels`` (the stitched result) with ``segment`` run on seam windows.
 
-    ``image`` is an :class:`~blockbuster.image.ImageView`; ``segment`` labels one window (its
-    array, channels included) as a single tile; ``labels`` is anything sliceable to numpy.
+    ``image`` is an :class:`~blockbuster.image.ImageView`; ``segment(array, origin)`` labels
+    one window (its array, channels included; ``origin``: where it starts in the image) as a
+    single tile; ``labels`` is anything sliceable to numpy.
     ``merge="iou"``: the windows are one plane thick and the report notes that the joins
     across planes are not among the seams checked.
     """
     check_verify_options(windows, threshold)
     checks = []
     for window in seam_windows(grid, windows):
-        own = np.asarray(segment(image.read(window.read)))
+        own = np.asarray(segment(image.read(window.read), tuple(r.start for r in window.read)))
         inside = tuple(slice(c.start - r.start, c.stop - r.start)
                        for c, r in zip(window.centre, window.read))
         checks.append(compare(window, own[inside], np.asarray(labels[window.centre]),
