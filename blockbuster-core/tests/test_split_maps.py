@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from blockbuster import tile_process
 from blockbuster.builtin.segmenters import Watershed
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, OutputExistsError
 from blockbuster.metrics import match_objects
 from blockbuster.pixelmaps import label_map, whole_image_objects
 from blockbuster.segmenter import Needs
@@ -158,11 +158,14 @@ def test_verify_passes_a_split_map():
 
 
 def test_the_split_is_part_of_the_job_fingerprint(tmp_path, disks):
+    """Same tiles and halo, another seed rule: another job, whose output is not replaced."""
     out = tmp_path / "labels.zarr"
-    tile_process(disks, above_half, output="mask", tile_shape=(128, 128), write_to=out)
-    with pytest.raises(Exception, match="overwrite"):
-        tile_process(disks, above_half, output="mask", instances="watershed",
-                     tile_shape=(128, 128), write_to=out)
+    run = {"output": "mask", "instances": "watershed", "split_halo": 20,
+           "tile_shape": (128, 128), "write_to": out}
+    tile_process(disks, above_half, min_distance=5, **run)
+    tile_process(disks, above_half, min_distance=5, **run)  # the same job: resumes
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        tile_process(disks, above_half, min_distance=4, **run)
 
 
 @pytest.mark.parametrize("arguments, message", [
