@@ -402,8 +402,10 @@ def torch_fn(
         instance: semantic/probability -> instances: ``"connected-components"`` (tiles
             return the class or probability map and blockbuster labels the stitched map,
             exactly as on the whole image; see ``Needs.output``), ``"watershed"``
-            (distance-transform watershed in each tile, seeds ``min_distance`` apart) or a
-            callable taking the class map (semantic) or probability map.
+            (distance-transform watershed, seeds ``min_distance`` apart: a probability map
+            is returned for blockbuster to split on the stitched map, ``Needs(instances=
+            "watershed")``; a class map is split per class inside each tile) or a callable
+            taking the class map (semantic) or probability map.
         channels: the tile's channel axis (as ``tile_process(channel_axis=...)``), or
             None for single-channel images (a channel axis of 1 is added).
         pad_multiple: pad every spatial side (at its end, ``pad_mode``) up to a
