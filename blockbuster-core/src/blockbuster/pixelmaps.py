@@ -110,7 +110,8 @@ class PixelMap:
         return (values != 0).view(np.uint8)
 
     def objects(self, values) -> np.ndarray:
-        """The objects of a whole map: connected components of each class."""
+        """The objects of a whole map (at the image's origin): connected components of each
+        class, or the foreground split by a watershed."""
         values = np.asarray(values)
         return self.label(self.classes(self.checked(values, values.shape, "the map")),
                           origin=(0,) * values.ndim)
@@ -143,9 +144,9 @@ def label_map(values, output: str, *, probability_threshold: float | None = None
     connected components of the foreground (per class for ``"semantic"``), or with
     ``instances="watershed"`` the foreground split by a seeded watershed.
 
-    What a tiled run with a pixel-map ``output`` equals (for ``"watershed"``: within the
-    bound of :mod:`blockbuster.splitting`), e.g. ``label_map(fn(image), "mask")`` for the
-    whole image at once.
+    What a tiled run with a pixel-map ``output`` equals (for ``"watershed"``: when its
+    ``split_halo`` covers the objects, see :mod:`blockbuster.splitting`), e.g.
+    ``label_map(fn(image), "mask")`` for the whole image at once.
     """
     pixel_map = resolve_output(output, probability_threshold, connectivity, None,
                                instances=instances, min_distance=min_distance)
@@ -189,27 +190,37 @@ def resolve_output(output: str | None, threshold: float | None, connectivity: in
     if connectivity is not None and (not isinstance(connectivity, int) or connectivity < 1):
         raise InvalidParameterError(f"connectivity={connectivity!r}; use 1 or more.")
     if kind == "instances":
-        given = [f"{name}={value!r}" for name, value in (
-            ("instances", instances), ("min_distance", min_distance), ("split_halo", split_halo))
-            if value is not None]
-        if given:
-            raise InvalidParameterError(
-                f"{', '.join(given)} says how to form objects from a pixel map, but this run's "
-                "fn returns instances; pass output='mask' or 'probability' with it."
-            )
+        _refuse_splitting_of_instances(instances, min_distance, split_halo)
         return None
+    return PixelMap(kind, DEFAULT_PROBABILITY_THRESHOLD if threshold is None else float(threshold),
+                    connectivity or 1, *_splitting(kind, needs, instances, min_distance,
+                                                   split_halo))
+
+
+def _splitting(kind: str, needs, instances, min_distance, split_halo) -> tuple[str, int, int]:
+    """``(instances, min_distance, split_halo)``: the caller's, else the segmenter's ``Needs``,
+    else the defaults; checked."""
     instances = instances or getattr(needs, "instances", None) or "components"
     check_instances(instances, min_distance, split_halo, kind)  # the caller's own
+    if instances == "components":
+        return instances, DEFAULT_MIN_DISTANCE, 0
     if min_distance is None:
         min_distance = getattr(needs, "min_distance", None) or DEFAULT_MIN_DISTANCE
     if split_halo is None:
         split_halo = getattr(needs, "split_halo", None) or default_split_halo(min_distance)
-    if instances == "watershed":  # a segmenter's own values checked too
-        check_instances(instances, min_distance, split_halo, kind)
-    if instances == "components":
-        min_distance, split_halo = DEFAULT_MIN_DISTANCE, 0
-    return PixelMap(kind, DEFAULT_PROBABILITY_THRESHOLD if threshold is None else float(threshold),
-                    connectivity or 1, instances, int(min_distance), int(split_halo))
+    check_instances(instances, min_distance, split_halo, kind)  # a segmenter's own too
+    return instances, int(min_distance), int(split_halo)
+
+
+def _refuse_splitting_of_instances(instances, min_distance, split_halo) -> None:
+    given = [f"{name}={value!r}" for name, value in (
+        ("instances", instances), ("min_distance", min_distance), ("split_halo", split_halo))
+        if value is not None]
+    if given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} says how to form objects from a pixel map, but this run's fn "
+            "returns instances; pass output='mask' or 'probability' with it."
+        )
 
 
 def split_label(labels: np.ndarray) -> tuple[int, int] | None:

@@ -13,11 +13,12 @@ objects from the foreground by this rule instead of by connected components:
 *split window* -- its core plus ``split_halo`` pixels of the stitched map, whose values are
 exact (the map's own halo lies beyond it) -- keeps the core, and joins tiles by the overlap
 rule (:mod:`blockbuster.merge`). The distance transform is exact wherever the nearest
-background lies inside the window, so every pixel of an object whose radius is less than
-``split_halo`` is exact; the seeds of a piece are exact when the piece and its seed rule
-(``min_distance``) fit in the window; the watershed is the whole-image one for every piece that
-fits. Clumps of touching objects wider than the window are where it can differ: the docs give
-the measured bound.
+background lies inside the window; seeds are local maxima, and flood ties are broken by a rank
+of the image coordinates (not by flood order, which depends on the whole window), so the
+window's split of an object equals the whole image's when the object's seed and the basin it
+floods lie inside the window: ``split_halo`` at least the largest object's diameter. The tests
+check it pixel for pixel; with a smaller halo an object whose seed lies outside a tile's window
+is merged into a neighbour there (``verify`` measures it).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from blockbuster.errors import InvalidParameterError
 INSTANCES = ("components", "watershed")
 DEFAULT_MIN_DISTANCE = 5
 SPLIT_HALO_PER_MIN_DISTANCE = 4  # default split halo: about two object diameters
-
-
-TIE_BREAK = 1e-7  # far below the least gap between two distance values (1 / (2 * distance))
+TIE_BREAK = 1e-7  # below the least gap between two distances under 10^5 (1 / (2 * distance))
 
 
 def watershed_split(foreground: np.ndarray, min_distance: int = DEFAULT_MIN_DISTANCE,
@@ -108,11 +107,10 @@ def check_instances(instances: str, min_distance, split_halo, kind: str) -> None
             "class map's objects are the connected regions of each class. Use output='mask' "
             "with a foreground, or instances='components'."
         )
-    for name, value, least in (("min_distance", min_distance, 1), ("split_halo", split_halo, 1)):
+    for name, value in (("min_distance", min_distance), ("split_halo", split_halo)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
-                                  or value < least):
-            raise InvalidParameterError(f"{name}={value!r}; use a whole number of pixels >= "
-                                        f"{least}.")
+                                  or value < 1):
+            raise InvalidParameterError(f"{name}={value!r}; use a whole number of pixels >= 1.")
 
 
 def default_split_halo(min_distance: int) -> int:
