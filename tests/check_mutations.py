@@ -242,6 +242,22 @@ MUTATIONS = [
              "by_axis = {}",
              (BIOIMAGEIO_TESTS
               + "test_bioimageio.py::test_description_drives_halo_alignment_and_kind",)),
+    Mutation("18", "watershed split: ties go by flood order, not by pixel rank",
+             CORE + "splitting.py",
+             "height = -distance if origin is None else (",
+             "height = -distance if True else (",
+             (CORE_TESTS + "test_split_maps.py",)),
+    Mutation("18", "watershed split: the window is the core alone (no split halo)",
+             CORE + "tasks.py",
+             "slice(max(c.start - pixel_map.split_halo, 0) - p.start,\n"
+             "              min(c.stop + pixel_map.split_halo, size) - p.start) if t > 1 else",
+             "slice(c.start - p.start, c.stop - p.start) if t > 1 else",
+             (CORE_TESTS + "test_split_maps.py",)),
+    Mutation("18", "merge log: the IoU joins across planes are left out",
+             CORE + "pipeline.py",
+             "                              planes=planes)",
+             "                              planes=None)",
+             (CORE_TESTS + "test_merge_log.py",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

@@ -33,6 +33,9 @@ name = "watershed"
 sigma = 1.5                    # a segmenter option
 output = "mask"
 probability_threshold = 0.25
+instances = "watershed"
+min_distance = 4               # to the segmenter's own option when it has one (watershed)
+split_halo = 17
 
 [tiling]
 tile_shape = [48, 40]
@@ -81,6 +84,9 @@ def expected_arguments(folder: Path) -> dict:
         "segmenter_options": {"sigma": 1.5},
         "output": "mask",
         "probability_threshold": 0.25,
+        "instances": "watershed",
+        "min_distance": 4,
+        "split_halo": 17,
         "reader": "zarr",
         "reader_options": {"level": 1, "storage_options": {"anon": True}},
         "channel_axis": 0,

@@ -99,3 +99,31 @@ def test_merge_log_needs_a_place_and_a_parquet_suffix(tmp_path):
         tile_process(seams_image(), components, tile_shape=(20, 20), merge_log=True)
     with pytest.raises(InvalidParameterError, match="use a .parquet path"):
         run(tmp_path, merge_log=tmp_path / "log.csv")
+
+
+def per_plane(tile: np.ndarray) -> np.ndarray:
+    return ndi.label(tile[0])[0][None]
+
+
+def test_the_log_holds_each_iou_join_across_planes_with_its_iou_and_areas(tmp_path):
+    """merge="iou": one row per pair of whole 2D objects overlapping across planes."""
+    stack = np.zeros((3, 40, 40), bool)
+    stack[0, 5:15, 12:30] = True     # 10 x 18 = 180 pixels, across the x seam (2 tiles)
+    stack[1, 5:15, 14:30] = True     # 160 inside it: IoU 160 / 180
+    stack[1, 25:35, 2:12] = True     # 100 pixels ...
+    stack[2, 25:35, 10:20] = True    # ... overlapping this one by 20: IoU 20 / 180 < 0.25
+    labels = tile_process(stack, per_plane, tile_shape=(1, 20, 20), merge="iou",
+                          write_to=tmp_path / "labels.zarr", merge_log=True, compute=True)
+    log = pd.read_parquet(tmp_path / "labels.zarr.merges.parquet")
+    across = log[log.rule == "iou"].reset_index(drop=True)
+    assert len(across) == 2 and set(across.face) == {"axis0+"}
+    big, small = across.sort_values("iou", ascending=False).itertuples()
+    assert (big.area_a, big.area_b, big.pixel_pairs) == (180, 160, 160)  # whole 2D objects
+    assert big.iou == pytest.approx(160 / 180) and big.joined
+    assert big.final_a == big.final_b == labels[0, 10, 20] == labels[1, 10, 20]
+    assert (small.area_a, small.area_b, small.pixel_pairs) == (100, 100, 20)
+    assert small.iou == pytest.approx(20 / 180) and not small.joined
+    assert small.final_a == labels[1, 30, 5] != small.final_b == labels[2, 30, 15]
+    assert (small.tile_a, small.tile_b) == (6, 10)  # planes 1 and 2, lower-left tile
+    faces = log[log.rule == "face"]  # the plane-0 object across the x seam, joined in plane
+    assert len(faces) == 2 and faces.joined.all() and faces.iou.isna().all()

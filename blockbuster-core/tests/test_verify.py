@@ -135,3 +135,37 @@ def test_cli_run_verifies_when_the_config_asks(nuclei_zarr, capsys):
     config.write_text(CONFIG.format(overlap="overlap = 1") + "[verify]\nwindows = 8\n")
     assert main(["run", str(config)]) == 1
     assert capsys.readouterr().out.splitlines()[-1].startswith("FAIL: 8 seam windows")
+
+
+def dense_cell_stack() -> np.ndarray:
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(0)
+    seeds = np.zeros((12, 96, 96), np.int32)
+    seeds[tuple(rng.integers(0, s, 50) for s in seeds.shape)] = np.arange(1, 51)
+    return expand_labels(seeds, distance=9)  # dense touching 3D cells
+
+
+def label_one_plane(tile: np.ndarray) -> np.ndarray:
+    from skimage.measure import label
+
+    return label(tile[0], connectivity=1)[None]
+
+
+def test_verify_with_iou_merge_checks_the_in_plane_seams_plane_by_plane():
+    """merge="iou": without a halo, tiles of a plane join touching cells by touch and verify
+    fails, suggesting an in-plane overlap; with one it passes. Planes are not seams: the
+    verdict says the IoU joins are not what was checked."""
+    cells = dense_cell_stack()
+    _, touching = tile_process(cells, label_one_plane, tile_shape=(1, 32, 32), overlap=0,
+                               merge="iou", verify=8, compute=True)
+    assert not touching.passed and sum(c.match.false_merges for c in touching.checks) > 0
+    assert touching.suggested_overlap == (0, 8, 8)
+    assert {c.window.centre[0].stop - c.window.centre[0].start for c in touching.checks} == {1}
+    assert len({c.window.point[0] for c in touching.checks}) > 2  # spread over the planes
+    labels, report = tile_process(cells, label_one_plane, tile_shape=(1, 32, 32), overlap=4,
+                                  merge="iou", verify=8, compute=True)
+    assert report.passed and report.f1 == 1.0
+    assert "in-plane seams only: planes along axis 0 are joined by IoU" in report.verdict()
+    assert "IoU" not in tile_process(cells[:1], label_one_plane, tile_shape=(1, 32, 32),
+                                     overlap=4, verify=2, compute=True)[1].verdict()

@@ -170,19 +170,38 @@ def test_watershed_splits_touching_disks_connected_components_does_not():
     pair = torchnets.touching_pair()
     merged = whole_image_objects(
         torch_fn(Identity(), output="probability", instance="connected-components"), pair)
-    split = torch_fn(Identity(), output="probability", instance="watershed", min_distance=5)(pair)
+    fn = torch_fn(Identity(), output="probability", instance="watershed", min_distance=5)
+    assert np.array_equal(fn(pair), pair)  # the map itself: blockbuster splits it
+    split = whole_image_objects(fn, pair)
     assert len(np.unique(merged)) - 1 == 1
     assert len(np.unique(split)) - 1 == 2
     assert np.array_equal(split > 0, pair > 0.5)
 
 
-def test_only_connected_components_leave_the_map_to_blockbuster():
+def test_probability_watershed_splits_the_stitched_map_as_on_the_whole_image():
+    from blockbuster import tile_process
+    from blockbuster.synthetic import touching_disks
+    from blockbuster.testing import assert_same_labels
+
+    disks = touching_disks((192, 192), radius=9, spacing=17, seed=2)
+    fn = torch_fn(Identity(), output="probability", instance="watershed", min_distance=5,
+                  normalize=None, halo=0)
+    tiled = tile_process(disks, fn, tile_shape=(64, 64), compute=True)
+    assert tiled.max() > 80
+    assert_same_labels(whole_image_objects(fn, disks), tiled)
+
+
+def test_components_and_probability_watershed_leave_the_map_to_blockbuster():
     def output_of(**options):
         return torch_fn(Identity(), **options).blockbuster_needs().output
 
     assert output_of(output="semantic") == "semantic"
     assert output_of(output="probability", instance="connected-components") == "probability"
-    assert output_of(output="probability", instance="watershed") == "instances"
+    assert output_of(output="probability", instance="watershed") == "probability"
+    needs = torch_fn(Identity(), output="probability", instance="watershed",
+                     min_distance=7).blockbuster_needs()
+    assert (needs.instances, needs.min_distance) == ("watershed", 7)
+    assert output_of(output="semantic", instance="watershed") == "instances"  # per class, in-tile
     assert output_of(output="semantic", instance=lambda c: c.astype(np.int32)) == "instances"
     assert output_of(output="instances") == output_of(output="instance") == "instances"
 

@@ -13,6 +13,9 @@
     sigma = 1.0
     output = "instances"         # or "mask" | "semantic" | "probability": what it returns
     probability_threshold = 0.5  # foreground cut of output = "probability"
+    instances = "watershed"      # mask/probability: split touching objects (default "components")
+    min_distance = 5             # seeds' least distance (the segmenter's own option if it has one)
+    split_halo = 20              # map around a tile's core its watershed sees (4 x min_distance)
 
     [tiling]
     tile_shape = [1024, 1024]    # or "auto"; omit for the input's chunks
@@ -66,7 +69,8 @@ from blockbuster.verify import DEFAULT_THRESHOLD
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"path": str, "reader": str, "channel_axis": int, "storage_options": dict},
-    "segmenter": {"name": str, "output": str, "probability_threshold": (int, float)},
+    "segmenter": {"name": str, "output": str, "probability_threshold": (int, float),
+                  "instances": str, "min_distance": int, "split_halo": int},
     "tiling": {"tile_shape": (list, str), "overlap": (int, list), "merge": str,
                "iou_threshold": (int, float), "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
@@ -106,6 +110,9 @@ class RunConfig:
             "segmenter_options": self.options("segmenter"),
             "output": self.get("segmenter", "output"),
             "probability_threshold": self.get("segmenter", "probability_threshold"),
+            "instances": self.get("segmenter", "instances"),
+            "min_distance": self.get("segmenter", "min_distance"),
+            "split_halo": self.get("segmenter", "split_halo"),
             "reader": self.get("input", "reader"),
             "reader_options": self.options("input") | self._storage_options("input"),
             "channel_axis": self.get("input", "channel_axis"),

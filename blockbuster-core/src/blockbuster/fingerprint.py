@@ -26,5 +26,5 @@ def job_fingerprint(image, segmenter, grid: TileGrid, merge: str, connectivity,
     if iou_threshold is not None:  # merge="iou" only, so other jobs' stages still resume
         job["iou_threshold"] = iou_threshold
     if pixel_map is not None:  # absent for instances, so older stages still resume
-        job["output"] = [pixel_map.kind, pixel_map.threshold]
+        job["output"] = pixel_map.describe()
     return json.dumps(job, sort_keys=True)

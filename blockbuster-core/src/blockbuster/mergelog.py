@@ -14,7 +14,16 @@ face backing the join: under
 ``merge="overlap"`` both tiles agree on them), ``clean_pairs`` (those of them not next to a
 pixel pair the two tiles disagree on), ``contested`` (dropped: each label has another partner
 backed by many more pixel pairs, see :mod:`blockbuster.merge`), ``joined`` (the pair joined
-the two labels), ``final_a``, ``final_b`` (the output IDs of both labels: equal when joined).
+the two labels), ``final_a``, ``final_b`` (the output IDs of both labels: equal when joined),
+``rule`` (``"face"`` for these rows).
+
+With ``merge="iou"`` the log also holds one row per pair of 2D objects overlapping across
+neighbouring planes (``rule = "iou"``): ``id_a``/``id_b`` name each whole 2D object by the
+smallest provisional ID of its pieces (``tile_a``/``tile_b``, ``local_a``/``local_b`` are that
+piece's), ``face`` is the stack axis (``"z+"``), ``pixel_pairs`` and ``clean_pairs`` the pixels
+the two objects share, ``iou``, ``area_a`` and ``area_b`` the support the rule weighed (empty on
+face rows), ``joined`` whether it joined them (mutual best match with ``iou >= iou_threshold``)
+and ``contested`` is false.
 """
 
 from __future__ import annotations
@@ -40,17 +49,57 @@ def resolve_merge_log_path(merge_log, write_to) -> Path | None:
 
 def merge_log_table(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray,
                     joined: np.ndarray, relabeling: Relabeling, grid: TileGrid,
-                    axes=None):
-    """One row per candidate pair (``pairs``: provisional IDs, ``(n, 2)``), sorted by tile."""
+                    axes=None, planes=None):
+    """One row per candidate pair across a face (``pairs``: provisional IDs, ``(n, 2)``),
+    sorted by tile, then one per pair of 2D objects across planes (``planes``: a
+    :class:`~blockbuster.stitching.PlaneJoins`, ``merge="iou"`` only)."""
+    import pandas as pd
+
+    names = tuple(axes) if axes else tuple(f"axis{i}" for i in range(grid.ndim))
+    table = _face_rows(pairs, support, clean, joined, relabeling, grid, names)
+    if planes is not None:
+        table = pd.concat([table, _plane_rows(planes, relabeling, grid, names)],
+                          ignore_index=True)
+    table.attrs.update({"axes": list(names), "tile_shape": list(grid.tile_shape),
+                        "overlap": list(grid.overlap)})
+    return table
+
+
+def _plane_rows(planes, relabeling: Relabeling, grid: TileGrid, names):
+    """The rows of the cross-plane pairs of ``merge="iou"``, with their IoU and areas."""
+    import pandas as pd
+
+    from blockbuster.stitching import stack_axis
+
+    order = np.lexsort((planes.pairs[:, 1], planes.pairs[:, 0]))
+    pairs = planes.pairs[order]
+    axis = stack_axis(grid)
+    shared = planes.intersections[order]
+    return pd.DataFrame({
+        "tile_a": tile_of(pairs[:, 0]), "tile_b": tile_of(pairs[:, 1]),
+        "local_a": local_of(pairs[:, 0]), "local_b": local_of(pairs[:, 1]),
+        "id_a": pairs[:, 0], "id_b": pairs[:, 1],
+        "face": f"{names[axis]}+", "axis": np.full(len(pairs), axis, np.int64), "side": "hi",
+        "pixel_pairs": shared, "clean_pairs": shared,
+        "contested": np.zeros(len(pairs), bool), "joined": planes.joined[order],
+        "final_a": relabeling.final_ids(pairs[:, 0]),
+        "final_b": relabeling.final_ids(pairs[:, 1]),
+        "rule": "iou", "iou": planes.iou[order],
+        "area_a": pd.array(planes.areas[order, 0], "Int64"),
+        "area_b": pd.array(planes.areas[order, 1], "Int64"),
+    })
+
+
+def _face_rows(pairs, support, clean, joined, relabeling: Relabeling, grid: TileGrid, names):
+    """The rows of the candidate pairs across tile faces."""
     import pandas as pd
 
     pairs = np.asarray(pairs, np.uint64).reshape(-1, 2)
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     pairs, support, clean, joined = pairs[order], support[order], clean[order], joined[order]
     tile_a, tile_b = tile_of(pairs[:, 0]), tile_of(pairs[:, 1])
-    names = tuple(axes) if axes else tuple(f"axis{i}" for i in range(grid.ndim))
     faces = [_face(grid, int(a), int(b), names) for a, b in zip(tile_a, tile_b)]
-    table = pd.DataFrame({
+    return pd.DataFrame({
         "tile_a": tile_a, "tile_b": tile_b,
         "local_a": local_of(pairs[:, 0]), "local_b": local_of(pairs[:, 1]),
         "id_a": pairs[:, 0], "id_b": pairs[:, 1],
@@ -60,10 +109,10 @@ def merge_log_table(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray,
         "contested": ~np.asarray(joined, bool), "joined": np.asarray(joined, bool),
         "final_a": relabeling.final_ids(pairs[:, 0]),
         "final_b": relabeling.final_ids(pairs[:, 1]),
+        "rule": "face", "iou": np.full(len(pairs), np.nan),
+        "area_a": pd.array([None] * len(pairs), "Int64"),
+        "area_b": pd.array([None] * len(pairs), "Int64"),
     })
-    table.attrs.update({"axes": list(names), "tile_shape": list(grid.tile_shape),
-                        "overlap": list(grid.overlap)})
-    return table
 
 
 def _face(grid: TileGrid, a: int, b: int, names) -> tuple[str, int]:

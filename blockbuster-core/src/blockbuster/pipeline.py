@@ -59,7 +59,8 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
-from blockbuster.stitching import check_iou_threshold, iou_edges
+from blockbuster.tiling import Tile
+from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
@@ -98,6 +99,9 @@ def tile_process(
     connectivity: int | None = None,
     output: str | None = None,
     probability_threshold: float | None = None,
+    instances: str | None = None,
+    min_distance: int | None = None,
+    split_halo: int | None = None,
     channel_axis: int | None = None,
     executor: Executor | str | None = None,
     workers: int | None = None,
@@ -174,6 +178,15 @@ def tile_process(
     probability_threshold
         Foreground cut of ``output="probability"`` (``value > threshold``); default 0.5 or
         the segmenter's own.
+    instances, min_distance, split_halo
+        How objects are formed from a ``"mask"`` or ``"probability"`` map: ``"components"``
+        (connected components, exact; the default unless the segmenter's ``Needs`` says
+        otherwise) or ``"watershed"``: touching objects split by a seeded watershed on the
+        distance transform of the foreground, seeds at least ``min_distance`` apart (default
+        5). Each tile splits its core plus ``split_halo`` pixels (default
+        ``4 * min_distance``, read on top of ``overlap``) of exact map values and tiles are
+        joined by the overlap rule; see :mod:`blockbuster.splitting`. A segmenter chosen by
+        name that has a ``min_distance`` option of its own receives it there.
     channel_axis
         Axis of ``image`` holding channels: never tiled, handed to ``fn`` whole. Taken from the
         reader's axis names (``"c"``) when it knows them.
@@ -233,8 +246,8 @@ def tile_process(
 
     started = time.perf_counter()
     registry = registry if registry is not None else Registry()
-    fn, output = _segmenter_callable(registry, one_segmenter(fn, segmenter), segmenter_options,
-                                     output)
+    fn, output, min_distance = _segmenter_callable(registry, one_segmenter(fn, segmenter),
+                                                   segmenter_options, output, min_distance)
     reader_options = with_storage_options(reader_options, image, storage_options)
     image = ImageView.open(registry.open_image(image, reader=reader, **reader_options),
                            channel_axis)
@@ -242,12 +255,15 @@ def tile_process(
     if verify is not None:
         check_verify_options(verify, verify_threshold)
     needs = registry.needs(fn)
-    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs,
+                               instances=instances, min_distance=min_distance,
+                               split_halo=split_halo)
     segmenter = Segmenter.of(fn, needs, retries, pixel_map)
     executor = registry.executor(executor, workers=workers or segmenter.needs.workers,
                                  **(executor_options or {}))
     grid = plan_tiling(image, tile_shape, overlap, segmenter.needs, executor.workers,
-                       memory_budget, default_halo=merge != "touch" and pixel_map is None)
+                       memory_budget, default_halo=merge != "touch" and pixel_map is None,
+                       split_halo=pixel_map.split_halo if pixel_map is not None else 0)
     merge = resolve_merge(merge, grid, pixel_map)
     iou_threshold = check_iou_threshold(iou_threshold, merge)
     if pixel_map is not None:
@@ -287,8 +303,8 @@ def tile_process(
                 raise
             stage.remove()
         if verify is not None:
-            stats.verification = _verify(image, out.open(), segmenter.fn, grid, verify,
-                                         verify_threshold,
+            stats.verification = _verify(image, out.open(), segmenter, grid, verify,
+                                         verify_threshold, merge,
                                          registry=registry, output=output,
                                          probability_threshold=probability_threshold,
                                          connectivity=connectivity)
@@ -304,16 +320,27 @@ def tile_process(
     return (result, stats.verification) if verify is not None else result
 
 
-def _verify(image: ImageView, labels, fn: Callable, grid, windows: int, threshold: float,
-            **options) -> VerifyReport:
+def _verify(image: ImageView, labels, segmenter: Segmenter, grid, windows: int,
+            threshold: float, merge: str, **options) -> VerifyReport:
     """Verify the stitched ``labels`` on seam windows, each window run as one tile by ``fn``
-    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's)."""
-    def segment(window: np.ndarray) -> np.ndarray:
-        spatial = tuple(s for a, s in enumerate(window.shape) if a != image.channel_axis)
-        return tile_process(window, fn, tile_shape=spatial, overlap=0, executor="serial",
-                            channel_axis=image.channel_axis, compute=True, **options)
+    as prepared for the whole image (so image-wide settings, e.g. a threshold, are the run's).
 
-    return verify_seams(image, labels, segment, grid, windows, threshold)
+    A map split by a watershed is split on the whole window, its ties ranked by image
+    coordinates as the run's tiles ranked them (:mod:`blockbuster.splitting`)."""
+    pixel_map = segmenter.pixel_map
+
+    def segment(window: np.ndarray, origin: tuple[int, ...]) -> np.ndarray:
+        spatial = tuple(s for a, s in enumerate(window.shape) if a != image.channel_axis)
+        if pixel_map is not None and pixel_map.splits:
+            whole = tuple(slice(0, s) for s in spatial)
+            (values,), _ = segmenter.segment([window], [Tile(0, (0,) * len(spatial), whole,
+                                                             whole)])
+            return pixel_map.label(pixel_map.classes(values), origin)
+        return tile_process(window, segmenter.fn, tile_shape=spatial, overlap=0,
+                            executor="serial", channel_axis=image.channel_axis, compute=True,
+                            **options)
+
+    return verify_seams(image, labels, segment, grid, windows, threshold, merge)
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
@@ -332,8 +359,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         _warn_of_pixel_map(stats.hint)
         candidates, joined = _merge_all(pool, job, bar, stats)
         edges = candidates[0][joined]
+        planes = None
         if job.merge == "iou":
-            edges = np.concatenate([edges, _stitch_planes(pool, job, edges, bar, stats)])
+            planes = _stitch_planes(pool, job, edges, bar, stats)
+            edges = np.concatenate([edges, planes.edges])
         relabeling = Relabeling(counts, edges)
         lock.check()
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
@@ -347,7 +376,8 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:
-        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes)
+        log = merge_log_table(*candidates, joined, relabeling, job.grid, job.image.axes,
+                              planes=planes)
         writing(write_table, log_path, "the merge log")(log, log_path,
                                                         storage_options=table_options)
     return relabeling.n_objects
@@ -388,20 +418,25 @@ def with_storage_options(options: dict | None, where: Any, storage_options: dict
     return options
 
 
-def _segmenter_callable(registry, fn, options: dict | None,
-                        output: str | None) -> tuple[Callable, str | None]:
+def _segmenter_callable(registry, fn, options: dict | None, output: str | None,
+                        min_distance: int | None = None
+                        ) -> tuple[Callable, str | None, int | None]:
     """``fn`` itself, or the registered segmenter it names, built with ``options``; and the
-    ``output`` left for the core (a named segmenter with an ``output`` option takes it)."""
+    ``output`` and ``min_distance`` left for the core (a named segmenter with an option of
+    that name takes it, and declares what it returns in its ``Needs``)."""
     if isinstance(fn, str):
         options = dict(options or {})
         if output is not None and "output" not in options and _has_option(registry, fn, "output"):
-            options["output"], output = output, None  # it declares what it returns in its Needs
+            options["output"], output = output, None
+        if (min_distance is not None and "min_distance" not in options
+                and _has_option(registry, fn, "min_distance")):
+            options["min_distance"], min_distance = min_distance, None
         fn = registry.segmenter(fn, **options)
     if not callable(fn):
         raise InvalidParameterError(
             f"fn must be a callable tile -> labels or a segmenter name, got {type(fn).__name__}."
         )
-    return fn, output
+    return fn, output, min_distance
 
 
 def _has_option(registry, name: str, option: str) -> bool:
@@ -498,17 +533,17 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
 
 
 def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,
-                   stats: RunStats) -> np.ndarray:
-    """``merge="iou"``: the pairs joining 2D objects across planes."""
+                   stats: RunStats) -> PlaneJoins:
+    """``merge="iou"``: the pairs of 2D objects overlapping across planes, and which join."""
     bar.stage("stitch")
     t0 = time.perf_counter()
     reports = []
     for report in pool.map_unordered(overlap_task, range(len(job.grid))):
         reports.append(report)
         bar.advance()
-    pairs = iou_edges(in_plane, reports, job.iou_threshold)
+    joins = plane_joins(in_plane, reports, job.iou_threshold)
     stats.stage_seconds["stitch"] = time.perf_counter() - t0
-    return pairs
+    return joins
 
 
 def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Progress,

@@ -18,6 +18,11 @@ face neighbours) and cores are joined across faces wherever two neighbouring pix
 connectivity have the same class. The result equals connected components of the whole-image
 map computed at once: every path between two pixels is a chain of steps inside a core and
 steps across a face, and both kinds of step are taken.
+
+With ``instances="watershed"`` a mask or probability map's foreground is split into touching
+objects by a seeded watershed instead (:mod:`blockbuster.splitting`): each tile runs it on its
+core plus ``split_halo`` pixels of exact map values, keeps the core, and tiles are joined by
+the overlap rule.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from blockbuster.errors import ContractViolationError, InvalidParameterError
+from blockbuster.splitting import (
+    DEFAULT_MIN_DISTANCE,
+    check_instances,
+    default_split_halo,
+    watershed_split,
+)
 
 OUTPUTS = ("instances", "mask", "semantic", "probability")
 DEFAULT_PROBABILITY_THRESHOLD = 0.5
@@ -47,11 +58,25 @@ class PixelMap:
     connectivity
         Neighbours that join pixels into one object: 1 = face neighbours only, up to the
         number of axes = edge and corner neighbours too.
+    instances
+        ``"components"`` (connected components, exact) or ``"watershed"`` (touching objects
+        split by a seeded watershed, :mod:`blockbuster.splitting`).
+    min_distance, split_halo
+        For ``"watershed"``: the least distance between two seeds, and the pixels of exact
+        map around a tile's core that its watershed sees.
     """
 
     kind: str
     threshold: float = DEFAULT_PROBABILITY_THRESHOLD
     connectivity: int = 1
+    instances: str = "components"
+    min_distance: int = DEFAULT_MIN_DISTANCE
+    split_halo: int = 0
+
+    @property
+    def splits(self) -> bool:
+        """Whether objects are split by a watershed (tiles then join by the overlap rule)."""
+        return self.instances == "watershed"
 
     def checked(self, values, spatial_shape: tuple[int, ...], where: str) -> np.ndarray:
         """``fn``'s answer for one tile as an array of the tile's shape, or a clear error."""
@@ -85,28 +110,46 @@ class PixelMap:
         return (values != 0).view(np.uint8)
 
     def objects(self, values) -> np.ndarray:
-        """The objects of a whole map: connected components of each class."""
+        """The objects of a whole map (at the image's origin): connected components of each
+        class, or the foreground split by a watershed."""
         values = np.asarray(values)
-        return self.label(self.classes(self.checked(values, values.shape, "the map")))
+        return self.label(self.classes(self.checked(values, values.shape, "the map")),
+                          origin=(0,) * values.ndim)
 
-    def label(self, classes: np.ndarray) -> np.ndarray:
-        """Connected components of each class of ``classes`` (0 stays background)."""
+    def label(self, classes: np.ndarray, origin: tuple[int, ...] | None = None) -> np.ndarray:
+        """Connected components of each class of ``classes`` (0 stays background), or with
+        ``instances="watershed"`` the foreground split by :func:`watershed_split` (``origin``:
+        where ``classes`` starts in the image)."""
         from skimage.measure import label
 
         if classes.size == 0:
             return np.zeros(classes.shape, np.int32)
+        if self.splits:
+            return watershed_split(classes != 0, self.min_distance, self.connectivity, origin)
         return label(classes, background=0, connectivity=min(self.connectivity, classes.ndim))
+
+    def describe(self) -> list:
+        """What identifies these settings in a job fingerprint (the splitting only if used,
+        so older stages still resume)."""
+        described = [self.kind, self.threshold]
+        if self.splits:
+            described += [self.instances, self.min_distance, self.split_halo]
+        return described
 
 
 def label_map(values, output: str, *, probability_threshold: float | None = None,
-              connectivity: int = 1) -> np.ndarray:
+              connectivity: int = 1, instances: str | None = None,
+              min_distance: int | None = None) -> np.ndarray:
     """The objects of one whole map, as ``tile_process(..., output=output)`` forms them:
-    connected components of the foreground (per class for ``"semantic"``).
+    connected components of the foreground (per class for ``"semantic"``), or with
+    ``instances="watershed"`` the foreground split by a seeded watershed.
 
-    What a tiled run with a pixel-map ``output`` equals, e.g.
+    What a tiled run with a pixel-map ``output`` equals (for ``"watershed"``: when its
+    ``split_halo`` covers the objects, see :mod:`blockbuster.splitting`), e.g.
     ``label_map(fn(image), "mask")`` for the whole image at once.
     """
-    pixel_map = resolve_output(output, probability_threshold, connectivity, None)
+    pixel_map = resolve_output(output, probability_threshold, connectivity, None,
+                               instances=instances, min_distance=min_distance)
     if pixel_map is None:
         raise InvalidParameterError("label_map labels a pixel map: output must be 'mask', "
                                     "'semantic' or 'probability'.")
@@ -115,22 +158,24 @@ def label_map(values, output: str, *, probability_threshold: float | None = None
 
 def whole_image_objects(fn, image, output: str | None = None,
                         probability_threshold: float | None = None,
-                        connectivity: int | None = None) -> np.ndarray:
+                        connectivity: int | None = None, **splitting) -> np.ndarray:
     """``fn`` on the whole ``image`` at once, its answer made objects as a tiled run makes
     them: its labels, or its pixel map (``output``, else its ``Needs.output``) labelled by
-    :func:`label_map`. The reference a tiled run equals, for images that fit in memory."""
+    :func:`label_map` (``instances``, ``min_distance``: as ``tile_process``'s). The reference a
+    tiled run equals, for images that fit in memory."""
     needs = fn.blockbuster_needs() if callable(getattr(fn, "blockbuster_needs", None)) else None
-    pixel_map = resolve_output(output, probability_threshold, connectivity, needs)
+    pixel_map = resolve_output(output, probability_threshold, connectivity, needs, **splitting)
     values = np.asarray(fn(image))
     return values if pixel_map is None else pixel_map.objects(values)
 
 
 def resolve_output(output: str | None, threshold: float | None, connectivity: int | None,
-                   needs) -> PixelMap | None:
+                   needs, *, instances: str | None = None, min_distance: int | None = None,
+                   split_halo: int | None = None) -> PixelMap | None:
     """The pixel map a run forms instances from, or ``None`` when ``fn`` returns instances.
 
-    ``output`` and ``threshold`` given to ``tile_process`` win over what the segmenter declares
-    in its :class:`~blockbuster.segmenter.Needs`.
+    ``output``, ``threshold`` and the splitting options given to ``tile_process`` win over
+    what the segmenter declares in its :class:`~blockbuster.segmenter.Needs`.
     """
     kind = output if output is not None else getattr(needs, "output", "instances")
     if kind not in OUTPUTS:
@@ -145,9 +190,37 @@ def resolve_output(output: str | None, threshold: float | None, connectivity: in
     if connectivity is not None and (not isinstance(connectivity, int) or connectivity < 1):
         raise InvalidParameterError(f"connectivity={connectivity!r}; use 1 or more.")
     if kind == "instances":
+        _refuse_splitting_of_instances(instances, min_distance, split_halo)
         return None
     return PixelMap(kind, DEFAULT_PROBABILITY_THRESHOLD if threshold is None else float(threshold),
-                    connectivity or 1)
+                    connectivity or 1, *_splitting(kind, needs, instances, min_distance,
+                                                   split_halo))
+
+
+def _splitting(kind: str, needs, instances, min_distance, split_halo) -> tuple[str, int, int]:
+    """``(instances, min_distance, split_halo)``: the caller's, else the segmenter's ``Needs``,
+    else the defaults; checked."""
+    instances = instances or getattr(needs, "instances", None) or "components"
+    check_instances(instances, min_distance, split_halo, kind)  # the caller's own
+    if instances == "components":
+        return instances, DEFAULT_MIN_DISTANCE, 0
+    if min_distance is None:
+        min_distance = getattr(needs, "min_distance", None) or DEFAULT_MIN_DISTANCE
+    if split_halo is None:
+        split_halo = getattr(needs, "split_halo", None) or default_split_halo(min_distance)
+    check_instances(instances, min_distance, split_halo, kind)  # a segmenter's own too
+    return instances, int(min_distance), int(split_halo)
+
+
+def _refuse_splitting_of_instances(instances, min_distance, split_halo) -> None:
+    given = [f"{name}={value!r}" for name, value in (
+        ("instances", instances), ("min_distance", min_distance), ("split_halo", split_halo))
+        if value is not None]
+    if given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} says how to form objects from a pixel map, but this run's fn "
+            "returns instances; pass output='mask' or 'probability' with it."
+        )
 
 
 def split_label(labels: np.ndarray) -> tuple[int, int] | None:

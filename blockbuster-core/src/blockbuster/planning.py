@@ -19,26 +19,47 @@ DEFAULT_HALO = 1  # the least halo with which the overlap rule makes connected c
 
 
 def plan_tiling(image: ImageView, tile_shape, overlap, needs, workers, memory_budget, *,
-                default_halo: bool = True) -> TileGrid:
+                default_halo: bool = True, split_halo: int = 0) -> TileGrid:
     """The tile grid of a run from the user's arguments.
 
     ``tile_shape`` and ``overlap`` may be given per axis, by axis name, or left to the
     segmenter's :class:`~blockbuster.segmenter.Needs` and the memory budget. When neither
     gives a halo, ``default_halo`` adds :data:`DEFAULT_HALO` pixels (rounded up to the
     segmenter's alignment) on every axis whose tile is longer than 1, so the overlap rule
-    applies and connected components are exact whatever their connectivity.
+    applies and connected components are exact whatever their connectivity. ``split_halo``
+    (a watershed on a pixel map, :mod:`blockbuster.splitting`) is read on top of the halo on
+    those axes.
     """
     halo = _by_axis_name(overlap if overlap is not None else needs.halo, image.axes, "overlap", 0)
     defaulted = halo is None and default_halo
+    planned = DEFAULT_HALO if defaulted else halo
+    if split_halo:
+        planned = np.add(planned or 0, split_halo).tolist()
     tiles = _resolve_tile_shape(_by_axis_name(tile_shape, image.axes, "tile_shape", None), image,
-                                DEFAULT_HALO if defaulted else halo, needs, workers,
-                                memory_budget)
+                                planned, needs, workers, memory_budget)
     tiles = _aligned(tiles, needs.align, image.shape, chosen=tile_shape in (None, "auto"))
     if defaulted:
         halo = _default_halo(tiles, needs.align)
-    grid = TileGrid(image.shape, tiles, validate_overlap(halo, tiles))
+    halo = validate_overlap(halo, tiles)
+    if split_halo:
+        halo = _with_split_halo(halo, tiles, split_halo)
+    grid = TileGrid(image.shape, tiles, halo)
     _warn_if_misaligned(grid, needs.align)
     return grid
+
+
+def _with_split_halo(halo: tuple[int, ...], tiles, split_halo: int) -> tuple[int, ...]:
+    """``halo`` plus ``split_halo`` on every axis whose tile is longer than 1, smaller than
+    the tile (a tile's window reaches its neighbours, not beyond)."""
+    total = tuple(h + split_halo if t > 1 else h for h, t in zip(halo, tiles))
+    for axis, (h, t) in enumerate(zip(total, tiles)):
+        if h >= t:
+            raise InvalidParameterError(
+                f"instances='watershed' reads split_halo {split_halo} + overlap "
+                f"{h - split_halo} = {h} pixels around each tile, not smaller than the tile "
+                f"size {t} on axis {axis}; use a tile_shape larger than {h} there."
+            )
+    return total
 
 
 def _default_halo(tiles, align) -> tuple[int, ...]:
@@ -187,6 +208,14 @@ def resolve_merge(merge: str | None, grid: TileGrid, pixel_map=None) -> str:
     A pixel map's cores hold exact values, so its objects join by touch with the same class
     (:mod:`blockbuster.pixelmaps`); the overlap rule, made for instances, does not apply.
     """
+    if pixel_map is not None and pixel_map.splits:
+        if merge not in (None, "overlap"):
+            raise InvalidParameterError(
+                f"merge={merge!r} does not apply to instances='watershed': each tile splits its "
+                "window of the stitched map and tiles are joined by the overlap rule. Leave "
+                "merge unset."
+            )
+        return "overlap"
     if pixel_map is not None:
         if merge not in (None, "touch"):
             raise InvalidParameterError(

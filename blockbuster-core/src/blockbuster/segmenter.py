@@ -55,6 +55,14 @@ class Needs:
         ``probability_threshold``). See :mod:`blockbuster.pixelmaps`.
     probability_threshold
         The foreground cut of an ``output="probability"`` map; ``None``: 0.5.
+    instances
+        How blockbuster forms objects from a mask or probability map: ``"components"``
+        (connected components, the default) or ``"watershed"`` (touching objects split by a
+        seeded watershed on the distance transform, :mod:`blockbuster.splitting`).
+    min_distance, split_halo
+        For ``instances="watershed"``: the least distance between two seeds (default 5), and
+        the pixels of stitched map around a tile's core its watershed sees (default
+        ``4 * min_distance``), read on top of ``halo``.
     """
 
     halo: int | tuple[int, ...] | None = None
@@ -63,6 +71,9 @@ class Needs:
     workers: int | None = None
     output: str = "instances"
     probability_threshold: float | None = None
+    instances: str | None = None
+    min_distance: int | None = None
+    split_halo: int | None = None
 
 
 @dataclass(frozen=True)

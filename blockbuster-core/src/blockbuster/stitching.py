@@ -137,14 +137,47 @@ def _combined(overlaps: PlaneOverlaps, found) -> PlaneOverlaps:
     return overlaps
 
 
+@dataclass
+class PlaneJoins:
+    """Every overlapping pair of 2D objects of neighbouring planes, and which of them join.
+
+    ``pairs`` are ``(object in plane z, object in plane z + 1)``, each object named by the
+    smallest provisional ID of its pieces; ``intersections`` the pixels they share, ``areas``
+    ``(n, 2)`` their areas, ``iou`` their IoU and ``joined`` whether the rule joins them.
+    """
+
+    pairs: np.ndarray
+    intersections: np.ndarray
+    areas: np.ndarray
+    iou: np.ndarray
+    joined: np.ndarray
+
+    @classmethod
+    def none(cls) -> PlaneJoins:
+        return cls(np.empty((0, 2), np.uint64), np.empty(0, np.int64),
+                   np.empty((0, 2), np.int64), np.empty(0), np.empty(0, bool))
+
+    @property
+    def edges(self) -> np.ndarray:
+        return self.pairs[self.joined]
+
+
 def iou_edges(in_plane: np.ndarray, reports: list[PlaneOverlaps], threshold: float) -> np.ndarray:
     """The cross-plane pairs Cellpose's ``stitch3D`` rule joins, between whole 2D objects
     (``in_plane``: the merge pairs that join tiles within a plane)."""
+    return plane_joins(in_plane, reports, threshold).edges
+
+
+def plane_joins(in_plane: np.ndarray, reports: list[PlaneOverlaps],
+                threshold: float) -> PlaneJoins:
+    """Every cross-plane candidate pair of whole 2D objects with its IoU and areas, and which
+    pairs Cellpose's ``stitch3D`` rule joins (``in_plane``: the merge pairs that join tiles
+    within a plane)."""
     if not reports:
-        return np.empty((0, 2), np.uint64)
+        return PlaneJoins.none()
     pairs = np.concatenate([r.pairs for r in reports])
     if len(pairs) == 0:
-        return np.empty((0, 2), np.uint64)
+        return PlaneJoins.none()
     object_of = _objects(in_plane)
     labels, first = np.unique(np.concatenate([r.labels for r in reports]), return_index=True)
     areas = np.concatenate([r.areas for r in reports])[first]
@@ -157,7 +190,9 @@ def iou_edges(in_plane: np.ndarray, reports: list[PlaneOverlaps], threshold: flo
     area_a = object_area[np.searchsorted(objects, joined[:, 0])]
     area_b = object_area[np.searchsorted(objects, joined[:, 1])]
     iou = shared / (area_a + area_b - shared)
-    return joined[_stitched(joined, iou, threshold)]
+    return PlaneJoins(joined, shared.astype(np.int64),
+                      np.stack([area_a, area_b], axis=1).astype(np.int64), iou,
+                      _stitched(joined, iou, threshold))
 
 
 def _objects(in_plane: np.ndarray):

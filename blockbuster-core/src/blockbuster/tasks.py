@@ -157,10 +157,13 @@ def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, 
     """What to stage for a tile: its core renumbered ``1..n`` and its record.
 
     A pixel map keeps only its core (the exact values): its objects are the connected
-    components of the core, and its faces carry the class of each pixel for the merge.
+    components of the core, and its faces carry the class of each pixel for the merge. A map
+    split by a watershed becomes labels of the split window, then is staged as instances.
     """
     pixel_map = job.segmenter.pixel_map
-    if pixel_map is not None:
+    if pixel_map is not None and pixel_map.splits:
+        raw = _split_window(pixel_map, tile, job.grid, raw)
+    elif pixel_map is not None:
         classes = pixel_map.classes(raw[tile.core_in_padded])
         local, present = local_labels(pixel_map.label(classes), tile)
         faces = inner_faces(local, tile, job.grid)
@@ -172,6 +175,24 @@ def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, 
     if job.merge in ("overlap", "iou"):
         faces.update(outer_faces(raw, present, tile, job.grid))
     return local, TileRecord(len(present), faces)
+
+
+def _split_window(pixel_map, tile: Tile, grid: TileGrid, raw: np.ndarray) -> np.ndarray:
+    """A pixel map split by a watershed (:mod:`blockbuster.splitting`), as the tile's labels.
+
+    The watershed runs on the *split window*: the core plus ``split_halo`` pixels, where the
+    map is exact (the map's own halo lies beyond it). Outside that window the labels are 0, so
+    the overlap rule sees the tile's own prediction one pixel past its core, and no further.
+    """
+    window = tuple(
+        slice(max(c.start - pixel_map.split_halo, 0) - p.start,
+              min(c.stop + pixel_map.split_halo, size) - p.start) if t > 1 else
+        slice(c.start - p.start, c.stop - p.start)
+        for c, p, t, size in zip(tile.core, tile.padded, grid.tile_shape, grid.shape))
+    labels = np.zeros(raw.shape, np.int32)
+    origin = tuple(p.start + w.start for p, w in zip(tile.padded, window))
+    labels[window] = pixel_map.label(pixel_map.classes(raw[window]), origin)
+    return labels
 
 
 def _pixel_map_hint(tile: Tile, raw: np.ndarray) -> str | None:

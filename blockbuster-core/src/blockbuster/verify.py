@@ -12,6 +12,9 @@ both cut to the centre, split into connected pieces and kept where they touch a 
 Windows are chosen deterministically and spread over the image: about half on tile corners,
 half on faces (shared among the tiled axes), evenly spaced in raster order. Axes whose tiles
 are one pixel thick (per-slice tiles) are not seams here: each window stays one plane thick.
+With ``merge="iou"`` that is the design: the in-plane seams are verified, plane by plane, and
+the joins across planes (by IoU of whole 2D objects, which equal Cellpose's ``stitch3D`` on
+the whole stack, :mod:`blockbuster.stitching`) are not seams; the verdict says so.
 The run passes when every window's F1 reaches ``threshold``; when it fails the report
 suggests a larger overlap to re-verify with.
 """
@@ -66,6 +69,7 @@ class VerifyReport:
     threshold: float
     overlap: tuple[int, ...]
     suggested_overlap: tuple[int, ...] | None
+    note: str = ""  # what the windows do not cover, e.g. the IoU joins across planes
 
     @property
     def passed(self) -> bool:
@@ -79,7 +83,10 @@ class VerifyReport:
         return 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0
 
     def verdict(self) -> str:
-        """One line: PASS or FAIL, the figures, and what to do on failure."""
+        """One line: PASS or FAIL, the figures, what to do on failure (and the note)."""
+        return self._verdict() + (f" ({self.note})" if self.note else "")
+
+    def _verdict(self) -> str:
         merges = sum(c.match.false_merges for c in self.checks)
         splits = sum(c.match.false_splits for c in self.checks)
         worst = min((c.f1 for c in self.checks), default=1.0)
@@ -110,25 +117,37 @@ class VerifyReport:
         return f"{self.table()}\n{self.verdict()}"
 
 
-def verify_seams(image, labels, segment: Callable[[np.ndarray], np.ndarray], grid: TileGrid,
+def verify_seams(image, labels, segment: Callable[..., np.ndarray], grid: TileGrid,
                  windows: int = DEFAULT_WINDOWS,
-                 threshold: float = DEFAULT_THRESHOLD) -> VerifyReport:
+                 threshold: float = DEFAULT_THRESHOLD, merge: str | None = None) -> VerifyReport:
     """Compare ``labels`` (the stitched result) with ``segment`` run on seam windows.
 
-    ``image`` is an :class:`~blockbuster.image.ImageView`; ``segment`` labels one window (its
-    array, channels included) as a single tile; ``labels`` is anything sliceable to numpy.
+    ``image`` is an :class:`~blockbuster.image.ImageView`; ``segment(array, origin)`` labels
+    one window (its array, channels included; ``origin``: where it starts in the image) as a
+    single tile; ``labels`` is anything sliceable to numpy.
+    ``merge="iou"``: the windows are one plane thick and the report notes that the joins
+    across planes are not among the seams checked.
     """
     check_verify_options(windows, threshold)
     checks = []
     for window in seam_windows(grid, windows):
-        own = np.asarray(segment(image.read(window.read)))
+        own = np.asarray(segment(image.read(window.read), tuple(r.start for r in window.read)))
         inside = tuple(slice(c.start - r.start, c.stop - r.start)
                        for c, r in zip(window.centre, window.read))
         checks.append(compare(window, own[inside], np.asarray(labels[window.centre]),
                               seam_mask(grid, window.centre)))
     passed = all(c.f1 >= threshold for c in checks)
     return VerifyReport(checks, threshold, grid.overlap,
-                        None if passed else suggest_overlap(grid))
+                        None if passed else suggest_overlap(grid), _note(grid, merge))
+
+
+def _note(grid: TileGrid, merge: str | None) -> str:
+    if merge != "iou":
+        return ""
+    from blockbuster.stitching import stack_axis
+
+    return (f"in-plane seams only: planes along axis {stack_axis(grid)} are joined by IoU, as "
+            "Cellpose's stitch3D joins them on the whole stack, not at seams")
 
 
 def check_verify_options(windows, threshold) -> None:

@@ -17,6 +17,7 @@ from blockbuster.errors import InvalidParameterError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.sampling import otsu_threshold, sample_blocks
 from blockbuster.segmenter import Needs
+from blockbuster.splitting import watershed_split
 
 
 @hookimpl
@@ -126,17 +127,7 @@ class Watershed(Threshold):
         return Needs(halo=halo, bytes_per_voxel=40)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
-        from scipy import ndimage
-        from skimage.feature import peak_local_max
-        from skimage.segmentation import watershed
-
-        mask = self.foreground(tile)
-        distance = ndimage.distance_transform_edt(mask)
-        blobs, _ = ndimage.label(mask)
-        peaks = peak_local_max(
-            distance, min_distance=self.min_distance, labels=blobs, exclude_border=False
-        )
-        markers = np.zeros(mask.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-distance, markers, mask=mask)
-        return self.remove_small(labels)
+        """Labels of the tile: the rule of :func:`blockbuster.splitting.watershed_split` (the
+        one ``tile_process(..., instances="watershed")`` applies to a stitched map) run on this
+        tile's own foreground, then small objects removed."""
+        return self.remove_small(watershed_split(self.foreground(tile), self.min_distance))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from blockbuster.errors import InvalidParameterError, TileFunctionError
+from blockbuster.splitting import watershed_split
 
 OUTPUTS = ("instance", "semantic", "probability")
 INSTANCE_METHODS = ("connected-components", "watershed")
@@ -102,31 +103,4 @@ def label_mask(mask: np.ndarray, method: str, min_distance: int) -> np.ndarray:
     components, count = ndimage.label(mask)
     if method == "connected-components" or count == 0:
         return components.astype(LABEL_DTYPE)
-    return _distance_watershed(mask, components, min_distance)
-
-
-def _distance_watershed(mask: np.ndarray, components: np.ndarray, min_distance: int) -> np.ndarray:
-    """Distance-transform watershed: one seed per distance maximum, split touching blobs."""
-    from scipy import ndimage
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
-    distance = ndimage.distance_transform_edt(mask)
-    peaks = peak_local_max(
-        distance, min_distance=max(1, int(min_distance)), labels=components, exclude_border=False
-    )
-    markers = np.zeros(mask.shape, dtype=LABEL_DTYPE)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=LABEL_DTYPE)
-    markers = _seed_unmarked_components(markers, components)
-    return watershed(-distance, markers, mask=mask).astype(LABEL_DTYPE)
-
-
-def _seed_unmarked_components(markers: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Give every component without a seed one, so no object is lost."""
-    marked = set(np.unique(components[markers > 0]).tolist())
-    next_id = int(markers.max()) + 1
-    for component in range(1, int(components.max()) + 1):
-        if component not in marked:
-            markers[components == component] = next_id
-            next_id += 1
-    return markers
+    return watershed_split(mask, max(1, int(min_distance))).astype(LABEL_DTYPE)

@@ -154,7 +154,11 @@ class TorchSegmenter:
     @property
     def pixel_map(self) -> str | None:
         """``"semantic"`` or ``"probability"`` when tiles return that map for blockbuster to
-        label (exactly, across tiles); ``None`` when they return instance labels."""
+        label (exactly, across tiles) or, for a probability map with
+        ``instance="watershed"``, to split on the stitched map; ``None`` when they return
+        instance labels."""
+        if self.output == "probability" and self.instance == "watershed":
+            return self.output
         if self.output == "instance" or self.instance != "connected-components":
             return None
         return self.output
@@ -168,9 +172,12 @@ class TorchSegmenter:
         if per_voxel is None:
             per_voxel = float(FEATURE_BYTES_PER_VOXEL * (self.given_batch_size or 1))
         kind = self.pixel_map
+        splits = kind is not None and self.instance == "watershed"
         return Needs(halo=self.halo, bytes_per_voxel=per_voxel, workers=gpu_count(self.device),
                      output=kind or "instances",
-                     probability_threshold=self.threshold if kind == "probability" else None)
+                     probability_threshold=self.threshold if kind == "probability" else None,
+                     instances="watershed" if splits else None,
+                     min_distance=self.min_distance if splits else None)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Segment one tile: int32 labels of the tile's spatial shape, or, for a
@@ -395,8 +402,10 @@ def torch_fn(
         instance: semantic/probability -> instances: ``"connected-components"`` (tiles
             return the class or probability map and blockbuster labels the stitched map,
             exactly as on the whole image; see ``Needs.output``), ``"watershed"``
-            (distance-transform watershed in each tile, seeds ``min_distance`` apart) or a
-            callable taking the class map (semantic) or probability map.
+            (distance-transform watershed, seeds ``min_distance`` apart: a probability map
+            is returned for blockbuster to split on the stitched map, ``Needs(instances=
+            "watershed")``; a class map is split per class inside each tile) or a callable
+            taking the class map (semantic) or probability map.
         channels: the tile's channel axis (as ``tile_process(channel_axis=...)``), or
             None for single-channel images (a channel axis of 1 is added).
         pad_multiple: pad every spatial side (at its end, ``pad_mode``) up to a
