@@ -156,7 +156,7 @@ def relate(children: Any, parents: Any, *, tile_shape: Sequence[int] | None = No
             "relate compares two label images of the same grid voxel by voxel. Segment both "
             "from the same image (or resample one onto the other's grid) first.")
     workers = resolve_workers(workers)
-    grid = label_grid(child_view, tile_shape, workers)
+    grid = label_grid(child_view.shape, child_view.chunks, tile_shape, workers)
 
     def count(tile):
         return pair_counts(child_view.read(tile.core), parent_view.read(tile.core))

@@ -48,17 +48,19 @@ def open_labels(source: Any, what: str = "labels", *,
     return view
 
 
-def label_grid(view: ImageView, tile_shape: Sequence[int] | None,
-               workers: int) -> TileGrid:
-    """Tiles over ``view``: ``tile_shape`` (``None``/-1 entries: the whole axis), or by
-    default the largest chunk-aligned tiles that fit :data:`TILE_BUDGET` across ``workers``."""
+def label_grid(shape: Sequence[int], chunks: Sequence[int] | None,
+               tile_shape: Sequence[int] | None, workers: int) -> TileGrid:
+    """Tiles over ``shape``: ``tile_shape`` (``None``/-1 entries: the whole axis), or by
+    default the largest tiles aligned with ``chunks`` that fit :data:`TILE_BUDGET` across
+    ``workers``."""
+    shape = tuple(shape)
     if tile_shape is None:
-        tile_shape = auto_tile_shape(view.shape, bytes_per_voxel=BYTES_PER_VOXEL,
-                                     overlap=(0,) * view.ndim, workers=workers,
-                                     budget_bytes=TILE_BUDGET, chunks=view.chunks)
+        tile_shape = auto_tile_shape(shape, bytes_per_voxel=BYTES_PER_VOXEL,
+                                     overlap=(0,) * len(shape), workers=workers,
+                                     budget_bytes=TILE_BUDGET, chunks=chunks)
     else:
-        tile_shape = validate_tile_shape(tuple(tile_shape), view.shape)
-    return TileGrid(view.shape, tile_shape, (0,) * view.ndim)
+        tile_shape = validate_tile_shape(tuple(tile_shape), shape)
+    return TileGrid(shape, tile_shape, (0,) * len(shape))
 
 
 def resolve_workers(workers: int | None) -> int:
