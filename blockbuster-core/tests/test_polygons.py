@@ -94,6 +94,19 @@ def test_holes_survive_tiling():
     assert len(frame.loc[1, "geometry"].interiors) == 1
     assert frame.loc[1, "geometry"].interiors[0].convex_hull.area == 16 * 16
     assert len(frame.loc[3, "geometry"].interiors) == 1
+    for polygon in frame.geometry:  # GeoJSON's right-hand rule: shells ccw, holes cw
+        assert polygon.exterior.is_ccw and not any(ring.is_ccw for ring in polygon.interiors)
+
+
+@pytest.mark.parametrize("tile", [(4, 3), (1, 1), (2, 2)])
+def test_an_object_closed_around_a_hole_at_one_corner_is_valid(tile):
+    """Pixels (0, 1) and (1, 0) meet at a corner only, and the object closes around the hole
+    (1..2, 1) there: the traced ring passes that corner twice, which must become a shell with
+    a hole touching it (valid), not a self-touching ring."""
+    labels = np.array([[0, 1, 1], [1, 0, 1], [1, 0, 1], [1, 1, 1]])
+    frame = polygons(labels, tile_shape=tile, workers=1)
+    assert_traces(frame, labels)
+    assert len(frame.geometry[0].interiors) == 1
 
 
 def test_an_object_in_pieces_is_one_multipolygon():
@@ -112,7 +125,7 @@ def test_empty_labels_give_no_polygons():
     assert len(frame) == 0 and "label" in frame
 
 
-def run_with_table(tmp_path):
+def run_with_table(tmp_path, table="n.csv"):
     """A 2D OME-Zarr nuclei image (0.5 um pixels) segmented tile by tile, with its table."""
     from blockbuster.synthetic import nuclei, write_image
 
@@ -122,8 +135,8 @@ def run_with_table(tmp_path):
     tile_process(str(tmp_path / "image.ome.zarr"), "threshold",
                  segmenter_options={"threshold": 0.5}, tile_shape=(64, 64), writer="ome-zarr",
                  write_to=str(tmp_path / "image.ome.zarr"), writer_options={"name": "nuclei"},
-                 table=str(tmp_path / "n.csv"))
-    return tmp_path / "image.ome.zarr" / "labels" / "nuclei", tmp_path / "n.csv"
+                 table=str(tmp_path / table))
+    return tmp_path / "image.ome.zarr" / "labels" / "nuclei", tmp_path / table
 
 
 def test_table_columns_join_and_physical_units_come_from_the_labels(tmp_path):
@@ -144,6 +157,14 @@ def test_table_columns_join_and_physical_units_come_from_the_labels(tmp_path):
     # pixel centres land on the table's physical centroids: centre of mass in um agrees
     np.testing.assert_allclose(physical.centroid.y, frame["centroid_y_um"], atol=1e-9)
     np.testing.assert_allclose(physical.centroid.x, frame["centroid_x_um"], atol=1e-9)
+
+
+def test_physical_scale_from_a_parquet_table_when_the_labels_have_none(tmp_path):
+    labels_path, table_path = run_with_table(tmp_path, "n.parquet")
+    plain = np.asarray(zarr.open_group(str(labels_path), mode="r")["0"])  # no metadata
+    assert polygons(plain).attrs["scale"] is None
+    frame = polygons(plain, table=table_path)
+    assert frame.attrs["scale"] == [0.5, 0.5] and frame.attrs["units"][-1] == "micrometer"
 
 
 def test_geojson_is_a_qupath_feature_collection_of_detections(tmp_path):

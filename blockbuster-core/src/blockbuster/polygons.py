@@ -35,6 +35,8 @@ from blockbuster.stores import Location
 from blockbuster.tilewise import label_grid, map_tiles, open_labels, resolve_workers
 
 GEO_EXTRA = 'pip install "blockbuster-core[geo]"'
+#: what tracing holds per pixel of a tile: 4 edge-index planes (int64), the edges, the pieces
+TRACE_BYTES_PER_PIXEL = 96
 GEOJSON_SUFFIXES = (".geojson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
 
@@ -80,10 +82,34 @@ def tile_faces(labels: np.ndarray, origin: Sequence[int] = (0, 0)):
     owner = rings  # a ring's smallest edge: its pixel tells the piece and the label
     piece = pieces[row[owner] - 1, col[owner] - 1]
     by_piece = np.lexsort((area < 0, piece))
-    polygons = shapely.polygons(linear[by_piece],
-                                indices=np.unique(piece[by_piece], return_inverse=True)[1])
+    piece_ids, polygon_of_ring = np.unique(piece[by_piece], return_inverse=True)
+    polygons = shapely.polygons(linear[by_piece], indices=polygon_of_ring)
+    polygons = _unpinch(polygons, np.isin(piece_ids, pinched_pieces(pieces)))
     shells = by_piece[area[by_piece] > 0]
     return labels[row[owner[shells]] - 1, col[owner[shells]] - 1], polygons
+
+
+def pinched_pieces(pieces: np.ndarray) -> np.ndarray:
+    """The pieces that meet themselves at a corner: two diagonal pixels of the piece whose
+    other two pixels around the corner are not. Their outer ring passes that corner twice (a
+    'C' closed by a corner around a hole), which is not a valid ring until split there."""
+    a, b = pieces[:-1, :-1], pieces[:-1, 1:]
+    c, d = pieces[1:, :-1], pieces[1:, 1:]
+    falling = (a == d) & (a != 0) & (b != a) & (c != a)
+    rising = (b == c) & (b != 0) & (a != b) & (d != b)
+    return np.unique(np.concatenate([a[falling], b[rising]]))
+
+
+def _unpinch(polygons: np.ndarray, suspect: np.ndarray) -> np.ndarray:
+    """Make the rings of pinched pieces valid: a ring through one corner twice becomes an
+    outer ring with a hole touching it there (same pixels, same area)."""
+    shapely = require_geo()
+    suspect = np.flatnonzero(suspect)
+    invalid = suspect[~shapely.is_valid(polygons[suspect])]
+    if invalid.size:
+        polygons = polygons.copy()
+        polygons[invalid] = shapely.make_valid(polygons[invalid], method="structure")
+    return polygons
 
 
 # side s of a pixel: 0 top, 1 right, 2 bottom, 3 left, walked with the object on the right
@@ -154,7 +180,8 @@ def dissolve(labels: np.ndarray, faces: np.ndarray):
         pieces = faces[first[row]:first[row] + counts[row]]
         # the union keeps the vertices where tile borders cut straight edges: drop them
         geometries[row] = shapely.simplify(shapely.union_all(pieces), 0)
-    return ids, geometries
+    # GeoJSON's right-hand rule: outer rings counterclockwise (in x, y as numbers), holes not
+    return ids, shapely.orient_polygons(geometries, exterior_cw=False)
 
 
 def polygons(labels: Any, *, table: Any = None, plane: int | None = None,
@@ -195,7 +222,8 @@ def polygons(labels: Any, *, table: Any = None, plane: int | None = None,
     prefix = _plane_prefix(view, plane, labels)
     shape2d, chunks2d = view.shape[-2:], view.chunks[-2:] if view.chunks else None
     workers = resolve_workers(workers)
-    grid = label_grid(shape2d, chunks2d, tile_shape, workers)
+    grid = label_grid(shape2d, chunks2d, tile_shape, workers,
+                      bytes_per_voxel=TRACE_BYTES_PER_PIXEL)
 
     def trace(tile):
         block = view.read(prefix + tile.core).reshape(tile.core_shape)

@@ -221,7 +221,8 @@ def _write_table_as(table, target, suffix: str) -> None:
 
 
 def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
-    """Read a table written by :func:`write_table` (``tiles`` back as lists)."""
+    """Read a table written by :func:`write_table` (``tiles`` back as lists; from Parquet
+    also ``attrs``: axes, scale, units)."""
     import io
 
     import pandas as pd
@@ -234,9 +235,16 @@ def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
             table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
                               for v in table["tiles"]]
         return table
-    table = pd.read_parquet(path)
+    import json
+
+    import pyarrow.parquet as pq
+
+    arrow = pq.read_table(path)
+    table = arrow.to_pandas()
     if "tiles" in table:
         table["tiles"] = [list(map(int, t)) for t in table["tiles"]]
+    saved = (arrow.schema.metadata or {}).get(b"blockbuster")
+    table.attrs.update(json.loads(saved) if saved else {})  # axes, scale, units
     return table
 
 

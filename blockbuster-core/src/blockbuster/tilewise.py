@@ -49,13 +49,14 @@ def open_labels(source: Any, what: str = "labels", *,
 
 
 def label_grid(shape: Sequence[int], chunks: Sequence[int] | None,
-               tile_shape: Sequence[int] | None, workers: int) -> TileGrid:
+               tile_shape: Sequence[int] | None, workers: int, *,
+               bytes_per_voxel: float = BYTES_PER_VOXEL) -> TileGrid:
     """Tiles over ``shape``: ``tile_shape`` (``None``/-1 entries: the whole axis), or by
     default the largest tiles aligned with ``chunks`` that fit :data:`TILE_BUDGET` across
-    ``workers``."""
+    ``workers`` when a thread holds ``bytes_per_voxel`` per voxel of its tile."""
     shape = tuple(shape)
     if tile_shape is None:
-        tile_shape = auto_tile_shape(shape, bytes_per_voxel=BYTES_PER_VOXEL,
+        tile_shape = auto_tile_shape(shape, bytes_per_voxel=bytes_per_voxel,
                                      overlap=(0,) * len(shape), workers=workers,
                                      budget_bytes=TILE_BUDGET, chunks=chunks)
     else:
