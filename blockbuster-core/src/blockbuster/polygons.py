@@ -1,11 +1,11 @@
 """Polygons of a 2D label image: one (multi)polygon per object, exact to the pixel, holes kept.
 
 Traced tile by tile, never with the label image whole in memory. In each tile,
-:func:`tile_faces` collects the pixel edges between different labels (runs of equal label
-pairs joined into one segment), lets GEOS's polygonizer build the faces they enclose, and
-labels each face by the pixel under a point inside it. A face is a 4-connected piece of one
-object with its holes. The pieces of an object that spans several tiles (or touches itself
-only at a corner) share exact integer edges, and :func:`dissolve` unions them by label into one
+:func:`tile_faces` finds the pixel sides between different labels (:func:`boundary_edges`),
+chains them into rings in numpy (:func:`walk_rings`, no Python step per edge), keeps one
+vertex per corner, and builds one polygon per 4-connected piece of an object: its outer ring
+and its holes. The pieces of an object that spans several tiles (or touches itself only at a
+corner) share exact integer edges, and :func:`dissolve` unions them by label into one
 geometry: ``Polygon`` for a connected object, ``MultiPolygon`` for one in pieces; the
 vertices tile borders leave on straight edges are dropped, so any tiling gives the polygons of
 the whole image.
@@ -60,7 +60,8 @@ def tile_faces(labels: np.ndarray, origin: Sequence[int] = (0, 0)):
 
     shapely = require_geo()
     labels = np.asarray(labels)
-    side, row, col, following = boundary_edges(labels)
+    pieces = connected_pieces(labels, connectivity=1, background=0)
+    side, row, col, following = boundary_edges(pieces)
     if side.size == 0:
         return np.zeros(0, labels.dtype), np.zeros(0, object)
     ring, order = walk_rings(following)
@@ -78,38 +79,13 @@ def tile_faces(labels: np.ndarray, origin: Sequence[int] = (0, 0)):
     coords = np.stack([x0[corner] + int(origin[1]), y0[corner] + int(origin[0])], 1)
     linear = shapely.linearrings(coords.astype(np.float64), indices=ring_of_edge[corner])
     # each ring belongs to the 4-connected piece of its pixels; the piece's shell comes first
-    pieces = connected_pieces(labels, connectivity=1, background=0)
     owner = rings  # a ring's smallest edge: its pixel tells the piece and the label
     piece = pieces[row[owner] - 1, col[owner] - 1]
     by_piece = np.lexsort((area < 0, piece))
     piece_ids, polygon_of_ring = np.unique(piece[by_piece], return_inverse=True)
     polygons = shapely.polygons(linear[by_piece], indices=polygon_of_ring)
-    polygons = _unpinch(polygons, np.isin(piece_ids, pinched_pieces(pieces)))
     shells = by_piece[area[by_piece] > 0]
     return labels[row[owner[shells]] - 1, col[owner[shells]] - 1], polygons
-
-
-def pinched_pieces(pieces: np.ndarray) -> np.ndarray:
-    """The pieces that meet themselves at a corner: two diagonal pixels of the piece whose
-    other two pixels around the corner are not. Their outer ring passes that corner twice (a
-    'C' closed by a corner around a hole), which is not a valid ring until split there."""
-    a, b = pieces[:-1, :-1], pieces[:-1, 1:]
-    c, d = pieces[1:, :-1], pieces[1:, 1:]
-    falling = (a == d) & (a != 0) & (b != a) & (c != a)
-    rising = (b == c) & (b != 0) & (a != b) & (d != b)
-    return np.unique(np.concatenate([a[falling], b[rising]]))
-
-
-def _unpinch(polygons: np.ndarray, suspect: np.ndarray) -> np.ndarray:
-    """Make the rings of pinched pieces valid: a ring through one corner twice becomes an
-    outer ring with a hole touching it there (same pixels, same area)."""
-    shapely = require_geo()
-    suspect = np.flatnonzero(suspect)
-    invalid = suspect[~shapely.is_valid(polygons[suspect])]
-    if invalid.size:
-        polygons = polygons.copy()
-        polygons[invalid] = shapely.make_valid(polygons[invalid], method="structure")
-    return polygons
 
 
 # side s of a pixel: 0 top, 1 right, 2 bottom, 3 left, walked with the object on the right
@@ -119,16 +95,19 @@ OUTWARD = np.array([(-1, 0), (0, 1), (1, 0), (0, -1)])  # (drow, dcol) to the pi
 START = np.array([(0, 0), (1, 0), (1, 1), (0, 1)])  # (dx, dy) of its first vertex in the pixel
 
 
-def boundary_edges(labels: np.ndarray):
-    """Every pixel side between two different labels, seen from its nonzero side: ``(side,
-    row, col, following)`` with ``row, col`` in the labels padded by one pixel and
+def boundary_edges(pieces: np.ndarray):
+    """Every pixel side between two different pieces, seen from its nonzero side: ``(side,
+    row, col, following)`` with ``row, col`` in the pieces padded by one pixel and
     ``following`` the index of the next edge along the same boundary.
 
-    The next edge hugs the same pixel (a right turn), else goes straight on, else turns
-    left; hugging keeps pixels that touch only at a corner on separate rings, so each ring
-    bounds a 4-connected piece.
+    ``pieces`` are the 4-connected pieces of the labels (one id each). The next edge hugs the
+    same pixel (a right turn), else goes straight on, else turns left: pixels that touch
+    only at a corner stay on separate rings. Except where a piece meets itself at a corner
+    (its two diagonal pixels there, the other two not): hugging would walk that corner twice
+    on one ring (a 'C' closed at a corner around a hole), so the walk crosses to the diagonal
+    pixel instead, giving an outer ring and a hole that touch there, as valid polygons do.
     """
-    padded = np.pad(labels, 1)
+    padded = np.pad(pieces, 1)
     height, width = padded.shape
     inner = padded[1:-1, 1:-1]
     index = np.full((4, height, width), -1, np.int64)
@@ -144,8 +123,11 @@ def boundary_edges(labels: np.ndarray):
     right = index[(side + 1) % 4, row, col]
     ahead_r, ahead_c = row + TRAVEL[side, 0], col + TRAVEL[side, 1]
     straight = index[side, ahead_r, ahead_c]
-    left = index[(side - 1) % 4, ahead_r + OUTWARD[side, 0], ahead_c + OUTWARD[side, 1]]
-    following = np.where(right >= 0, right, np.where(straight >= 0, straight, left))
+    diagonal_r, diagonal_c = ahead_r + OUTWARD[side, 0], ahead_c + OUTWARD[side, 1]
+    left = index[(side - 1) % 4, diagonal_r, diagonal_c]
+    pinch = (right >= 0) & (padded[diagonal_r, diagonal_c] == padded[row, col])
+    following = np.where(pinch, left, np.where(right >= 0, right, np.where(
+        straight >= 0, straight, left)))
     return side, row, col, following
 
 
