@@ -70,12 +70,7 @@ def tile_faces(labels: np.ndarray, origin: Sequence[int] = (0, 0)):
     x1, y1 = x0 + TRAVEL[side, 1], y0 + TRAVEL[side, 0]
     rings, ring_of_edge = np.unique(ring, return_inverse=True)
     area = np.bincount(ring_of_edge, weights=x0 * y1 - x1 * y0)
-    # one vertex per corner: where the side changes from the edge before
-    side_ordered = side[order]
-    first = np.r_[True, ring[order][1:] != ring[order][:-1]]
-    before = np.roll(side_ordered, 1)
-    before[first] = side_ordered[np.r_[np.flatnonzero(first)[1:], side.size] - 1]
-    corner = order[side_ordered != before]
+    corner = corners(side, ring, order)
     coords = np.stack([x0[corner] + int(origin[1]), y0[corner] + int(origin[0])], 1)
     linear = shapely.linearrings(coords.astype(np.float64), indices=ring_of_edge[corner])
     # each ring belongs to the 4-connected piece of its pixels; the piece's shell comes first
@@ -86,6 +81,16 @@ def tile_faces(labels: np.ndarray, origin: Sequence[int] = (0, 0)):
     polygons = shapely.polygons(linear[by_piece], indices=polygon_of_ring)
     shells = by_piece[area[by_piece] > 0]
     return labels[row[owner[shells]] - 1, col[owner[shells]] - 1], polygons
+
+
+def corners(side: np.ndarray, ring: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The edges, in walking order, that start a corner (their side differs from the side of
+    the edge before them on their ring): one vertex each, none along straight runs."""
+    side_ordered = side[order]
+    first = np.r_[True, ring[order][1:] != ring[order][:-1]]
+    before = np.roll(side_ordered, 1)
+    before[first] = side_ordered[np.r_[np.flatnonzero(first)[1:], side.size] - 1]
+    return order[side_ordered != before]
 
 
 # side s of a pixel: 0 top, 1 right, 2 bottom, 3 left, walked with the object on the right
