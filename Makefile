@@ -21,7 +21,7 @@ install-core: $(VENV)/bin/python
 
 install-all: $(VENV)/bin/python
 	$(PIP) -r requirements-test.txt
-	$(PIP) -e "./blockbuster-core[distributed,formats,remote]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
+	$(PIP) -e "./blockbuster-core[distributed,formats,remote,geo]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
 		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]" \
 		-e ./blockbuster-bioimageio
 

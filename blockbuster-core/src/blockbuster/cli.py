@@ -1,5 +1,5 @@
-"""The ``blockbuster`` command: ``run``, ``verify``, ``plugins``, ``info``, ``models`` and
-``--version``.
+"""The ``blockbuster`` command: ``run``, ``verify``, ``relate``, ``polygons``, ``plugins``,
+``info``, ``models`` and ``--version``.
 
 Exit codes: 0 on success; 1 with a one-line error on stderr for any blockbuster error (the
 full traceback only with ``--debug``; a ``keep_going`` run adds the list of failed tiles), or
@@ -92,6 +92,34 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--progress", action="store_true", help="show a progress bar")
     verify.set_defaults(handler=cmd_verify)
     accept_debug_after(verify)
+
+    relate = commands.add_parser(
+        "relate", help="relate two label images: each child's parent (nuclei -> cells)")
+    relate.add_argument("children", help="label image of the children (e.g. nuclei.zarr)")
+    relate.add_argument("parents", help="label image of the parents, same shape (e.g. cells.zarr)")
+    relate.add_argument("-o", "--output", required=True,
+                        help="table to write (.csv or .parquet)")
+    relate.add_argument("--pairs", action="store_true",
+                        help="one row per overlapping (child, parent) pair instead")
+    add_tiling_options(relate)
+    relate.set_defaults(handler=cmd_relate)
+    accept_debug_after(relate)
+
+    polygons = commands.add_parser(
+        "polygons", help="trace a 2D label image into polygons (GeoJSON for QuPath, GeoParquet)")
+    polygons.add_argument("labels", help="label image (e.g. nuclei.zarr)")
+    polygons.add_argument("-o", "--output", required=True, action="append",
+                          help="file to write: .geojson (QuPath) or .parquet (GeoParquet); "
+                               "repeat for both")
+    polygons.add_argument("--table", help="object table whose columns become properties")
+    polygons.add_argument("--plane", type=int,
+                          help="the z plane (index on the first axis) of a 3D label image")
+    polygons.add_argument("--physical", action="store_true",
+                          help="GeoJSON coordinates in physical units (QuPath wants pixels)")
+    polygons.add_argument("--classification", help="QuPath class of every object, e.g. Nucleus")
+    add_tiling_options(polygons)
+    polygons.set_defaults(handler=cmd_polygons)
+    accept_debug_after(polygons)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and backends")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -191,6 +219,45 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip(), value
+
+
+def add_tiling_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tile-shape", type=parse_tile_shape,
+                         help="tile shape of the pass, e.g. 1024,1024 (default: chunk-aligned)")
+    command.add_argument("--workers", type=int, help="threads (default: one per core, up to 8)")
+
+
+def parse_tile_shape(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give integers separated by commas, e.g. 1024,1024") from None
+
+
+def cmd_relate(args: argparse.Namespace) -> int:
+    """Write the child -> parent table of two label images."""
+    from blockbuster.relations import relate
+
+    table = relate(args.children, args.parents, tile_shape=args.tile_shape,
+                   workers=args.workers, pairs=args.pairs, table=args.output)
+    with_parent = int((table["parent"] > 0).sum()) if not args.pairs else len(table)
+    what = "pairs" if args.pairs else f"children ({with_parent} with a parent)"
+    print(f"wrote {len(table)} {what} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_polygons(args: argparse.Namespace) -> int:
+    """Trace a 2D label image into one polygon per object and write each output file."""
+    from blockbuster.polygons import polygons, write_polygons
+
+    shapes = polygons(args.labels, table=args.table, plane=args.plane,
+                      tile_shape=args.tile_shape, workers=args.workers)
+    for output in args.output:
+        write_polygons(shapes, output, physical=args.physical,
+                       classification=args.classification)
+        print(f"wrote {len(shapes)} polygons to {output}", file=sys.stderr)
+    return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

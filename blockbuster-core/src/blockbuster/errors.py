@@ -41,6 +41,16 @@ class ContractViolationError(TileFunctionError):
     """
 
 
+class NotTwoDimensionalError(InvalidParameterError):
+    """An operation that works on 2D label images (polygons) was given a 3D one; the message
+    says which plane to pick (``plane=``) or how to go on."""
+
+
+class OptionalDependencyError(BlockbusterError, ImportError):
+    """A feature needs packages of an optional extra that are not installed; the message says
+    which ``pip install`` brings them."""
+
+
 class OutputExistsError(BlockbusterError, FileExistsError):
     """``write_to`` already holds data that this run would overwrite."""
 

@@ -171,22 +171,29 @@ def write_table(table, path: str | os.PathLike, *,
     Written whole or not at all: a failed write leaves an earlier table at ``path`` intact
     (locally a partial file renamed over it, remotely one PUT).
     """
-    import io
-
     location = Location(path, storage_options)
     suffix = os.path.splitext(location.name)[1].lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise InvalidParameterError(
             f"table path {str(path)!r}: use a .csv or .parquet suffix.")
+    return write_whole(location, lambda target: _write_table_as(table, target, suffix))
+
+
+def write_whole(location: Location, write) -> Path | str:
+    """Call ``write(target)`` (a path or a binary file object) so that ``location`` ends up
+    holding the whole file or its earlier content: locally a partial file renamed over it,
+    remotely one PUT of the bytes written to memory."""
+    import io
+
     if location.remote:
         buffer = io.BytesIO()
-        _write_table_as(table, buffer, suffix)
+        write(buffer)
         location.write_bytes(buffer.getvalue())
         return location.url
     path = location.path
     partial = path.with_name(path.name + ".partial")
     try:
-        _write_table_as(table, partial, suffix)
+        write(partial)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -198,7 +205,8 @@ def _write_table_as(table, target, suffix: str) -> None:
     """Write the table to ``target`` (a path or a binary file object) in ``suffix``'s format."""
     if suffix == ".csv":
         out = table.copy()
-        out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
+        if "tiles" in out:
+            out["tiles"] = [";".join(str(t) for t in tiles) for tiles in out["tiles"]]
         out.to_csv(target, index=False)
     else:
         import json
@@ -213,7 +221,8 @@ def _write_table_as(table, target, suffix: str) -> None:
 
 
 def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
-    """Read a table written by :func:`write_table` (``tiles`` back as lists)."""
+    """Read a table written by :func:`write_table` (``tiles`` back as lists; from Parquet
+    also ``attrs``: axes, scale, units)."""
     import io
 
     import pandas as pd
@@ -222,11 +231,20 @@ def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
     path = io.BytesIO(location.read_bytes()) if location.remote else location.path
     if location.name.lower().endswith(".csv"):
         table = pd.read_csv(path)
-        table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
-                          for v in table["tiles"]]
+        if "tiles" in table:
+            table["tiles"] = [[int(t) for t in str(v).split(";") if t != ""] if v == v else []
+                              for v in table["tiles"]]
         return table
-    table = pd.read_parquet(path)
-    table["tiles"] = [list(map(int, t)) for t in table["tiles"]]
+    import json
+
+    import pyarrow.parquet as pq
+
+    arrow = pq.read_table(path)
+    table = arrow.to_pandas()
+    if "tiles" in table:
+        table["tiles"] = [list(map(int, t)) for t in table["tiles"]]
+    saved = (arrow.schema.metadata or {}).get(b"blockbuster")
+    table.attrs.update(json.loads(saved) if saved else {})  # axes, scale, units
     return table
 
 
