@@ -140,11 +140,19 @@ def table(rows: list[dict], args) -> str:
              "in fn s | decodes per chunk (most) | objects |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['workers']} {r['executor']} | {r['overlap']} | {r['wall_s']:.2f} | "
-              f"{r['vs_overlap_0']:.2f} | {r['cpu_s']:.2f} | {r['cpu_vs_overlap_0']:.2f} | "
+              f"{r['vs_overlap_0']:.2f} | {cpu(r)} | "
               f"{r['segment_s']:.2f} | {r['in_fn_s']:.2f} | "
               f"{r['decodes_per_chunk']:.2f} ({r['most_decodes']}) | {r['objects']} |"
               for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def cpu(row: dict) -> str:
+    """CPU seconds and their ratio; not for processes, whose workers are the forkserver's
+    children, not the run's."""
+    if row["executor"] == "processes":
+        return "n/a | n/a"
+    return f"{row['cpu_s']:.2f} | {row['cpu_vs_overlap_0']:.2f}"
 
 
 if __name__ == "__main__":
