@@ -64,6 +64,22 @@ def test_tiles_smaller_than_chunks_decode_each_chunk_once(counted, image):
     assert_same_labels(components(image), labels)
 
 
+def test_a_stack_segmented_slice_by_slice_decodes_each_chunk_once(tmp_path, monkeypatch):
+    """Planes share no chunk: each is walked whole before the next, in bands when the cache
+    is small, and each chunk is still decoded about once."""
+    stack = np.stack([nuclei((128, 128), seed=s) for s in range(4)])
+    zarr.create_array(store=str(tmp_path / "stack.zarr"), data=stack, chunks=(1, 16, 16))
+    log = ChunkReadLog(tmp_path / "reads.log")
+    run = dict(tile_shape=(1, 16, 16), overlap=(0, 3, 3), executor="threads", workers=2,
+               compute=True)
+    monkeypatch.setenv("BLOCKBUSTER_BLOCK_CACHE_MB", "0")
+    direct = tile_process(stack, components, **run)
+    monkeypatch.setenv("BLOCKBUSTER_BLOCK_CACHE_MB", str(40 * 16 * 16 * 2 / 2**20))
+    labels = tile_process(counting_zarr(tmp_path / "stack.zarr", log), components, **run)
+    assert log.per_chunk(4 * 64) <= 1.3, f"{log.per_chunk(4 * 64):.2f} decodes per chunk"
+    assert np.array_equal(labels, direct)  # the same labels as read straight from the array
+
+
 def test_worker_processes_each_keep_their_own_blocks(counted, image):
     """Processes do not share a cache: a chunk at the edge of two workers' tiles is decoded by
     both, but never once per tile that touches it."""

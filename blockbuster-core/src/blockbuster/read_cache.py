@@ -310,7 +310,8 @@ def plan_block_reads(image: ImageView, grid: TileGrid, *, max_bytes: int, shared
     band = grid.grid_shape[-1]
     while band > 1 and need(band) > max_bytes:
         band -= 1
-    order = sorted(row_major, key=lambda i: _band_key(grid.position(i), band))
+    slow, _ = _slowest_reusing(grid, blocks, band)
+    order = sorted(row_major, key=lambda i: _band_key(grid.position(i), band, slow))
     keep = max_bytes if shared else min(need(band), max_bytes)
     return BlockReads(BlockCache(blocks, keep), order, band)
 
@@ -363,5 +364,7 @@ def _spanned(grid: TileGrid, blocks: tuple[int, ...], axis: int, tiles: int) -> 
     return min(-(-grid.shape[axis] // blocks[axis]), -(-length // blocks[axis]) + 1)
 
 
-def _band_key(position: tuple[int, ...], band: int) -> tuple:
-    return (position[-1] // band, *position)
+def _band_key(position: tuple[int, ...], band: int, slow: int) -> tuple:
+    """Where a tile comes in the walk: by the axes whose tiles share no block (planes of a
+    stack segmented slice by slice, say), then by band, then row by row within the band."""
+    return (*position[:slow], position[-1] // band, *position[slow:])
