@@ -34,7 +34,9 @@ TILE = 1024
 THRESHOLD = 20000  # the synthetic nuclei are ~0.6-0.8 of 52428; background ~2600
 
 
-def build_image(path: Path, side: int) -> None:
+def build_image(path: Path, side: int, dtype: str = "uint16") -> None:
+    """Synthetic nuclei in TILE² chunks, written chunk by chunk; ``float32`` scales them to
+    0..1."""
     import numpy as np
     import zarr
 
@@ -43,12 +45,14 @@ def build_image(path: Path, side: int) -> None:
     if (path / "zarr.json").exists():
         return
     array = zarr.create_array(store=str(path), shape=(side, side), chunks=(TILE, TILE),
-                              dtype=np.uint16)
+                              dtype=dtype)
     n = side // TILE
     for i in range(n):
         for j in range(n):
-            array[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = nuclei(
-                (TILE, TILE), density=0.003, seed=i * n + j)
+            block = nuclei((TILE, TILE), density=0.003, seed=i * n + j)
+            if np.dtype(dtype).kind == "f":
+                block = block.astype(dtype) / 65535
+            array[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = block
 
 
 def warm_imports() -> None:

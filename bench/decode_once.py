@@ -24,10 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import in_child, warm_imports  # noqa: E402
+from bench_core import TILE as CHUNK, build_image, in_child, warm_imports  # noqa: E402
 from reporting import save  # noqa: E402
 
-CHUNK = 1024
 THRESHOLD = 0.4  # the float nuclei are ~0.6-0.8, the background ~0.05
 
 
@@ -36,25 +35,6 @@ def threshold_label(tile):
     import scipy.ndimage
 
     return scipy.ndimage.label(tile > THRESHOLD)[0]
-
-
-def build_image(path: Path, side: int) -> None:
-    """A float32 nuclei image in 1024² chunks, written chunk by chunk."""
-    import numpy as np
-    import zarr
-
-    from blockbuster.synthetic import nuclei
-
-    if (path / "zarr.json").exists():
-        return
-    array = zarr.create_array(store=str(path), shape=(side, side), chunks=(CHUNK, CHUNK),
-                              dtype=np.float32)
-    n = side // CHUNK
-    for i in range(n):
-        for j in range(n):
-            block = nuclei((CHUNK, CHUNK), density=0.003, seed=i * n + j)
-            array[i * CHUNK:(i + 1) * CHUNK, j * CHUNK:(j + 1) * CHUNK] = (
-                block.astype(np.float32) / 65535)
 
 
 def run_case(image: str, overlap, workers: int, executor: str) -> dict:
@@ -107,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     image = Path(args.data) / "blockbuster-bench" / f"nuclei-f32-{args.side}.zarr"
     image.parent.mkdir(parents=True, exist_ok=True)
-    build_image(image, args.side)
+    build_image(image, args.side, "float32")
     rows = []
     for case in args.cases.split(","):
         workers, executor = case.split("-")
