@@ -12,7 +12,8 @@ The parent plans the run once — the :class:`~blockbuster.image.ImageView`, the
 :class:`~blockbuster.segmenter.Segmenter`, the tile grid (:mod:`blockbuster.planning`), the
 writer — and sends them to the workers as one :class:`~blockbuster.tasks.Job`; the tasks
 themselves live in :mod:`blockbuster.tasks`. Peak memory: workers × (two padded tiles + their
-labels) + O(tiles + objects crossing faces).
+labels) + the decoded input blocks tiles share (:mod:`blockbuster.read_cache`, bounded) +
+O(tiles + objects crossing faces).
 """
 
 from __future__ import annotations
