@@ -14,7 +14,8 @@ never holds the image), then for each size runs ``tile_process`` in a fresh proc
 
 ``--default-halo`` measures instead what exactness by default costs: the same runs (one
 worker) with ``overlap=0`` (the touch rule) and with ``overlap`` left out (the 1-pixel default
-halo and the overlap rule), alternated ``--repeats`` times; medians.
+halo and the overlap rule), alternated ``--repeats`` times; medians of wall and CPU time (the
+run's process: threads are all in it).
 
 Usage: python bench/bench_core.py [--quick] [--default-halo] [--repeats N] [--out bench/results]
 """
@@ -33,7 +34,9 @@ TILE = 1024
 THRESHOLD = 20000  # the synthetic nuclei are ~0.6-0.8 of 52428; background ~2600
 
 
-def build_image(path: Path, side: int) -> None:
+def build_image(path: Path, side: int, dtype: str = "uint16") -> None:
+    """Synthetic nuclei in TILE² chunks, written chunk by chunk; ``float32`` scales them to
+    0..1."""
     import numpy as np
     import zarr
 
@@ -42,12 +45,14 @@ def build_image(path: Path, side: int) -> None:
     if (path / "zarr.json").exists():
         return
     array = zarr.create_array(store=str(path), shape=(side, side), chunks=(TILE, TILE),
-                              dtype=np.uint16)
+                              dtype=dtype)
     n = side // TILE
     for i in range(n):
         for j in range(n):
-            array[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = nuclei(
-                (TILE, TILE), density=0.003, seed=i * n + j)
+            block = nuclei((TILE, TILE), density=0.003, seed=i * n + j)
+            if np.dtype(dtype).kind == "f":
+                block = block.astype(dtype) / 65535
+            array[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = block
 
 
 def warm_imports() -> None:
@@ -72,12 +77,12 @@ def run_case(image: str, workers: int, executor: str, overlap: int | None = 0) -
     from blockbuster.builtin.segmenters import Threshold
 
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         _, stats = tile_process(image, Threshold(threshold=THRESHOLD), tile_shape=(TILE, TILE),
                                 overlap=overlap, executor=executor, workers=workers,
                                 write_to=Path(tmp) / "labels.zarr", return_stats=True)
-        wall = time.perf_counter() - t0
-    return {"wall_s": wall, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
             "merge": "overlap" if overlap != 0 else "touch",
             "stages_s": stats.stage_seconds, "peak_rss_mb": peak_rss_mb(),
             "peak_rss_worker_mb": stats.worker_peak_rss_mb, "tiles": stats.n_tiles}
@@ -187,11 +192,13 @@ def default_halo_cost(sides: list[int], data: Path, out: Path, repeats: int) -> 
         for overlap, name in ((0, "touch"), (None, "default")):
             row[f"objects_{name}"] = runs[overlap][0]["objects"]
             row[f"wall_{name}_s"] = statistics.median(r["wall_s"] for r in runs[overlap])
+            row[f"cpu_{name}_s"] = statistics.median(r["cpu_s"] for r in runs[overlap])
             row[f"in_fn_{name}_s"] = statistics.median(r["in_fn_s"] for r in runs[overlap])
             for stage in ("segment", "merge", "relabel"):
                 row[f"{stage}_{name}_s"] = statistics.median(
                     r["stages_s"][stage] for r in runs[overlap])
         row["cost"] = row["wall_default_s"] / row["wall_touch_s"] - 1
+        row["cpu_cost"] = row["cpu_default_s"] / row["cpu_touch_s"] - 1
         rows.append(row)
         print(json.dumps(row, indent=1), flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,12 +209,14 @@ def default_halo_cost(sides: list[int], data: Path, out: Path, repeats: int) -> 
 
 def halo_markdown(rows: list[dict]) -> str:
     lines = ["| side | tiles | objects touch / default | wall s: overlap=0 / default | cost | "
+             "CPU s: overlap=0 / default | CPU cost | "
              "segment s | merge s | relabel s (each overlap=0 / default) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['side']} | {r['tiles']} | {r['objects_touch']} / {r['objects_default']} | "
             f"{r['wall_touch_s']:.2f} / {r['wall_default_s']:.2f} | {r['cost']:+.0%} | "
+            f"{r['cpu_touch_s']:.2f} / {r['cpu_default_s']:.2f} | {r['cpu_cost']:+.0%} | "
             + " | ".join(f"{r[f'{s}_touch_s']:.2f} / {r[f'{s}_default_s']:.2f}"
                          for s in ("segment", "merge", "relabel")) + " |")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,9 @@ Writes a 1024² uint16 zarr of nuclei (128² chunks: 64 chunks) into moto's S3 s
 HTTP server (``serve_files``), segments it with 128² tiles and a 16-pixel halo (2 threads),
 and counts from the servers' request logs the GETs and HEADs of the image's chunks. Rows: the
 default (read cache on, s3fs ``max_concurrency=1``), the read cache off
-(``BLOCKBUSTER_READ_CACHE_MB=0``), and s3fs's own ``max_concurrency=10``.
+(``BLOCKBUSTER_READ_CACHE_MB=0``), the decoded block cache off (``BLOCKBUSTER_BLOCK_CACHE_MB=0``,
+see :mod:`blockbuster.read_cache`), both off, two worker processes, and s3fs's own
+``max_concurrency=10``.
 
 Usage: python bench/remote_gets.py [--out bench/results]
 """
@@ -42,20 +44,26 @@ def s3_rows(image: np.ndarray, expected: np.ndarray) -> list[dict]:
         s3.make_bucket("bench")
         store = Location("s3://bench/image.zarr", s3.storage_options).zarr_store()
         zarr.create_array(store=store, data=image, chunks=(CHUNK, CHUNK))
-        for case, cache_mb, extra in [("S3, default", "128", {}),
-                                      ("S3, read cache off", "0", {}),
-                                      ("S3, s3fs max_concurrency=10", "128",
-                                       {"max_concurrency": 10})]:
+        for case, cache_mb, block_mb, extra, run in [
+                ("S3, default", "128", "256", {}, {}),
+                ("S3, read cache off", "0", "256", {}, {}),
+                ("S3, block cache off", "128", "0", {}, {}),
+                ("S3, both caches off", "0", "0", {}, {}),
+                ("S3, default, 2 processes", "128", "256", {}, {"executor": "processes"}),
+                ("S3, s3fs max_concurrency=10", "128", "256", {"max_concurrency": 10}, {})]:
             os.environ["BLOCKBUSTER_READ_CACHE_MB"] = cache_mb
+            os.environ["BLOCKBUSTER_BLOCK_CACHE_MB"] = block_mb
             s3.requests.clear()
             started = time.perf_counter()
             labels = tile_process("s3://bench/image.zarr", "threshold",
-                                  storage_options={**s3.storage_options, **extra}, **RUN)
+                                  storage_options={**s3.storage_options, **extra},
+                                  **{**RUN, **run})
             seconds = time.perf_counter() - started
             assert np.array_equal(labels, expected), "remote labels differ from local ones"
             rows.append(row(case, s3.count("GET", "/bench/image.zarr/c/"),
                             s3.count("HEAD", "/bench/image.zarr/c/"), len(s3.requests), seconds))
     os.environ.pop("BLOCKBUSTER_READ_CACHE_MB")
+    os.environ.pop("BLOCKBUSTER_BLOCK_CACHE_MB")
     return rows
 
 

@@ -258,6 +258,15 @@ MUTATIONS = [
              "                              planes=planes)",
              "                              planes=None)",
              (CORE_TESTS + "test_merge_log.py",)),
+    Mutation("20", "reads: the block cache never keeps a decoded block", CORE + "read_cache.py",
+             "if part.data.nbytes > self.max_bytes:", "if True:",
+             (CORE_TESTS + "test_decode_once.py",)),
+    Mutation("20", "reads: tiles walked row by row across the image, never in bands",
+             CORE + "read_cache.py", "while band > 1 and need(band) > max_bytes:",
+             "while False:", (CORE_TESTS + "test_decode_once.py",)),
+    Mutation("20", "reads: a block is kept whole to the end, never cut to the strips wanted",
+             CORE + "read_cache.py", "if box == self.box:", "if True:",
+             (CORE_TESTS + "test_decode_once.py",)),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

@@ -190,12 +190,16 @@ def run_memory_check(tmp_path, side, executor):
 
 
 def test_tiff_larger_than_tiles_is_read_tile_by_tile(tmp_path):
-    """A 64 MiB tiled BigTIFF, 512x512 tiles: memory above the baseline < 1/3 of it.
+    """A 64 MiB tiled BigTIFF, 512x512 tiles: memory above the baseline < 1/3 of it, plus the
+    block cache's frontier: the TIFF tiles decoded for a halo before their own tile, about one
+    row of them (16 + 2 of 256 KiB here, see blockbuster.read_cache).
 
     Serial: each worker thread's own malloc arena adds 10-25 MiB of RSS whatever the image
     size, too much noise for this small file (the 400 MB test below runs two threads)."""
     size, grown = run_memory_check(tmp_path, 8192, "serial")
-    assert grown < size / 3, f"peak grew {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    frontier = (8192 // 512 + 2) * 512 * 512
+    assert grown < size / 3 + frontier, (
+        f"peak grew {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file")
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ The parent plans the run once — the :class:`~blockbuster.image.ImageView`, the
 :class:`~blockbuster.segmenter.Segmenter`, the tile grid (:mod:`blockbuster.planning`), the
 writer — and sends them to the workers as one :class:`~blockbuster.tasks.Job`; the tasks
 themselves live in :mod:`blockbuster.tasks`. Peak memory: workers × (two padded tiles + their
-labels) + O(tiles + objects crossing faces).
+labels) + the decoded input blocks tiles share (:mod:`blockbuster.read_cache`, bounded) +
+O(tiles + objects crossing faces).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from blockbuster.planning import (
 )
 from blockbuster.pixelmaps import resolve_output
 from blockbuster.progress import Progress
+from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, stage_root
@@ -288,12 +290,14 @@ def tile_process(
             segmenter = segmenter.prepared(image)
             stage = Stage(stage_root(write_to, fingerprint, stage_dir) if temporary is None
                           else temporary / "stage", grid)
+            reads = _block_reads(image, grid, executor, memory_budget)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
                       skip_empty, table_path is not None, output=str(write_to),
-                      iou_threshold=iou_threshold)
+                      iou_threshold=iou_threshold, blocks=reads.cache)
             stats = RunStats(n_tiles=len(grid))
             try:
-                n_objects = _run(job, executor, fingerprint, lock, stats, resume=resume,
+                n_objects = _run(job, executor, fingerprint, lock, stats, reads.order,
+                                 resume=resume,
                                  overwrite=overwrite, progress=progress, table_path=table_path,
                                  log_path=log_path,
                                  table_options=writer_options.get("storage_options",
@@ -343,7 +347,8 @@ def _verify(image: ImageView, labels, segmenter: Segmenter, grid, windows: int,
     return verify_seams(image, labels, segment, grid, windows, threshold, merge)
 
 
-def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats, *,
+def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats,
+         order: list[int], *,
          resume: bool, overwrite: bool, progress: bool, table_path: Path | str | None,
          log_path: Path | str | None = None, table_options: dict | None = None) -> int:
     """Segment, merge and relabel the job (resuming its stage), write the table and the merge
@@ -355,7 +360,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
         "segment", "merge", "relabel")
     with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
-        counts = _segment_all(pool, job, executor.workers, done, bar, stats)
+        counts = _segment_all(pool, job, executor.workers, done, bar, stats, order)
         _warn_of_pixel_map(stats.hint)
         candidates, joined = _merge_all(pool, job, bar, stats)
         edges = candidates[0][joined]
@@ -409,6 +414,17 @@ def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
 MAX_RUN = 16  # tiles per task at most
 
 
+def _block_reads(image: ImageView, grid, executor: Executor, memory_budget: int | None
+                 ) -> BlockReads:
+    """The run's block cache and tile order (:mod:`blockbuster.read_cache`): threads share
+    one cache and walk the order together; each worker process has its own share."""
+    budget = block_cache_bytes(memory_budget)
+    if executor.name in ("threads", "serial"):
+        return plan_block_reads(image, grid, max_bytes=budget, shared=True,
+                                tiles_in_flight=(executor.workers - 1) * MAX_RUN)
+    return plan_block_reads(image, grid, max_bytes=budget // executor.workers, shared=False)
+
+
 def with_storage_options(options: dict | None, where: Any, storage_options: dict | None) -> dict:
     """``options`` plus the run's ``storage_options`` when ``where`` is a URL (the side's own
     ``storage_options`` option wins)."""
@@ -458,14 +474,16 @@ def _warn_of_pixel_map(hint: str | None) -> None:
 
 # -- stages -----------------------------------------------------------------------------------
 def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
-                 stats: RunStats) -> np.ndarray:
+                 stats: RunStats, order: list[int]) -> np.ndarray:
     bar.stage("segment")
     t0 = time.perf_counter()
     counts = np.zeros(len(job.grid), np.int64)
     for index, count in done.items():
         counts[index] = count
     bar.advance(len(done))
-    todo = [i for i in range(len(job.grid)) if i not in done]
+    todo = [i for i in order if i not in done]
+    if job.blocks is not None:  # threads: one cache, told every read (processes: LRU only)
+        job.blocks.expect(job.grid.tile(i).padded for i in todo)
     failed = []
     for result in pool.map_unordered(segment_task, _runs(todo, job, workers)):
         for index, count in result.counts:
@@ -477,6 +495,8 @@ def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progre
         stats.hint = stats.hint or result.hint
         bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
+    if job.blocks is not None:
+        job.blocks.clear()  # this process's (threads); worker processes free theirs in merge
     if failed:
         raise tiles_failed(failed, len(job.grid), job.segmenter.retries)
     return counts

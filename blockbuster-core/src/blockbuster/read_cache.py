@@ -1,14 +1,35 @@
-"""A read cache for remote zarr stores: the chunks a tile's halo shares with its neighbours
-are fetched once, not once per tile (see :mod:`blockbuster.stores`)."""
+"""Reading each input chunk once, although tiles overlap.
+
+A tile's halo reaches into the chunks of its neighbours, which the neighbouring tiles read
+again. Two caches keep that from costing a read each time:
+
+- :class:`BlockCache` keeps *decoded* blocks of whole chunks for the run, and
+  :func:`plan_block_reads` walks the tiles in bands so the blocks a tile shares with its
+  neighbours are still there when they are read: each chunk is decoded about once, on any
+  reader with chunks (zarr local or remote, TIFF tiles, dask);
+- :class:`ReadCache` keeps the *encoded* objects a remote zarr store returned (see
+  :mod:`blockbuster.stores`), for the reads the block cache does not cover (worker processes
+  each have their own block cache).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import os
+import threading
 from collections import OrderedDict
-from typing import Any
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from zarr.storage import WrapperStore
+
+if TYPE_CHECKING:
+    from blockbuster.image import ImageView
+    from blockbuster.tiling import TileGrid
 
 
 def read_cache_bytes() -> int:
@@ -63,3 +84,287 @@ class ReadCache(WrapperStore):
 
     def __setstate__(self, state):
         self.__init__(state["_store"], max_bytes=state["max_bytes"])
+
+
+# -- decoded blocks -----------------------------------------------------------------------------
+DEFAULT_BLOCK_CACHE_MB = 256
+
+
+def block_cache_bytes(memory_budget: int | None = None) -> int:
+    """Bytes of decoded input one run may keep for reuse (``$BLOCKBUSTER_BLOCK_CACHE_MB``, else
+    256 MiB, at most a quarter of ``memory_budget``; 0 switches the cache off)."""
+    mb = os.environ.get("BLOCKBUSTER_BLOCK_CACHE_MB")
+    if mb is not None:
+        return int(float(mb) * 2**20)
+    limit = DEFAULT_BLOCK_CACHE_MB * 2**20
+    return min(limit, memory_budget // 4) if memory_budget else limit
+
+
+class BlockCache:
+    """Decoded blocks of the input, kept so that each stored chunk is decoded about once.
+
+    A block is a box of whole stored chunks (:func:`block_shape`): a tile's padded window is
+    assembled from the blocks it touches, each read from the reader once and then served from
+    memory to the neighbouring tiles whose halos reach into it. Least recently used blocks go
+    first beyond ``max_bytes``; threads share one cache (a block two threads want at once is
+    read once), and each worker process has its own, as the blocks are not pickled.
+
+    Told which regions will be read (:meth:`expect`), the cache keeps of each block only the
+    part those still to come will read: a block whose own tile has been read shrinks to the
+    halo strips its later neighbours want, and goes when the last of them has read it.
+    """
+
+    def __init__(self, block_shape: tuple[int, ...], max_bytes: int):
+        self.block_shape = tuple(block_shape)
+        self.max_bytes = int(max_bytes)
+        self._blocks: OrderedDict[tuple[int, ...], _Part] = OrderedDict()
+        self._loading: dict[tuple[int, ...], Future] = {}
+        self._wanted: dict[tuple[int, ...], list[tuple[slice, ...]]] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def expect(self, regions) -> None:
+        """Note the spatial ``regions`` about to be read, to keep only what they read."""
+        with self._lock:
+            for region in regions:
+                for position in self._positions(region):
+                    self._wanted.setdefault(position, []).append(tuple(region))
+
+    def read(self, image: ImageView, region: tuple[slice, ...]) -> np.ndarray:
+        """The tile at the spatial ``region``, as ``image.read(region)`` returns it."""
+        region = tuple(region)
+        out = None
+        positions = self._positions(region)
+        for position in positions:
+            inside = _intersection(region, self._bounds(position, image.shape))
+            part = self._part(image, position, inside)
+            if out is None:
+                shape = [s.stop - s.start for s in region]
+                if image.channel_axis is not None:
+                    shape.insert(image.channel_axis, part.data.shape[image.channel_axis])
+                out = np.empty(shape, part.data.dtype)
+            out[image._with_channels(_shifted(inside, region))] = part.data[
+                image._with_channels(_shifted(inside, part.box))]
+        self._served(positions, region, image)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._wanted.clear()
+            self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held now."""
+        return self._size
+
+    def _positions(self, region: tuple[slice, ...]) -> list[tuple[int, ...]]:
+        return list(itertools.product(*(range(s.start // b, -(-s.stop // b))
+                                        for s, b in zip(region, self.block_shape))))
+
+    def _bounds(self, position: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(p * b, min((p + 1) * b, n))
+                     for p, b, n in zip(position, self.block_shape, shape))
+
+    def _part(self, image: ImageView, position: tuple[int, ...],
+              inside: tuple[slice, ...]) -> _Part:
+        """The cached part of the block at ``position`` holding ``inside``, read if need be."""
+        with self._lock:
+            found = self._blocks.get(position)
+            if found is not None and found.holds(inside):
+                self._blocks.move_to_end(position)
+                return found
+            pending = self._loading.get(position)
+            mine = pending is None
+            if mine:
+                pending = self._loading[position] = Future()
+        if not mine:  # another thread is reading it: share its read
+            return pending.result()
+        box = self._bounds(position, image.shape)
+        try:
+            part = _Part(box, image.read(box))
+        except BaseException as error:
+            with self._lock:
+                del self._loading[position]
+            pending.set_exception(error)
+            raise
+        with self._lock:
+            del self._loading[position]
+            self._keep(position, part)
+        pending.set_result(part)
+        return part
+
+    def _keep(self, position: tuple[int, ...], part: _Part) -> None:
+        old = self._blocks.pop(position, None)
+        if old is not None:
+            self._size -= old.data.nbytes
+        if part.data.nbytes > self.max_bytes:
+            return
+        self._blocks[position] = part
+        self._size += part.data.nbytes
+        while self._size > self.max_bytes:
+            self._size -= self._blocks.popitem(last=False)[1].data.nbytes
+
+    def _served(self, positions: list[tuple[int, ...]], region: tuple[slice, ...],
+                image: ImageView) -> None:
+        """``region`` is read: keep of each of its blocks only what later reads want."""
+        with self._lock:
+            for position in positions:
+                wanted = self._wanted.get(position)
+                if not wanted or region not in wanted:
+                    continue
+                wanted.remove(region)
+                part = self._blocks.get(position)
+                if not wanted:
+                    del self._wanted[position]
+                    if part is not None:
+                        del self._blocks[position]
+                        self._size -= part.data.nbytes
+                elif part is not None:
+                    smaller = part.cropped(_hull(wanted, self._bounds(position, image.shape)),
+                                           image)
+                    self._size += smaller.data.nbytes - part.data.nbytes
+                    self._blocks[position] = smaller
+
+    def __getstate__(self):
+        return {"block_shape": self.block_shape, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["block_shape"], state["max_bytes"])
+
+    def __repr__(self) -> str:
+        return f"BlockCache(block_shape={self.block_shape}, max_bytes={self.max_bytes})"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A cached box of one block: its spatial ``box`` and the decoded ``data`` there."""
+
+    box: tuple[slice, ...]
+    data: np.ndarray
+
+    def holds(self, inside: tuple[slice, ...]) -> bool:
+        return all(b.start <= i.start and i.stop <= b.stop for b, i in zip(self.box, inside))
+
+    def cropped(self, box: tuple[slice, ...], image: ImageView) -> _Part:
+        """This part cut down to ``box`` (a copy, so the rest is freed); itself if no smaller."""
+        if box == self.box:
+            return self
+        return _Part(box, self.data[image._with_channels(_shifted(box, self.box))].copy())
+
+
+def _intersection(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _shifted(box: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``box`` relative to the start of ``origin``."""
+    return tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, origin))
+
+
+def _hull(regions: list[tuple[slice, ...]], bounds: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The smallest box holding each of ``regions`` within ``bounds``."""
+    inside = [_intersection(r, bounds) for r in regions]
+    return tuple(slice(min(s.start for s in axis), max(s.stop for s in axis))
+                 for axis in zip(*inside))
+
+
+@dataclass(frozen=True)
+class BlockReads:
+    """How a run reads its input: the :class:`BlockCache` (or ``None``: tiles are read
+    straight from the reader) and the order in which to segment the tiles."""
+
+    cache: BlockCache | None
+    order: list[int]
+    band: int  # tiles per band along the last axis
+
+
+def plan_block_reads(image: ImageView, grid: TileGrid, *, max_bytes: int, shared: bool,
+                     tiles_in_flight: int = 0) -> BlockReads:
+    """The block cache of a run and the walk over its tiles that lets the cache work.
+
+    Tiles are walked in bands of ``band`` tiles along the last axis, row by row within a band,
+    so the blocks a tile shares with its neighbours are still cached when those neighbours
+    are read. A ``shared`` cache (threads) is told every read of the run and holds only the
+    *frontier*: the blocks decoded for a halo whose own tile comes later, about one row of
+    blocks across the band (plus ``tiles_in_flight``), and halo strips. A cache of its own per
+    worker process is not told, keeps blocks least recently used out, and needs about three
+    rows. The band is the widest whose blocks fit in ``max_bytes``; each band edge is decoded
+    twice. No cache when no block would be read twice (no halo, tiles made of whole blocks),
+    when the input has no chunks, or when ``max_bytes`` is 0.
+    """
+    row_major = list(range(len(grid)))
+    blocks = block_shape(image.chunks, grid.tile_shape)
+    if blocks is None or not max_bytes or not reuses_blocks(grid, blocks):
+        return BlockReads(None, row_major, grid.grid_shape[-1])
+    block_bytes = math.prod(blocks) * image.dtype.itemsize * image.channels
+    if block_bytes * 4 > max_bytes:  # not even a few blocks: the cache could not help
+        return BlockReads(None, row_major, grid.grid_shape[-1])
+
+    def need(band: int) -> int:
+        if shared:  # the frontier, twice over for the strips and the tiles in flight
+            return 2 * (frontier(grid, blocks, band) + tiles_in_flight) * block_bytes
+        return working_set(grid, blocks, band, tiles_in_flight) * block_bytes
+
+    band = grid.grid_shape[-1]
+    while band > 1 and need(band) > max_bytes:
+        band -= 1
+    slow, _ = _slowest_reusing(grid, blocks, band)
+    order = sorted(row_major, key=lambda i: _band_key(grid.position(i), band, slow))
+    keep = max_bytes if shared else min(need(band), max_bytes)
+    return BlockReads(BlockCache(blocks, keep), order, band)
+
+
+def block_shape(chunks: tuple[int, ...] | None, tiles: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The cache's block on each axis: the largest whole number of chunks within a tile, or
+    one chunk where a tile is smaller; ``None`` without chunks."""
+    if chunks is None or len(chunks) != len(tiles) or not all(chunks):
+        return None
+    return tuple(c if t <= c else t // c * c for c, t in zip(chunks, tiles))
+
+
+def reuses_blocks(grid: TileGrid, blocks: tuple[int, ...]) -> bool:
+    """Whether some block is read by more than one tile (a halo, or tiles not made of whole
+    blocks) on an axis with more than one tile."""
+    return any(g > 1 and (o > 0 or t % b)
+               for g, o, t, b in zip(grid.grid_shape, grid.overlap, grid.tile_shape, blocks))
+
+
+def working_set(grid: TileGrid, blocks: tuple[int, ...], band: int, tiles_in_flight: int) -> int:
+    """Blocks a least-recently-used cache must hold for a walk in bands of ``band`` tiles to
+    read each block about once: the rows of blocks a padded tile spans (plus those the tiles
+    in flight span) on the slowest axis that reuses blocks, across everything faster."""
+    slow, across = _slowest_reusing(grid, blocks, band)
+    tiles_per_row = (math.prod(grid.grid_shape[slow + 1:-1]) * min(band, grid.grid_shape[-1])
+                     if slow < grid.ndim - 1 else 1)
+    return _spanned(grid, blocks, slow, 1 + -(-tiles_in_flight // tiles_per_row)) * across
+
+
+def frontier(grid: TileGrid, blocks: tuple[int, ...], band: int) -> int:
+    """Blocks decoded ahead of their own tile by a walk in bands of ``band`` tiles: those a
+    padded tile reaches on the slowest axis that reuses blocks, across everything faster."""
+    slow, across = _slowest_reusing(grid, blocks, band)
+    return (_spanned(grid, blocks, slow, 1) - -(-grid.tile_shape[slow] // blocks[slow])) * across \
+        + _spanned(grid, blocks, slow, 1)
+
+
+def _slowest_reusing(grid: TileGrid, blocks: tuple[int, ...], band: int) -> tuple[int, int]:
+    """The slowest axis on which tiles share blocks, and the blocks across the band faster."""
+    slow = next(k for k, (g, o, t, b) in enumerate(
+        zip(grid.grid_shape, grid.overlap, grid.tile_shape, blocks)) if g > 1 and (o > 0 or t % b))
+    across = math.prod(_spanned(grid, blocks, k, band) if k == grid.ndim - 1
+                       else -(-grid.shape[k] // blocks[k]) for k in range(slow + 1, grid.ndim))
+    return slow, across
+
+
+def _spanned(grid: TileGrid, blocks: tuple[int, ...], axis: int, tiles: int) -> int:
+    """Blocks that ``tiles`` consecutive padded tiles span on ``axis`` (at most all of them)."""
+    length = tiles * grid.tile_shape[axis] + 2 * grid.overlap[axis]
+    return min(-(-grid.shape[axis] // blocks[axis]), -(-length // blocks[axis]) + 1)
+
+
+def _band_key(position: tuple[int, ...], band: int, slow: int) -> tuple:
+    """Where a tile comes in the walk: by the axes whose tiles share no block (planes of a
+    stack segmented slice by slice, say), then by band, then row by row within the band."""
+    return (*position[:slow], position[-1] // band, *position[slow:])

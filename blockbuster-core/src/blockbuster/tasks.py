@@ -22,6 +22,7 @@ from blockbuster.faces import class_faces, inner_faces, local_labels, outer_face
 from blockbuster.image import ImageView
 from blockbuster.merge import tile_edges
 from blockbuster.pixelmaps import split_label
+from blockbuster.read_cache import BlockCache
 from blockbuster.relabel import TileTable
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, TileRecord
@@ -46,6 +47,13 @@ class Job:
     table: bool = False
     output: str = ""  # where the writer writes, for error messages
     iou_threshold: float | None = None  # merge="iou" only
+    blocks: BlockCache | None = None  # decoded input blocks, per process (None: read directly)
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The input at the spatial ``region``, through the block cache when there is one."""
+        if self.blocks is None:
+            return self.image.read(region)
+        return self.blocks.read(self.image, region)
 
 
 @dataclass
@@ -96,7 +104,7 @@ def _read_tile(job: Job, tile: Tile) -> np.ndarray | ImageReadError:
     after the last try, the :class:`ImageReadError` saying where and why, returned so that the
     rest of the run goes on."""
     try:
-        return retrying(partial(job.image.read, tile.padded), job.segmenter.retries)
+        return retrying(partial(job.read, tile.padded), job.segmenter.retries)
     except Exception as error:
         where = f"tile {tile.index} at {tile.bounds()}"
         if tile.padded != tile.core:
@@ -226,7 +234,11 @@ def _is_empty(job: Job, tile: Tile, image: np.ndarray) -> bool:
 
 # -- merge --------------------------------------------------------------------------------------
 def merge_task(job: Job, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The provisional-ID pairs (with their support) across the faces after tile ``index``."""
+    """The provisional-ID pairs (with their support) across the faces after tile ``index``.
+
+    The input is read no more: a worker's first merge task frees its decoded blocks."""
+    if job.blocks is not None:
+        job.blocks.clear()
     return tile_edges(job.grid.tile(index), job.grid, job.merge, job.stage.read_record,
                       job.connectivity)
 

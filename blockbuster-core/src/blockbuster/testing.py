@@ -13,6 +13,9 @@ For plugin authors:
 - :func:`store_digest` — a hash of a zarr store's chunks, to assert two runs wrote the same bytes.
 - :func:`serve_s3` — a real S3-compatible HTTP server (moto's, in a thread, free port) that
   logs every request, to test ``s3://`` inputs and outputs without a cloud account.
+- :class:`ChunkReadLog` and :func:`counting_zarr` — a zarr array whose every chunk read (one
+  fetch and one decode) is logged, from threads and worker processes alike, to count how often
+  a run decodes each input chunk.
 - the ``blockbuster_registry`` fixture — an isolated :class:`~blockbuster.registry.Registry`
   (entry points not autoloaded) to which a test registers its own plugin.
 """
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from zarr.storage import WrapperStore
 
 from blockbuster.pixelmaps import OUTPUTS, PixelMap
 from blockbuster.registry import Registry
@@ -291,3 +295,71 @@ def serve_s3() -> Iterator[S3Server]:
         state.url = url
         state.storage_options = {"endpoint_url": url, "key": "testing", "secret": "testing"}
         yield state
+
+
+class ChunkReadLog:
+    """A file logging every chunk a :func:`counting_zarr` array reads, one line per read.
+
+    Appended with ``O_APPEND`` (one ``write`` per line), so worker processes log to it too.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        Path(self.path).touch()
+
+    def record(self, key: str) -> None:
+        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(handle, (key + "\n").encode())
+        finally:
+            os.close(handle)
+
+    def reads(self) -> dict[str, int]:
+        """How many times each chunk key was read."""
+        counts: dict[str, int] = {}
+        for key in Path(self.path).read_text().split():
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def clear(self) -> None:
+        Path(self.path).write_text("")
+
+    def per_chunk(self, n_chunks: int) -> float:
+        """Mean reads (decodes) per chunk of an array of ``n_chunks`` chunks."""
+        return sum(self.reads().values()) / n_chunks
+
+
+ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+
+
+def counting_zarr(store: Any, log: ChunkReadLog):
+    """The zarr array at ``store`` (a path or a zarr store), read-only, logging each chunk it
+    reads to ``log``: zarr decodes every chunk it fetches, so a read is a decode."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    if isinstance(store, str | os.PathLike):
+        store = LocalStore(str(store), read_only=True)
+    return zarr.open_array(store=_CountingStore(store, log), mode="r")
+
+
+class _CountingStore(WrapperStore):
+    """A read-only zarr store wrapper logging each chunk key it fetches to a ChunkReadLog."""
+
+    def __init__(self, store, log: ChunkReadLog):
+        super().__init__(store)
+        self.log = log
+
+    def _with_store(self, store):
+        return type(self)(store, self.log)
+
+    async def get(self, key, prototype, byte_range=None):
+        if not key.endswith(ZARR_METADATA):
+            self.log.record(key)
+        return await self._store.get(key, prototype, byte_range)
+
+    def __getstate__(self):
+        return {"_store": self._store, "log": self.log}
+
+    def __setstate__(self, state):
+        self.__init__(state["_store"], state["log"])

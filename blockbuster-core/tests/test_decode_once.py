@@ -1,0 +1,177 @@
+"""Each input chunk is decoded about once although tiles overlap (issue 20, item 1).
+
+Counted, not timed: the input is read through :func:`blockbuster.testing.counting_zarr`, which
+logs every chunk zarr fetches (and so decodes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from blockbuster import tile_process
+from blockbuster.image import ImageView
+from blockbuster.read_cache import BlockCache, plan_block_reads
+from blockbuster.builtin.arrays import ArrayReader
+from blockbuster.synthetic import nuclei
+from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
+from blockbuster.tiling import TileGrid
+
+SIDE, CHUNK = 256, 32
+N_CHUNKS = (SIDE // CHUNK) ** 2
+
+
+def components(tile: np.ndarray) -> np.ndarray:
+    return ndimage.label(tile > 15000)[0]
+
+
+@pytest.fixture(scope="module")
+def image():
+    return nuclei((SIDE, SIDE), seed=3)
+
+
+@pytest.fixture
+def counted(tmp_path, image):
+    """The image as a zarr of 32² chunks, and the log of the chunks read from it."""
+    zarr.create_array(store=str(tmp_path / "image.zarr"), data=image, chunks=(CHUNK, CHUNK))
+    log = ChunkReadLog(tmp_path / "reads.log")
+    return counting_zarr(tmp_path / "image.zarr", log), log
+
+
+@pytest.mark.parametrize("overlap", [None, 4, 20])
+@pytest.mark.parametrize("executor,workers", [("serial", 1), ("threads", 2)])
+def test_each_chunk_is_decoded_once_with_a_halo(counted, image, overlap, executor, workers):
+    """Tiles of one chunk with a halo touch up to 9 chunks; each is still decoded once, and
+    the labels are the whole image's."""
+    array, log = counted
+    labels = tile_process(array, components, tile_shape=(CHUNK, CHUNK), overlap=overlap,
+                          executor=executor, workers=workers, compute=True)
+    reads = log.reads()
+    assert len(reads) == N_CHUNKS
+    assert log.per_chunk(N_CHUNKS) <= 1.2, f"{log.per_chunk(N_CHUNKS):.2f} decodes per chunk"
+    assert max(reads.values()) <= 2
+    assert_same_labels(components(image), labels)
+
+
+def test_tiles_smaller_than_chunks_decode_each_chunk_once(counted, image):
+    """Four 16² tiles share each 32² chunk: read from the decoded chunk, not four decodes."""
+    array, log = counted
+    labels = tile_process(array, components, tile_shape=(16, 16), overlap=2, executor="threads",
+                          workers=2, compute=True)
+    assert max(log.reads().values()) == 1
+    assert_same_labels(components(image), labels)
+
+
+def test_a_stack_segmented_slice_by_slice_decodes_each_chunk_once(tmp_path, monkeypatch):
+    """Planes share no chunk: each is walked whole before the next, in bands when the cache
+    is small, and each chunk is still decoded about once."""
+    stack = np.stack([nuclei((128, 128), seed=s) for s in range(4)])
+    zarr.create_array(store=str(tmp_path / "stack.zarr"), data=stack, chunks=(1, 16, 16))
+    log = ChunkReadLog(tmp_path / "reads.log")
+    run = dict(tile_shape=(1, 16, 16), overlap=(0, 3, 3), executor="threads", workers=2,
+               compute=True)
+    monkeypatch.setenv("BLOCKBUSTER_BLOCK_CACHE_MB", "0")
+    direct = tile_process(stack, components, **run)
+    monkeypatch.setenv("BLOCKBUSTER_BLOCK_CACHE_MB", str(40 * 16 * 16 * 2 / 2**20))
+    labels = tile_process(counting_zarr(tmp_path / "stack.zarr", log), components, **run)
+    assert log.per_chunk(4 * 64) <= 1.3, f"{log.per_chunk(4 * 64):.2f} decodes per chunk"
+    assert np.array_equal(labels, direct)  # the same labels as read straight from the array
+
+
+def test_worker_processes_each_keep_their_own_blocks(counted, image):
+    """Processes do not share a cache: a chunk at the edge of two workers' tiles is decoded by
+    both, but never once per tile that touches it."""
+    array, log = counted
+    labels = tile_process(array, components, tile_shape=(CHUNK, CHUNK), overlap=4,
+                          executor="processes", workers=2, compute=True)
+    assert log.per_chunk(N_CHUNKS) <= 2.5
+    assert_same_labels(components(image), labels)
+
+
+def test_without_a_halo_tiles_are_read_directly(counted):
+    """Tiles made of whole chunks with no halo share nothing: no cache, one read per chunk."""
+    array, log = counted
+    tile_process(array, components, tile_shape=(64, 64), overlap=0, compute=True)
+    assert log.per_chunk(N_CHUNKS) == 1
+    view = ImageView.open(ArrayReader(array))
+    reads = plan_block_reads(view, TileGrid(view.shape, (64, 64), (0, 0)), max_bytes=2**30,
+                             shared=True)
+    assert reads.cache is None and reads.order == list(range(16))
+
+
+class CountingReader(ArrayReader):
+    """An in-memory image that says it is stored in chunks and counts the blocks read."""
+
+    def __init__(self, array, chunks):
+        super().__init__(array)
+        self.chunks = chunks
+        self.reads = []
+
+    def read(self, region):
+        self.reads.append(region)
+        return super().read(region)
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_block_cache_assembles_tiles_exactly_and_frees_what_no_tile_wants(channels):
+    """Every padded tile equals a direct read, channels included; each block is read once, the
+    cache stays within a few rows of blocks, and it is empty after the last tile."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 1000, (96, 160, 3) if channels else (96, 160), dtype=np.uint16)
+    reader = CountingReader(data, (16, 16, 3) if channels else (16, 16))
+    view = ImageView.open(reader, channel_axis=2 if channels else None)
+    grid = TileGrid(view.shape, (16, 16), (3, 3))
+    plan = plan_block_reads(view, grid, max_bytes=2**30, shared=True)
+    cache = plan.cache
+    cache.expect(grid.tile(i).padded for i in plan.order)
+    block_bytes = 16 * 16 * data.itemsize * (3 if channels else 1)
+    largest = 0
+    for i in plan.order:
+        tile = grid.tile(i)
+        assert np.array_equal(cache.read(view, tile.padded), view.read(tile.padded))
+        largest = max(largest, cache.size)
+    assert len(reader.reads) == 6 * 10 + len(plan.order)  # each block once, plus the checks
+    assert largest <= (grid.grid_shape[1] + 4) * block_bytes  # about one row of 10 blocks
+    assert cache.size == 0
+
+
+def test_a_small_cache_walks_in_bands_and_stays_within_its_bytes():
+    """A cache too small for a row of blocks walks narrower bands; it never holds more than its
+    bytes, and only the band edges are read twice."""
+    data = np.arange(128 * 512, dtype=np.float32).reshape(128, 512)
+    reader = CountingReader(data, (16, 16))
+    view = ImageView.open(reader)
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    block_bytes = 16 * 16 * 4
+    plan = plan_block_reads(view, grid, max_bytes=24 * block_bytes, shared=True)
+    assert plan.band < grid.grid_shape[1]
+    positions = [grid.position(i) for i in plan.order]
+    assert positions[:2] == [(0, 0), (0, 1)] and positions[plan.band] == (1, 0)
+    plan.cache.expect(grid.tile(i).padded for i in plan.order)
+    for i in plan.order:
+        tile = grid.tile(i)
+        assert np.array_equal(plan.cache.read(view, tile.padded), data[tile.padded])
+        assert plan.cache.size <= 24 * block_bytes
+    assert len(reader.reads) / (8 * 32) <= 1 + 2.5 / plan.band
+
+
+def test_a_failed_block_read_is_raised_and_read_again_next_time():
+    """A read error reaches the tile (to be retried); the next read of the block tries again."""
+    data = np.ones((64, 64), np.uint8)
+    reader = CountingReader(data, (32, 32))
+    view = ImageView.open(reader)
+    cache = BlockCache((32, 32), 2**20)
+    failing = [True]
+    read = reader.read
+
+    def flaky(region):
+        if failing.pop() if failing else False:
+            raise OSError("connection reset")
+        return read(region)
+
+    reader.read = flaky
+    with pytest.raises(OSError, match="connection reset"):
+        cache.read(view, (slice(0, 40), slice(0, 40)))
+    assert np.array_equal(cache.read(view, (slice(0, 40), slice(0, 40))), data[:40, :40])
