@@ -34,7 +34,8 @@ def run_and_wait(qtbot, widget: RunWidget) -> None:
     """Press Run and wait until the worker thread has finished (the UI thread kept going)."""
     widget.run_button.clicked.emit()
     assert widget.worker is not None, widget.status.value
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=TIMEOUT)
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
 
 
 def test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale(

@@ -254,6 +254,22 @@ class RunWidget(Container):
         self.worker.finished.connect(self._idle)
         self.worker.start()
 
+    def wait(self, timeout: float = 3600.0) -> None:
+        """Keep Qt's events going until the run started by :meth:`start` has ended (for
+        scripts and notebooks; in napari's window the run simply goes on beside the UI)."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    @property
+    def running(self) -> bool:
+        return not self.run_button.enabled
+
     def _emit(self, event: ProgressEvent) -> None:  # in the run's thread
         self._relay.event.emit(event.stage, event.done, event.total)
 
