@@ -17,6 +17,32 @@ from blockbuster.registry import Registry  # noqa: E402
 from blockbuster.synthetic import touching_disks, write_image  # noqa: E402
 
 SCALE = (0.5, 0.25)
+TIMEOUT = 60_000  # ms
+
+
+@pytest.fixture
+def scale() -> tuple[float, float]:
+    """The physical pixel size of ``ome_image``."""
+    return SCALE
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def run_and_wait(qtbot):
+    """Press a widget's Run and wait until its worker thread has finished (the UI thread kept
+    going meanwhile)."""
+
+    def run(widget) -> None:
+        widget.run_button.clicked.emit()
+        assert widget.worker is not None, widget.status.value
+        assert widget.running
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+    return run
 
 
 @pytest.fixture(scope="session")

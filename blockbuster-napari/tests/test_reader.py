@@ -4,21 +4,13 @@ widget added (labels at the input's scale, table as features, merge-log seams)."
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import zarr
-from conftest import SCALE
-from test_widget import run_and_wait
 
 from blockbuster import tile_process
 from blockbuster_napari import RunWidget
 from blockbuster_napari._reader import get_reader
 
 PLUGIN = "blockbuster-napari"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 def layer_summary(layer) -> dict:
@@ -44,31 +36,32 @@ def same_layers(first, second) -> None:
             assert all(np.array_equal(p, q) for p, q in zip(x["data"], y["data"]))
 
 
-def test_opening_the_output_folder_gives_the_widgets_layers(qtbot, viewer, make_napari_viewer,
-                                                             ome_image, tmp_path):
+def test_opening_the_output_folder_gives_the_widgets_layers(run_and_wait, viewer,
+                                                             make_napari_viewer, ome_image,
+                                                             scale, tmp_path):
     widget = RunWidget(viewer)
     widget.path.value = str(ome_image)
     widget.merge_log.value = True
     widget.output.value = tmp_path / "labels.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
     shown = list(viewer.layers)
     assert [type(layer).__name__ for layer in shown] == ["Labels", "Shapes"]
 
     other = make_napari_viewer()
     opened = other.open(str(tmp_path / "labels.zarr"), plugin=PLUGIN)
     same_layers(shown, opened)
-    assert tuple(opened[0].scale) == SCALE and len(opened[0].features) == opened[0].data.max()
+    assert tuple(opened[0].scale) == scale and len(opened[0].features) == opened[0].data.max()
 
 
-def test_seams_are_the_tile_faces_with_the_joins_across_them(qtbot, viewer, ome_image,
-                                                              tmp_path):
+def test_seams_are_the_tile_faces_with_the_joins_across_them(run_and_wait, viewer, ome_image,
+                                                              scale, tmp_path):
     import pandas as pd
 
     widget = RunWidget(viewer)
     widget.path.value = str(ome_image)
     widget.merge_log.value = True
     widget.output.value = tmp_path / "labels.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
     seams = viewer.layers["labels seams"]
     log = pd.read_parquet(tmp_path / "labels.zarr.merges.parquet")
     # 4 x 3 tiles of 32 x 32: 4 x 2 faces across x and 3 x 3 across y
@@ -76,7 +69,7 @@ def test_seams_are_the_tile_faces_with_the_joins_across_them(qtbot, viewer, ome_
     assert seams.features["joined"].sum() == log["joined"].sum() - edge_joins(log)
     vertical = [s for s in seams.data if s[0][1] == s[1][1]]
     assert sorted({float(s[0][1]) for s in vertical}) == [32.0, 64.0]
-    assert tuple(seams.scale) == SCALE
+    assert tuple(seams.scale) == scale
 
 
 def edge_joins(log) -> int:
@@ -85,13 +78,13 @@ def edge_joins(log) -> int:
 
 
 def test_a_plain_zarr_written_by_tile_process_opens_at_the_inputs_scale(viewer, ome_image,
-                                                                        tmp_path):
+                                                                        scale, tmp_path):
     out = tmp_path / "nuclei.zarr"
     tile_process(str(ome_image), "threshold", segmenter_options={"threshold": 0.5},
                  tile_shape=(32, 32), write_to=out, table=True)
     (layer,) = viewer.open(str(out), plugin=PLUGIN)
     assert type(layer).__name__ == "Labels" and layer.name == "nuclei"
-    assert tuple(layer.scale) == SCALE
+    assert tuple(layer.scale) == scale
     assert np.array_equal(np.asarray(layer.data), zarr.open_array(str(out), mode="r")[:])
     assert set(layer.features.columns) >= {"index", "voxels", "centroid_y_um"}
 

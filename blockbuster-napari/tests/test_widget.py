@@ -6,19 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SCALE
 
 from blockbuster import tile_process
 from blockbuster.table import read_table
 from blockbuster_napari import RunWidget
-
-TIMEOUT = 60_000  # ms
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
 
 @pytest.fixture
 def notifications():
@@ -30,16 +21,8 @@ def notifications():
     notification_manager.notification_ready.disconnect(seen.append)
 
 
-def run_and_wait(qtbot, widget: RunWidget) -> None:
-    """Press Run and wait until the worker thread has finished (the UI thread kept going)."""
-    widget.run_button.clicked.emit()
-    assert widget.worker is not None, widget.status.value
-    assert widget.running
-    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
-
-
 def test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale(
-        qtbot, viewer, ome_image, tmp_path):
+        run_and_wait, viewer, ome_image, scale, tmp_path):
     widget = RunWidget(viewer)
     viewer.window.add_dock_widget(widget, name="blockbuster")
     widget.path.value = str(ome_image)
@@ -51,13 +34,13 @@ def test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale(
     assert widget.overlap.value == "16, 16"
     assert "level" in [p.name for p in widget.reader_options.parameters]  # the reader's own
     widget.output.value = tmp_path / "labels.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
 
     expected = tile_process(str(ome_image), "watershed", segmenter_options={"min_distance": 4},
                             tile_shape=(32, 32), overlap=16, compute=True)
     layer = viewer.layers["labels"]
     assert np.array_equal(np.asarray(layer.data), expected)
-    assert tuple(layer.scale) == SCALE
+    assert tuple(layer.scale) == scale
     assert widget.stats.n_objects == expected.max() > 10
     assert widget.progress.value == widget.progress.max == 12 * 3  # 4 x 3 tiles, 3 stages
     table = read_table(tmp_path / "labels.zarr.objects.csv")
@@ -65,13 +48,13 @@ def test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale(
     assert list(layer.features["voxels"]) == list(table["voxels"])
 
 
-def test_run_on_an_image_layer_keeps_its_scale(qtbot, viewer, image, tmp_path):
+def test_run_on_an_image_layer_keeps_its_scale(run_and_wait, viewer, image, tmp_path):
     viewer.add_image(image, name="nuclei", scale=(2.0, 3.0))
     widget = RunWidget(viewer)
     assert widget.layer.value is viewer.layers["nuclei"]
     widget.tile_shape.value, widget.overlap.value = "48, 40", "6"
     widget.output.value = tmp_path / "nuclei-labels.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
 
     expected = tile_process(image, "watershed", tile_shape=(48, 40), overlap=6, compute=True)
     layer = viewer.layers["nuclei-labels"]
@@ -79,7 +62,8 @@ def test_run_on_an_image_layer_keeps_its_scale(qtbot, viewer, image, tmp_path):
     assert tuple(layer.scale) == (2.0, 3.0)
 
 
-def test_an_ome_zarr_output_is_a_lazy_multiscale_layer(qtbot, viewer, ome_image, tmp_path):
+def test_an_ome_zarr_output_is_a_lazy_multiscale_layer(run_and_wait, viewer, ome_image,
+                                                        scale, tmp_path):
     import dask.array as da
 
     widget = RunWidget(viewer)
@@ -87,7 +71,7 @@ def test_an_ome_zarr_output_is_a_lazy_multiscale_layer(qtbot, viewer, ome_image,
     widget.writer.value = "ome-zarr"
     widget.table.value = False
     widget.output.value = tmp_path / "out.ome.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
 
     layer = viewer.layers["segmentation"]
     assert layer.multiscale and len(layer.data) > 1
@@ -96,11 +80,11 @@ def test_an_ome_zarr_output_is_a_lazy_multiscale_layer(qtbot, viewer, ome_image,
                             compute=True)
     assert np.array_equal(np.asarray(layer.data[0]), expected)
     assert np.array_equal(np.asarray(layer.data[1]), expected[::2, ::2])
-    assert tuple(layer.scale) == SCALE
+    assert tuple(layer.scale) == scale
 
 
 def test_cancel_stops_the_run_and_run_again_resumes_from_the_stage(
-        qtbot, viewer, ome_image, tmp_path, registry, notifications):
+        run_and_wait, viewer, ome_image, tmp_path, registry, notifications):
     widget = RunWidget(viewer, registry=registry)
     widget.path.value = str(ome_image)
     widget.segmenter.value = "slow-watershed"
@@ -114,7 +98,7 @@ def test_cancel_stops_the_run_and_run_again_resumes_from_the_stage(
             widget.cancel_button.clicked.emit()
 
     widget._relay.event.connect(cancel_at_first_progress)
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
     widget._relay.event.disconnect(cancel_at_first_progress)
 
     assert widget.status.value == "cancelled: Run again resumes"
@@ -124,7 +108,7 @@ def test_cancel_stops_the_run_and_run_again_resumes_from_the_stage(
     assert any("run cancelled" in n.message and f"{staged} of 48 tiles are staged" in n.message
                for n in notifications)
 
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
     assert widget.stats.tiles_resumed == staged
     expected = tile_process(str(ome_image), "watershed", tile_shape=(16, 16), overlap=8,
                             compute=True)
@@ -132,15 +116,15 @@ def test_cancel_stops_the_run_and_run_again_resumes_from_the_stage(
     assert not (tmp_path / "labels.zarr.stage").exists()
 
 
-def test_a_bad_option_is_a_notification_and_writes_nothing(qtbot, viewer, ome_image, tmp_path,
-                                                           notifications):
+def test_a_bad_option_is_a_notification_and_writes_nothing(run_and_wait, viewer, ome_image,
+                                                           tmp_path, notifications):
     from napari.utils.notifications import NotificationSeverity
 
     widget = RunWidget(viewer)
     widget.path.value = str(ome_image)
     widget.segmenter_options["sigma"].value = -1.0
     widget.output.value = tmp_path / "labels.zarr"
-    run_and_wait(qtbot, widget)
+    run_and_wait(widget)
 
     errors = [n for n in notifications if n.severity == NotificationSeverity.ERROR]
     assert len(errors) == 1
@@ -180,3 +164,11 @@ def test_segmenter_options_are_the_factory_signature(viewer, registry):
     assert widget.segmenter_options.options() == {"threshold": 0.5, "connectivity": 2}
     widget.segmenter.value = "slow-watershed"
     assert widget.segmenter_options.parameters[0].name == "delay"
+    widget.segmenter.value = "cellpose"  # a backend package's segmenter, by name
+    fields = {p.name: widget.segmenter_options[p.name] for p in
+              widget.segmenter_options.parameters}
+    assert {"model", "diameter", "gpu", "flow_threshold"} <= set(fields)
+    assert "eval_kwargs" not in fields  # **kwargs has no field
+    assert type(fields["gpu"]).__name__ == "CheckBox"
+    fields["model"].value, fields["diameter"].value = "cyto3", "30"
+    assert widget.segmenter_options.options() == {"model": "cyto3", "diameter": 30}
