@@ -40,7 +40,9 @@ def test_a_listener_raising_cancel_stops_the_run_and_the_same_call_resumes(tmp_p
         tile_process(IMAGE, Threshold(threshold=0.5), **RUN, executor="threads", workers=2,
                      write_to=out, progress=cancel_after_first_tiles)
     staged = len(list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle")))
-    assert 0 < staged < 30  # the tasks not started were cancelled, not run to the end
+    # 10 tasks of 3 tiles, 8 submitted at once: the finished task, those running and a few
+    # finished meanwhile are staged; the queued ones are cancelled, not run (that would be 24)
+    assert 0 < staged <= 12
     assert f"{staged} of 30 tiles are staged" in str(error.value)
     assert "run the same call again to resume" in str(error.value)
     assert seen[-1].stage == "segment"
