@@ -23,7 +23,7 @@ install-all: $(VENV)/bin/python
 	$(PIP) -r requirements-test.txt
 	$(PIP) -e "./blockbuster-core[distributed,formats,remote,geo]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
 		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]" \
-		-e ./blockbuster-bioimageio
+		-e ./blockbuster-bioimageio -e "./blockbuster-napari[test]"
 
 ## example: segment a synthetic 4096x4096 nuclei image with the built-in watershed
 example: install-core

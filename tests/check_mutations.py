@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("blockbuster-core", "blockbuster-cellpose", "blockbuster-stardist",
             "blockbuster-torch", "blockbuster-bioio",
-            "blockbuster-bioimageio")
+            "blockbuster-bioimageio", "blockbuster-napari")
 NOT_COPIED = shutil.ignore_patterns(".venv*", ".git", "build", "site", "__pycache__",
                                     ".hypothesis", ".pytest_cache", "*.egg-info", "results")
 
@@ -56,6 +56,8 @@ BIOIO = "blockbuster-bioio/src/blockbuster/plugins/bioio/"
 BIOIO_TESTS = "blockbuster-bioio/tests/"
 BIOIMAGEIO = "blockbuster-bioimageio/src/blockbuster/plugins/bioimageio/"
 BIOIMAGEIO_TESTS = "blockbuster-bioimageio/tests/"
+NAPARI = "blockbuster-napari/src/blockbuster_napari/"
+NAPARI_TESTS = "blockbuster-napari/tests/"
 
 MUTATIONS = [
     Mutation("1", "TIFF reader leaks 1 MiB per tile read", CORE + "builtin/tiff.py",
@@ -267,6 +269,34 @@ MUTATIONS = [
     Mutation("20", "reads: a block is kept whole to the end, never cut to the strips wanted",
              CORE + "read_cache.py", "if box == self.box:", "if True:",
              (CORE_TESTS + "test_decode_once.py",)),
+    Mutation("22", "a stopped run waits for every queued task instead of cancelling them",
+             CORE + "pipeline.py",
+             "        if close is not None:\n            close()\n",
+             "        pass\n",
+             (CORE_TESTS + "test_progress.py",)),
+    Mutation("22", "napari: Cancel is never seen by the run",
+             NAPARI + "_run.py", "        if cancel.is_set():", "        if False:",
+             (NAPARI_TESTS + "test_widget.py::"
+              "test_cancel_stops_the_run_and_run_again_resumes_from_the_stage",)),
+    Mutation("22", "napari: the overlap does not follow the segmenter's options",
+             NAPARI + "_widget.py",
+             "        self.segmenter_options.changed.connect(self._suggest_tiling)", "",
+             (NAPARI_TESTS + "test_widget.py::"
+              "test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale",)),
+    Mutation("22", "napari: table rows attached to the wrong labels",
+             NAPARI + "_layers.py", 'table["label"].astype(np.int64))',
+             'table["label"].astype(np.int64) + 1)',
+             (NAPARI_TESTS + "test_widget.py::"
+              "test_run_on_a_file_shows_tile_process_labels_at_the_physical_scale",)),
+    Mutation("22", "napari: an image layer's scale is lost in the output",
+             NAPARI + "_widget.py", "            record_layer_scale(request.write_to, layer)",
+             "            pass",
+             (NAPARI_TESTS + "test_widget.py::test_run_on_an_image_layer_keeps_its_scale",)),
+    Mutation("22", "a plain zarr output forgets the input's physical scale",
+             CORE + "builtin/zarr_writer.py",
+             '        found = {"axes": image.axes, **image.metadata}',
+             '        found = {"axes": image.axes}',
+             (CORE_TESTS + "test_io.py", NAPARI_TESTS + "test_reader.py")),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

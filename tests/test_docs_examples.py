@@ -2,6 +2,7 @@
 sharing one namespace, as a reader would paste them). Fragments that need the reader's own
 objects (``my_model``) are fenced as ```` ```py ```` and are not run."""
 
+import os
 import re
 from pathlib import Path
 
@@ -11,7 +12,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["index.md", "getting-started.md", "tiling-and-merging.md", "plugin-authoring.md",
          "configuration.md", "resume.md", "remote.md", "cluster.md", "torch.md",
          "stardist.md", "cellpose.md", "gpu.md", "bioio.md",
-         "bioimageio.md", "measure.md"]
+         "bioimageio.md", "measure.md", "napari.md"]
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # napari.md's example makes a viewer
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

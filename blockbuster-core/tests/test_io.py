@@ -173,3 +173,20 @@ def test_provisional_ids_round_trip():
     assert ids.dtype == np.uint64
     assert np.array_equal(tile_of(ids), tiles) and np.array_equal(local_of(ids), local)
     assert np.all(first_of_tiles(tiles) < ids) and np.all(ids < first_of_tiles(tiles + 1))
+
+
+def test_a_zarr_output_records_the_inputs_axes_and_physical_scale(tmp_path, image):
+    """So a viewer opening the labels alone places them on the image (napari's reader does)."""
+    from blockbuster.synthetic import write_image
+
+    source = write_image(tmp_path / "in.ome.zarr", image, axes="yx", scale=(0.5, 0.25),
+                         units={"y": "micrometer", "x": "micrometer"})
+    tile_process(str(source), components, tile_shape=(20, 20), write_to=tmp_path / "out.zarr")
+    recorded = zarr.open_array(str(tmp_path / "out.zarr"), mode="r").attrs["blockbuster"]
+    assert recorded["complete"] is True
+    assert recorded["source"]["axes"] == ["y", "x"]
+    assert recorded["source"]["scale"] == [0.5, 0.25]
+    assert recorded["source"]["units"] == ["micrometer", "micrometer"]
+    tile_process(image, components, tile_shape=(20, 20), write_to=tmp_path / "plain.zarr")
+    assert "scale" not in zarr.open_array(str(tmp_path / "plain.zarr")).attrs["blockbuster"].get(
+        "source", {})  # an array knows no scale: none is made up

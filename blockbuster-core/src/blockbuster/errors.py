@@ -77,6 +77,11 @@ class TilesFailedError(BlockbusterError, RuntimeError):
     """With ``keep_going=True``: some tiles failed after their retries; the rest are staged."""
 
 
+class RunCancelledError(BlockbusterError, RuntimeError):
+    """A progress listener stopped the run (a GUI's Cancel); finished tiles stay staged, so
+    running the same call again resumes from them."""
+
+
 class WorkerCrashedError(BlockbusterError, RuntimeError):
     """A worker process died mid-run; finished tiles stay staged for a resume."""
 

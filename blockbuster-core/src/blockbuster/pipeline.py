@@ -23,7 +23,8 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from blockbuster.errors import (
     InvalidParameterError,
     OutputWriteError,
     PixelMapWarning,
+    RunCancelledError,
     TilesFailedError,
 )
 from blockbuster.executors import Executor
@@ -54,7 +56,7 @@ from blockbuster.planning import (
     resolve_table_path,
 )
 from blockbuster.pixelmaps import resolve_output
-from blockbuster.progress import Progress
+from blockbuster.progress import Listener, Progress
 from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
@@ -115,7 +117,7 @@ def tile_process(
     write_to: str | os.PathLike | None = None,
     overwrite: bool = False,
     compute: bool = False,
-    progress: bool = False,
+    progress: bool | Listener = False,
     memory_budget: int | None = None,
     retries: int = 2,
     keep_going: bool = False,
@@ -212,7 +214,10 @@ def tile_process(
         ``True`` returns a numpy array (only for results that fit in RAM); ``False`` a dask
         array over the written labels.
     progress
-        Show one progress bar for the run.
+        ``True`` shows one progress bar for the run; a callable receives every
+        :class:`~blockbuster.progress.ProgressEvent` (stage, tile steps done, total) in the
+        calling thread, and may raise :class:`~blockbuster.errors.RunCancelledError` to stop
+        the run: finished tiles stay staged, so the same call run again resumes from them.
     retries, keep_going
         A tile whose ``fn`` raises is tried ``retries`` more times; then the run stops naming
         the tile — or, with ``keep_going=True``, finishes every other tile first and raises
@@ -302,7 +307,7 @@ def tile_process(
                                  log_path=log_path,
                                  table_options=writer_options.get("storage_options",
                                                                   storage_options))
-            except OutputWriteError as error:
+            except (OutputWriteError, RunCancelledError) as error:
                 add_progress(error, stage, len(grid))
                 raise
             stage.remove()
@@ -349,7 +354,7 @@ def _verify(image: ImageView, labels, segmenter: Segmenter, grid, windows: int,
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats,
          order: list[int], *,
-         resume: bool, overwrite: bool, progress: bool, table_path: Path | str | None,
+         resume: bool, overwrite: bool, progress: bool | Listener, table_path: Path | str | None,
          log_path: Path | str | None = None, table_options: dict | None = None) -> int:
     """Segment, merge and relabel the job (resuming its stage), write the table and the merge
     log (URLs with ``table_options``): the run proper, under the output's lock. Returns the
@@ -401,14 +406,19 @@ def writing(call: Callable, path: Any, what: str) -> Callable:
     return write
 
 
-def add_progress(error: OutputWriteError, stage: Stage, n_tiles: int) -> None:
+def add_progress(error: OutputWriteError | RunCancelledError, stage: Stage,
+                 n_tiles: int) -> None:
     """Add to ``error`` how much of the run is done and that rerunning the same call resumes."""
     done = len(stage.done_tiles()) if stage.root.exists() else 0
-    fix = ("free space there (or raise the quota)" if isinstance(error, DiskFullError)
-           else "fix the cause")
     redo = ("; no tile is segmented again" if done == n_tiles else "")
+    if isinstance(error, RunCancelledError):
+        then = f"run the same call again to resume from them{redo}"
+    else:
+        fix = ("free space there (or raise the quota)" if isinstance(error, DiskFullError)
+               else "fix the cause")
+        then = f"{fix}, then rerun the same call; it resumes from them{redo}"
     error.args = (f"{error} {done} of {n_tiles} tiles are staged in {str(stage.root)!r}: "
-                  f"{fix}, then rerun the same call; it resumes from them{redo}.",)
+                  f"{then}.",)
 
 
 MAX_RUN = 16  # tiles per task at most
@@ -473,6 +483,20 @@ def _warn_of_pixel_map(hint: str | None) -> None:
         warnings.warn(hint, PixelMapWarning, stacklevel=4)
 
 # -- stages -----------------------------------------------------------------------------------
+@contextmanager
+def _results(pool, task, items) -> Iterator[Iterator]:
+    """``pool.map_unordered(task, items)``, closed on the way out: a run stopped midway (an
+    error, a cancelling progress listener) cancels the tasks not started yet at once instead of
+    waiting for them while the pool shuts down."""
+    results = pool.map_unordered(task, items)
+    try:
+        yield results
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
 def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
                  stats: RunStats, order: list[int]) -> np.ndarray:
     bar.stage("segment")
@@ -485,15 +509,16 @@ def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progre
     if job.blocks is not None:  # threads: one cache, told every read (processes: LRU only)
         job.blocks.expect(job.grid.tile(i).padded for i in todo)
     failed = []
-    for result in pool.map_unordered(segment_task, _runs(todo, job, workers)):
-        for index, count in result.counts:
-            counts[index] = count
-        stats.seconds_in_fn += result.seconds
-        stats.tiles_empty += result.empty
-        stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, result.peak_rss_mb)
-        failed.extend(result.failed)
-        stats.hint = stats.hint or result.hint
-        bar.advance(len(result.counts) + len(result.failed))
+    with _results(pool, segment_task, _runs(todo, job, workers)) as results:
+        for result in results:
+            for index, count in result.counts:
+                counts[index] = count
+            stats.seconds_in_fn += result.seconds
+            stats.tiles_empty += result.empty
+            stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, result.peak_rss_mb)
+            failed.extend(result.failed)
+            stats.hint = stats.hint or result.hint
+            bar.advance(len(result.counts) + len(result.failed))
     stats.stage_seconds["segment"] = time.perf_counter() - t0
     if job.blocks is not None:
         job.blocks.clear()  # this process's (threads); worker processes free theirs in merge
@@ -543,9 +568,10 @@ def _merge_all(pool, job: Job, bar: Progress, stats: RunStats
     bar.stage("merge")
     t0 = time.perf_counter()
     found = [no_edges()]
-    for edges in pool.map_unordered(merge_task, range(len(job.grid))):
-        found.append(edges)
-        bar.advance()
+    with _results(pool, merge_task, range(len(job.grid))) as results:
+        for edges in results:
+            found.append(edges)
+            bar.advance()
     pairs, support, clean = (np.concatenate(parts) for parts in zip(*found))
     joined = kept_pairs(pairs, support, clean)
     stats.stage_seconds["merge"] = time.perf_counter() - t0
@@ -558,9 +584,10 @@ def _stitch_planes(pool, job: Job, in_plane: np.ndarray, bar: Progress,
     bar.stage("stitch")
     t0 = time.perf_counter()
     reports = []
-    for report in pool.map_unordered(overlap_task, range(len(job.grid))):
-        reports.append(report)
-        bar.advance()
+    with _results(pool, overlap_task, range(len(job.grid))) as results:
+        for report in results:
+            reports.append(report)
+            bar.advance()
     joins = plane_joins(in_plane, reports, job.iou_threshold)
     stats.stage_seconds["stitch"] = time.perf_counter() - t0
     return joins
@@ -574,9 +601,10 @@ def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Prog
     runs = _runs(list(range(len(job.grid))), job, workers)
     tables = ([(i, relabeling.table(i), dtype) for i in run] for run in runs)  # made as sent
     partials = []
-    for done in pool.map_unordered(relabel_task, tables):
-        partials.extend(statistics for statistics in done if statistics is not None)
-        bar.advance(len(done))
+    with _results(pool, relabel_task, tables) as results:
+        for done in results:
+            partials.extend(statistics for statistics in done if statistics is not None)
+            bar.advance(len(done))
     stats.stage_seconds["relabel"] = time.perf_counter() - t0
     return partials
 

@@ -58,6 +58,7 @@ class ZarrLabelsWriter(Writer):
 
     overwrite: bool = False
     _array: Any = None
+    source: dict[str, Any] | None = None  # the run's axes and physical metadata (set_source)
 
     @property
     @abstractmethod
@@ -86,8 +87,18 @@ class ZarrLabelsWriter(Writer):
             return
         raise OutputExistsError(message)
 
+    def set_source(self, image: Any) -> None:
+        """Keep the run's spatial axis names and physical metadata (scale, units...), recorded
+        as ``source`` in the ``blockbuster`` attributes: whoever opens the labels alone (a
+        viewer) places them at the image's scale."""
+        found = {"axes": image.axes, **image.metadata}
+        self.source = {key: list(value) for key, value in found.items() if value is not None}
+
     def start_attrs(self, node, fingerprint: str) -> None:
-        node.attrs[ATTRS_KEY] = {"fingerprint": fingerprint, "complete": False}
+        attrs = {"fingerprint": fingerprint, "complete": False}
+        if self.source:
+            attrs["source"] = self.source
+        node.attrs[ATTRS_KEY] = json.loads(json.dumps(attrs))
 
     def mark_complete(self, node, info: dict[str, Any]) -> None:
         attrs = dict(node.attrs.get(ATTRS_KEY, {}))
