@@ -8,7 +8,7 @@
 2. A 3200² image cut into 32² tiles (10,000 tiles), a trivial threshold: time outside ``fn``
    per tile (target: <= 5 ms per tile on this machine).
 
-Usage: python bench/bench_scale.py [--quick] [--out bench/results]
+Usage: python bench/bench_scale.py [--quick] [--sides 8192 16384] [--no-overhead] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -51,10 +51,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller images, 2,500 tiles")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--sides", type=int, nargs="+", default=None,
+                        help="image sides of the memory part (default: 8192 16384 32768)")
+    parser.add_argument("--no-overhead", action="store_true",
+                        help="the memory part only, not the 10,000-tile overhead run")
     args = parser.parse_args()
     data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
     data.mkdir(parents=True, exist_ok=True)
-    sides = [2048, 4096, 8192] if args.quick else [8192, 16384, 32768]
+    sides = args.sides or ([2048, 4096, 8192] if args.quick else [8192, 16384, 32768])
     memory = []
     floor = in_child("import_floor")["peak_rss_mb"]
     for side in sides:
@@ -68,8 +72,9 @@ def main() -> None:
     parent_ratio = memory[-1]["parent_rss_mb"] / memory[0]["parent_rss_mb"]
     worker_ratio = memory[-1]["worker_rss_mb"] / memory[0]["worker_rss_mb"]
     side, tile = (1600, 32) if args.quick else (3200, 32)
-    overhead = {f"{ex}-{w}": in_child("many_tiles", side, tile, ex, w, module="bench_scale")
-                for ex, w in [("serial", 1), ("threads", 2)]}
+    overhead = {} if args.no_overhead else {
+        f"{ex}-{w}": in_child("many_tiles", side, tile, ex, w, module="bench_scale")
+        for ex, w in [("serial", 1), ("threads", 2)]}
     for name, row in overhead.items():
         print(name, json.dumps(row), flush=True)
     summary = {"memory": memory, "import_floor_rss_mb": floor, "parent_rss_ratio": parent_ratio,
