@@ -25,7 +25,8 @@ Peers:
                    same script: the row the patchworks targets compare with (the same packages,
                    so the same import floor of peak RSS).
 
-``--only-patchworks`` runs only the cases where patchworks takes part.
+``--only-patchworks`` runs only the cases where patchworks takes part, ``--case TEXT`` only the
+cases whose name contains ``TEXT``.
 
 On the large-image case (an 8192² uint16 nuclei zarr with 1024² chunks, threshold + components,
 1024² tiles, overlap 16: the case of issue 20) blockbuster and patchworks read the zarr and write
@@ -460,9 +461,12 @@ def same_objects(reference: np.ndarray, result: np.ndarray) -> bool:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def run(size: str, out: Path, only_patchworks: bool = False) -> dict:
+def run(size: str, out: Path, only_patchworks: bool = False,
+        names: list[str] | None = None) -> dict:
     rows = []
     for case in cases(size):
+        if names and not any(name in case.name for name in names):
+            continue
         if case.kind in NETWORK_KINDS and importlib.util.find_spec(case.kind) is None:
             continue
         if only_patchworks and "patchworks" not in peers_of(case, size):
@@ -642,10 +646,12 @@ def main() -> None:
     group.add_argument("--tiny", action="store_true", help="seconds: harness check only")
     parser.add_argument("--only-patchworks", action="store_true",
                         help="only the cases where patchworks takes part")
+    parser.add_argument("--case", action="append", dest="cases", metavar="TEXT",
+                        help="only the cases whose name contains TEXT (repeatable)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     run("tiny" if args.tiny else "quick" if args.quick else "full", Path(args.out),
-        args.only_patchworks)
+        args.only_patchworks, args.cases)
 
 
 if __name__ == "__main__":
