@@ -11,9 +11,9 @@ disturbed by the others):
   holding the GIL, on the 8192² uint16 nuclei zarr of ``bench_core.py`` with 1024² tiles and
   overlap 16, written to a local zarr.
 
-Each row also gives the CPU seconds of the run (its process and its worker processes:
-``os.times`` of the child), so the cost of an executor shows even when the machine's load hides
-the wall-time scaling, and the load average around the run.
+Each row also gives the CPU seconds of the run's process (``os.times``; with ``threads`` that
+is all of the run, with ``processes`` only the parent's share: worker processes are children
+of the fork server, not of the run) and the load average around the runs.
 
 Targets: ``sleep`` and ``matmul`` with 2 workers >= 1.8x one worker; ``cc`` with processes and
 2 workers >= 1.5x one worker and never slower than threads with 2 workers.
@@ -155,8 +155,8 @@ def targets(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| fn | tiles | wall s: threads 1 / 2 | processes 1 / 2 | CPU s: threads 1 / 2 | "
-             "processes 1 / 2 | speed-up threads | speed-up processes (vs threads 1) | "
-             "load avg median / max |", "|---|---|---|---|---|---|---|---|---|"]
+             "processes 1 / 2 (parent only) | speed-up threads | "
+             "speed-up processes (vs threads 1) | load avg median / max |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['function']} | {r['tiles']} | {r['threads-1_wall_s']:.2f} / "
