@@ -8,7 +8,7 @@ CP4_VENV := .venv-cp4
 CP4_PY   := $(CP4_VENV)/bin/python
 
 .PHONY: example test test-cellpose4 install-core install-all install-cellpose4 docs bench \
-	bench-env clean
+	bench-env bench-env-patchworks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,5 +58,12 @@ bench-env:
 	bench/.venv-cellpose-distributed/bin/python -m pip install --quiet \
 		-r bench/requirements-cellpose-distributed.txt
 
+## bench-env-patchworks: patchworks 3.3.0 (GPL, measured only) and blockbuster-core's segmenters
+## for the patchworks peer of bench/peers.py
+bench-env-patchworks:
+	$(PYTHON) -m venv bench/.venv-patchworks
+	bench/.venv-patchworks/bin/python -m pip install --quiet patchworks==3.3.0 -e ./blockbuster-core
+
 clean:
-	rm -rf $(VENV) $(CP4_VENV) bench/.venv-cellpose-distributed build site examples/data
+	rm -rf $(VENV) $(CP4_VENV) bench/.venv-cellpose-distributed bench/.venv-patchworks build site \
+		examples/data

@@ -7,8 +7,13 @@
    growth above that floor is what the parent holds for the run.
 2. A 3200² image cut into 32² tiles (10,000 tiles), a trivial threshold: time outside ``fn``
    per tile (target: <= 5 ms per tile on this machine).
+3. ``--dense``: millions of objects instead: 2 x 2 squares on a 4-pixel grid (16.8 million at
+   16384², 67 million at 32768²), 2048² tiles, the same ``processes`` run: the parent's peak
+   RSS must stay flat while the object count grows four-fold (target: largest <= 1.2x
+   smallest).
 
-Usage: python bench/bench_scale.py [--quick] [--out bench/results]
+Usage: python bench/bench_scale.py [--quick] [--sides 8192 16384] [--no-overhead] [--dense]
+       [--out bench/results]
 """
 
 from __future__ import annotations
@@ -22,6 +27,64 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import THRESHOLD, build_image, in_child, met  # noqa: E402
+
+
+DENSE_TILE = 2048
+
+
+def build_dense_image(path: Path, side: int) -> None:
+    """A uint8 zarr of 2 x 2 squares of 1 on a 4-pixel grid, (side / 4)² objects, written
+    chunk by chunk (every chunk the same pattern)."""
+    import numpy as np
+    import zarr
+
+    if (path / "zarr.json").exists():
+        return
+    cell = np.zeros((4, 4), np.uint8)
+    cell[:2, :2] = 1
+    chunk = np.tile(cell, (DENSE_TILE // 4, DENSE_TILE // 4))
+    array = zarr.create_array(store=str(path), shape=(side, side), chunks=(DENSE_TILE,) * 2,
+                              dtype=np.uint8)
+    for i in range(0, side, DENSE_TILE):
+        for j in range(0, side, DENSE_TILE):
+            array[i:i + DENSE_TILE, j:j + DENSE_TILE] = chunk
+
+
+def dense_run(image: str) -> dict:
+    """Run in a child: the dense image with 2048² tiles, processes, 2 workers."""
+    from blockbuster import tile_process
+    from blockbuster.builtin.segmenters import Threshold
+    from blockbuster.memory import peak_rss_mb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        _, stats = tile_process(image, Threshold(threshold=0), tile_shape=(DENSE_TILE,) * 2,
+                                executor="processes", workers=2,
+                                write_to=Path(tmp) / "labels.zarr", return_stats=True)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "objects": stats.n_objects, "tiles": stats.n_tiles,
+            "stages_s": stats.stage_seconds, "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_worker_mb": stats.worker_peak_rss_mb}
+
+
+def dense(sides: list[int], data: Path, out: Path) -> None:
+    rows = []
+    for side in sides:
+        image = data / f"dense-{side}.zarr"
+        build_dense_image(image, side)
+        rows.append({"side": side, **in_child("dense_run", str(image), module="bench_scale")})
+        print(json.dumps(rows[-1]), flush=True)
+    ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+    lines = ["| side | tiles | objects | wall s | parent peak RSS MB | worker peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['side']} | {r['tiles']} | {r['objects']:,} | {r['wall_s']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['peak_rss_worker_mb']:.0f} |" for r in rows]
+    lines.append(f"\nParent RSS ratio largest/smallest: {ratio:.2f} (target <= 1.2: "
+                 f"{met(ratio, 1.2)})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale-dense.json").write_text(json.dumps(rows, indent=1))
+    (out / "scale-dense.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def many_tiles(side: int, tile: int, executor: str, workers: int) -> dict:
@@ -51,10 +114,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller images, 2,500 tiles")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--sides", type=int, nargs="+", default=None,
+                        help="image sides of the memory part (default: 8192 16384 32768)")
+    parser.add_argument("--no-overhead", action="store_true",
+                        help="the memory part only, not the 10,000-tile overhead run")
+    parser.add_argument("--dense", action="store_true",
+                        help="millions of 2 x 2 objects instead (default sides 16384 32768)")
     args = parser.parse_args()
     data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
     data.mkdir(parents=True, exist_ok=True)
-    sides = [2048, 4096, 8192] if args.quick else [8192, 16384, 32768]
+    if args.dense:
+        return dense(args.sides or [16384, 32768], data, Path(args.out))
+    sides = args.sides or ([2048, 4096, 8192] if args.quick else [8192, 16384, 32768])
     memory = []
     floor = in_child("import_floor")["peak_rss_mb"]
     for side in sides:
@@ -68,8 +139,9 @@ def main() -> None:
     parent_ratio = memory[-1]["parent_rss_mb"] / memory[0]["parent_rss_mb"]
     worker_ratio = memory[-1]["worker_rss_mb"] / memory[0]["worker_rss_mb"]
     side, tile = (1600, 32) if args.quick else (3200, 32)
-    overhead = {f"{ex}-{w}": in_child("many_tiles", side, tile, ex, w, module="bench_scale")
-                for ex, w in [("serial", 1), ("threads", 2)]}
+    overhead = {} if args.no_overhead else {
+        f"{ex}-{w}": in_child("many_tiles", side, tile, ex, w, module="bench_scale")
+        for ex, w in [("serial", 1), ("threads", 2)]}
     for name, row in overhead.items():
         print(name, json.dumps(row), flush=True)
     summary = {"memory": memory, "import_floor_rss_mb": floor, "parent_rss_ratio": parent_ratio,

@@ -15,6 +15,22 @@ Peers:
                    it runs in its own environment, ``bench/.venv-cellpose-distributed``
                    (``make bench-env``), through ``cellpose_distributed_peer.py``; without that
                    environment, and always under ``--tiny``, its rows say why they were skipped.
+- ``patchworks``   patchworks 3.3.0's ``tile_process`` (the GPL original of this design, driven
+                   through its documented API) with the same ``fn``, tiles, overlap and 2
+                   workers, on the CC, watershed and 3D cases and the large-image case. It runs
+                   in its own environment, ``bench/.venv-patchworks`` (``make
+                   bench-env-patchworks``), through ``patchworks_peer.py``; without it, and
+                   always under ``--tiny``, its rows say why they were skipped.
+- ``blockbuster-pw-env``  blockbuster (threads, 2 workers) in that same environment, through the
+                   same script: the row the patchworks targets compare with (the same packages,
+                   so the same import floor of peak RSS).
+
+``--only-patchworks`` runs only the cases where patchworks takes part, ``--case TEXT`` only the
+cases whose name contains ``TEXT``.
+
+On the large-image case (an 8192² uint16 nuclei zarr with 1024² chunks, threshold + components,
+1024² tiles, overlap 16: the case of issue 20) blockbuster and patchworks read the zarr and write
+their labels to a zarr, as a user would; the whole-image call reads it into memory.
 
 Peers are timed warm: an untimed run on a corner of the image first imports what they import
 lazily, loads the model and starts thread pools (``warm_up_s`` in the JSON), so the times are
@@ -51,6 +67,7 @@ CELLPOSE_MODEL = ROOT / "blockbuster-cellpose" / "tests" / "data" / "tiny_disks_
 #: cells. Cellpose's distributed mode always overlaps blocks by twice the diameter.
 CELL_DIAMETER = 24
 CELLPOSE_DISTRIBUTED_PYTHON = HERE / ".venv-cellpose-distributed" / "bin" / "python"
+PATCHWORKS_PYTHON = HERE / ".venv-patchworks" / "bin" / "python"
 WORKERS = 2
 F1_TARGET = 0.99
 OUTSIDE_FN_TARGET = 0.10
@@ -68,6 +85,7 @@ class Case:
     tile: int = 512
     overlap: int = 0
     planes: int = 0    # > 0: a (planes, side, side) stack, tiled along Y and X only
+    on_disk: bool = False  # read from a zarr (chunks = tiles) and written to one, not in memory
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -100,6 +118,8 @@ def cases(size: str) -> list[Case]:
         Case("dense touching nuclei, Cellpose 3-plane stack (tiny model)", "cellpose",
              max(256, cells // 2), ndim=3, planes=3, tile=max(128, tile // 2),
              overlap=2 * CELL_DIAMETER),
+        Case("large image, zarr on disk", "cc", {"tiny": 512, "quick": 4096, "full": 8192}[size],
+             tile=2 * tile, overlap=16, on_disk=True),
     ]
 
 
@@ -112,8 +132,10 @@ def make_image(case: Case) -> np.ndarray:
         return real_nuclei_mosaic(case.side)
     if case.name.startswith("dense"):
         return touching_disks((case.side, case.side), radius=9, spacing=17, seed=1)
-    if case.name.startswith("large"):
+    if case.name.startswith("large objects"):
         return nuclei((case.side, case.side), density=0.00004, radius=(60, 140), seed=2)
+    if case.on_disk:
+        return nuclei_mosaic(case.side, case.tile)
     return nuclei((case.side,) * 3, density=0.002, radius=(3, 6), seed=3)
 
 
@@ -127,6 +149,32 @@ def touching_cells(shape: tuple[int, ...]) -> np.ndarray:
     cells = ndimage.gaussian_filter(disks, 1.0) * 0.8 + 0.1
     noise = np.random.default_rng(4).normal(0, 0.05, shape)
     return (cells + noise).astype(np.float32)
+
+
+def nuclei_mosaic(side: int, tile: int) -> np.ndarray:
+    """``bench_core.py``'s synthetic nuclei image: one seeded ``tile``² block after another."""
+    from blockbuster.synthetic import nuclei
+
+    n = side // tile
+    image = np.empty((side, side), np.uint16)
+    for i in range(n):
+        for j in range(n):
+            image[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] = nuclei(
+                (tile, tile), density=0.003, seed=i * n + j)
+    return image
+
+
+ON_DISK_IMAGE = "image.zarr"
+
+
+def write_image_on_disk(case: Case, workdir: Path) -> None:
+    """The image of an on-disk case as a zarr array in ``workdir``, one chunk per tile."""
+    import zarr
+
+    image = make_image(case)
+    array = zarr.create_array(store=str(workdir / ON_DISK_IMAGE), shape=image.shape,
+                              chunks=case.tile_shape, dtype=image.dtype)
+    array[...] = image
 
 
 def real_nuclei_mosaic(side: int) -> np.ndarray:
@@ -172,7 +220,7 @@ def segmenter(case: Case, image: np.ndarray):
 # -- peers (each runs in a child process) -----------------------------------------------------
 def run_peer(case_json: str, peer: str, workdir: str) -> dict:
     case = Case(**json.loads(case_json))
-    image = make_image(case)
+    image = case_image(case, peer, Path(workdir))
     fn = segmenter(case, image)
     runner = RUNNERS[peer]
     warm = ({"warm_up_s": warm_up(case, runner, image, fn, Path(workdir))}
@@ -180,8 +228,19 @@ def run_peer(case_json: str, peer: str, workdir: str) -> dict:
     labels, measured = runner(case, image, fn, Path(workdir))
     np.save(Path(workdir) / f"{peer}.npy", labels)
     return {"peak_rss_mb": peak_rss_mb(), **warm, **measured,
-            "megapixels_per_s": image.size / 1e6 / measured["wall_s"],
-            "objects": int(labels.max())}
+            "megapixels_per_s": np.prod(case.shape) / 1e6 / measured["wall_s"],
+            "objects": measured.get("objects", int(labels.max()))}
+
+
+def case_image(case: Case, peer: str, workdir: Path):
+    """The case's image: in memory, or for an on-disk case the zarr that ``run_case`` wrote
+    (read whole only by the whole-image call)."""
+    if not case.on_disk:
+        return make_image(case)
+    import zarr
+
+    array = zarr.open_array(str(workdir / ON_DISK_IMAGE), mode="r")
+    return array[...] if peer == "whole" else array
 
 
 def warm_up(case: Case, runner, image: np.ndarray, fn, workdir: Path) -> float:
@@ -204,6 +263,18 @@ def run_blockbuster(case: Case, image, fn, workdir: Path, merge: str | None = No
     from blockbuster import tile_process
 
     merge = merge or ("overlap" if case.overlap else "touch")
+    if not isinstance(image, np.ndarray):  # an on-disk case (its warm-up gets a corner)
+        with tempfile.TemporaryDirectory(dir=workdir) as out:
+            t0 = time.perf_counter()
+            result, stats = tile_process(str(workdir / ON_DISK_IMAGE), fn, tile_shape=case.tile_shape,
+                                         overlap=case.halo, merge=merge, executor="threads",
+                                         workers=WORKERS, write_to=Path(out) / "labels.zarr",
+                                         return_stats=True)
+            wall = time.perf_counter() - t0
+            peak = peak_rss_mb()  # the run's, before its labels are read for the comparison
+            labels = result.compute()
+        return labels, {"wall_s": wall, "in_fn_s": stats.seconds_in_fn / WORKERS,
+                        "peak_rss_mb": peak}
     t0 = time.perf_counter()
     labels, stats = tile_process(image, fn, tile_shape=case.tile_shape, overlap=case.halo,
                                  merge=merge, executor="threads", workers=WORKERS,
@@ -254,6 +325,35 @@ def run_cellpose_distributed(case: Case, image, fn, workdir: Path):
     return np.load(rundir / "labels.npy"), json.loads((rundir / "result.json").read_text())
 
 
+def run_patchworks(case: Case, image, fn, workdir: Path, tool: str = "patchworks"):
+    """patchworks' ``tile_process`` in its own environment: image, job and results go through
+    files (the zarr of an on-disk case, else a ``.npy``); it warms itself up on a corner.
+    ``tool="blockbuster"``: blockbuster's ``tile_process`` in that same environment."""
+    import dataclasses
+
+    rundir = workdir / tool
+    rundir.mkdir()
+    if case.on_disk:
+        source = str(workdir / ON_DISK_IMAGE)
+    else:
+        source = str(rundir / "image.npy")
+        np.save(source, image)
+    kind = "watershed" if case.kind == "watershed" else "threshold"
+    job = {"tool": tool, "image": source, "fn": {"kind": kind, **dataclasses.asdict(fn)},
+           "tile_shape": list(case.tile_shape), "overlap": case.overlap, "workers": WORKERS,
+           "labels": "labels.npy", "result": "result.json"}
+    (rundir / "job.json").write_text(json.dumps(job))
+    done = subprocess.run([str(PATCHWORKS_PYTHON), str(HERE / "patchworks_peer.py"), "job.json"],
+                          cwd=rundir, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"patchworks_peer.py: {_last_line(done.stderr)}")
+    return np.load(rundir / "labels.npy"), json.loads((rundir / "result.json").read_text())
+
+
+def run_blockbuster_in_patchworks_env(case: Case, image, fn, workdir: Path):
+    return run_patchworks(case, image, fn, workdir, tool="blockbuster")
+
+
 def distributed_eval_kwargs(case: Case, fn) -> dict:
     """``CellposeModel.eval`` options giving the same function as ``fn``: its diameter, its
     image-wide intensity normalization and, for a stack, its stitching across planes."""
@@ -270,10 +370,19 @@ def distributed_eval_kwargs(case: Case, fn) -> dict:
 WARM_PEERS = ("whole", "blockbuster", "touch", "stardist", "dask-image")
 RUNNERS = {"whole": run_whole, "blockbuster": run_blockbuster, "touch": run_touch,
            "stardist": run_stardist, "dask-image": run_dask_image,
-           "cellpose-distributed": run_cellpose_distributed}
+           "cellpose-distributed": run_cellpose_distributed, "patchworks": run_patchworks,
+           "blockbuster-pw-env": run_blockbuster_in_patchworks_env}
 #: Peers beyond whole / blockbuster / touch that take part in cases of a kind.
-OWN_PEERS = {"cc": ["dask-image"], "stardist": ["stardist"],
-             "cellpose": ["cellpose-distributed"]}
+PATCHWORKS_PEERS = ["blockbuster-pw-env", "patchworks"]
+OWN_PEERS = {"cc": ["dask-image", *PATCHWORKS_PEERS], "watershed": PATCHWORKS_PEERS,
+             "stardist": ["stardist"], "cellpose": ["cellpose-distributed"]}
+#: Peers that run in an environment of their own, and how to build it.
+OWN_ENVIRONMENTS = {"cellpose-distributed": (CELLPOSE_DISTRIBUTED_PYTHON,
+                                             "cellpose.contrib.distributed_segmentation",
+                                             "make bench-env"),
+                    "patchworks": (PATCHWORKS_PYTHON, "patchworks", "make bench-env-patchworks"),
+                    "blockbuster-pw-env": (PATCHWORKS_PYTHON, "patchworks, blockbuster",
+                                           "make bench-env-patchworks")}
 #: Verified with cellpose 3.1.1.3: every block is segmented, then stitching fails.
 DISTRIBUTED_2D = ("distributed_eval cannot stitch 2D images: block_face_adjacency_graph labels "
                   "the block faces with a 3D structure ('structure and input must have equal "
@@ -284,30 +393,31 @@ def peers_of(case: Case, size: str) -> list[str]:
     """The peers of ``case``; ``--tiny`` leaves out touch on network-based cases (the same
     harness path as on the other cases, and seconds of framework import per process)."""
     touch = [] if size == "tiny" and case.kind in NETWORK_KINDS else ["touch"]
+    if case.on_disk:  # the large image: the tools that read and write zarrs out of core
+        return ["whole", "blockbuster", *PATCHWORKS_PEERS]
     return ["whole", "blockbuster", *touch, *OWN_PEERS.get(case.kind, [])]
 
 
 def skip_reason(case: Case, peer: str, size: str) -> str | None:
     """Why ``peer`` does not run on ``case`` (None: it runs)."""
-    if peer != "cellpose-distributed":
+    if peer not in OWN_ENVIRONMENTS:
         return None
     if size == "tiny":
-        return "not run by --tiny (it needs its own environment and a dask cluster)"
-    if not case.planes:
+        return "not run by --tiny (it needs its own environment)"
+    if peer == "cellpose-distributed" and not case.planes:
         return DISTRIBUTED_2D
-    return cellpose_distributed_unavailable()
+    return environment_unavailable(peer)
 
 
 @functools.cache
-def cellpose_distributed_unavailable() -> str | None:
-    """Why the cellpose-distributed environment cannot run the peer (None: it can)."""
-    if not CELLPOSE_DISTRIBUTED_PYTHON.exists():
-        return f"no {CELLPOSE_DISTRIBUTED_PYTHON.parents[1].name} environment: run make bench-env"
-    done = subprocess.run([str(CELLPOSE_DISTRIBUTED_PYTHON), "-c",
-                           "import cellpose.contrib.distributed_segmentation"],
-                          capture_output=True, text=True)
+def environment_unavailable(peer: str) -> str | None:
+    """Why the environment of ``peer`` cannot run it (None: it can)."""
+    python, module, make = OWN_ENVIRONMENTS[peer]
+    if not python.exists():
+        return f"no {python.parents[1].name} environment: run {make}"
+    done = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True)
     if done.returncode != 0:
-        return f"incomplete environment ({_last_line(done.stderr)}): run make bench-env"
+        return f"incomplete environment ({_last_line(done.stderr)}): run {make}"
     return None
 
 
@@ -351,10 +461,15 @@ def same_objects(reference: np.ndarray, result: np.ndarray) -> bool:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def run(size: str, out: Path) -> dict:
+def run(size: str, out: Path, only_patchworks: bool = False,
+        names: list[str] | None = None) -> dict:
     rows = []
     for case in cases(size):
+        if names and not any(name in case.name for name in names):
+            continue
         if case.kind in NETWORK_KINDS and importlib.util.find_spec(case.kind) is None:
+            continue
+        if only_patchworks and "patchworks" not in peers_of(case, size):
             continue
         rows.extend(run_case(case, size))
     report = {"rows": rows, "targets": targets(rows)}
@@ -368,6 +483,8 @@ def run(size: str, out: Path) -> dict:
 def run_case(case: Case, size: str) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
+        if case.on_disk:
+            write_image_on_disk(case, Path(workdir))
         for peer in peers_of(case, size):
             row = {"case": case.name, "kind": case.kind, "peer": peer}
             reason = skip_reason(case, peer, size)
@@ -388,6 +505,11 @@ def targets(rows: list[dict]) -> list[dict]:
     found = []
     for case, kind in dict.fromkeys((r["case"], r["kind"]) for r in rows):
         blockbuster = at.get((case, "blockbuster"))
+        if (case, "patchworks") in at:
+            found += patchworks_targets(case, at.get((case, "blockbuster-pw-env")),
+                                        at[(case, "patchworks")])
+        if (case, "dask-image") not in at and kind == "cc":
+            continue
         if kind == "cc":
             dask_image = at.get((case, "dask-image"))
             found += [identical_target(case, blockbuster, dask_image),
@@ -434,6 +556,32 @@ def speed_target(case: str, blockbuster: dict | None, dask_image: dict | None) -
     ratio = f"x{speedup:.2f} faster" if speedup >= 1 else f"x{1 / speedup:.2f} slower"
     measured = f"{ratio} ({blockbuster['wall_s']:.2f} s vs {dask_image['wall_s']:.2f} s)"
     return target(text, measured, speedup > 1)
+
+
+#: blockbuster's speed-up over patchworks targeted on the large image (issue 20).
+PATCHWORKS_SPEEDUP = 2.0
+
+
+def patchworks_targets(case: str, blockbuster: dict | None, patchworks: dict) -> list[dict]:
+    """Fidelity and peak RSS no worse than patchworks', and on the large image >= 2x faster:
+    blockbuster run in patchworks' environment (the same interpreter and packages)."""
+    texts = [f"{case}: blockbuster's F1 >= patchworks' and false merges + splits <= its",
+             f"{case}: blockbuster's peak RSS <= patchworks'",
+             f"{case}: blockbuster faster than patchworks"
+             + (f" by >= {PATCHWORKS_SPEEDUP}x" if case.startswith("large image") else "")]
+    if not (_measured(blockbuster) and _measured(patchworks)):
+        return [_unmeasured(text, blockbuster, patchworks) for text in texts]
+    errors = [r["false_merges"] + r["false_splits"] for r in (blockbuster, patchworks)]
+    fidelity = (f"F1 {blockbuster['f1']:.4f} vs {patchworks['f1']:.4f}, merges + splits "
+                f"{errors[0]} vs {errors[1]}")
+    ours, theirs = blockbuster["peak_rss_mb"], patchworks["peak_rss_mb"]
+    speedup = patchworks["wall_s"] / blockbuster["wall_s"]
+    needed = PATCHWORKS_SPEEDUP if case.startswith("large image") else 1.0
+    return [target(texts[0], fidelity, blockbuster["f1"] >= patchworks["f1"]
+                   and errors[0] <= errors[1]),
+            target(texts[1], f"{ours:.0f} MB vs {theirs:.0f} MB", ours <= theirs),
+            target(texts[2], f"x{speedup:.2f} ({blockbuster['wall_s']:.2f} s vs "
+                   f"{patchworks['wall_s']:.2f} s)", speedup >= needed)]
 
 
 def f1_target(case: str, blockbuster: dict | None) -> dict:
@@ -496,9 +644,14 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="a few minutes")
     group.add_argument("--tiny", action="store_true", help="seconds: harness check only")
+    parser.add_argument("--only-patchworks", action="store_true",
+                        help="only the cases where patchworks takes part")
+    parser.add_argument("--case", action="append", dest="cases", metavar="TEXT",
+                        help="only the cases whose name contains TEXT (repeatable)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    run("tiny" if args.tiny else "quick" if args.quick else "full", Path(args.out))
+    run("tiny" if args.tiny else "quick" if args.quick else "full", Path(args.out),
+        args.only_patchworks, args.cases)
 
 
 if __name__ == "__main__":

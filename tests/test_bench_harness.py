@@ -24,10 +24,13 @@ def test_peers_harness_runs_on_a_tiny_case(tmp_path):
     assert all("error" not in r for r in rows), [r for r in rows if "error" in r]
     cc = [r for r in measured if r["kind"] == "cc" and r["peer"] in ("blockbuster", "dask-image")]
     assert cc and all(r["f1"] == 1.0 and r["identical"] for r in cc)  # components are exact
-    distributed = [r for r in rows if r["peer"] == "cellpose-distributed"]
-    assert all("--tiny" in r["skipped"] for r in distributed)
+    own_environments = [r for r in rows if r["peer"] in (
+        "cellpose-distributed", "patchworks", "blockbuster-pw-env")]
+    assert own_environments and all("--tiny" in r["skipped"] for r in own_environments)
+    assert any(r["case"].startswith("large image") for r in cc)  # the zarr-on-disk case ran
     assert report["targets"] == peers().targets(rows)
-    for row in (r for r in cc if r["peer"] == "blockbuster"):  # recomputed from the rows
+    with_dask_image = {r["case"] for r in cc if r["peer"] == "dask-image"}
+    for row in (r for r in cc if r["peer"] == "blockbuster" and r["case"] in with_dask_image):
         dask_image = next(r for r in measured if (r["case"], r["peer"]) == (row["case"],
                                                                            "dask-image"))
         status = next(t["status"] for t in report["targets"]
@@ -64,6 +67,14 @@ def test_targets_are_met_missed_or_not_measured_from_the_rows():
         row("cp", "cellpose", "blockbuster", wall_s=1.0, f1=1.0, outside_fn_share=0.5,
             false_merges=2),
         row("cp", "cellpose", "cellpose-distributed", skipped="no zarr-2 environment"),
+        row("ws", "watershed", "blockbuster-pw-env", wall_s=1.0, f1=1.0, false_merges=0,
+            false_splits=1, peak_rss_mb=100.0),
+        row("ws", "watershed", "patchworks", wall_s=1.5, f1=0.98, false_merges=4,
+            false_splits=0, peak_rss_mb=90.0),
+        row("large image", "cc", "blockbuster-pw-env", wall_s=1.0, f1=1.0, false_merges=0,
+            false_splits=0, peak_rss_mb=100.0),
+        row("large image", "cc", "patchworks", wall_s=1.9, f1=1.0, false_merges=0,
+            false_splits=0, peak_rss_mb=100.0),
     ]
     status = {t["target"]: t["status"] for t in bench.targets(rows)}
     measured = {t["target"]: t["measured"] for t in bench.targets(rows)}
@@ -79,6 +90,12 @@ def test_targets_are_met_missed_or_not_measured_from_the_rows():
             "missed",
         "cp: blockbuster's false merges none, or fewer than cellpose-distributed's":
             "not measured",
+        "ws: blockbuster's F1 >= patchworks' and false merges + splits <= its": "met",
+        "ws: blockbuster's peak RSS <= patchworks'": "missed",
+        "ws: blockbuster faster than patchworks": "met",
+        "large image: blockbuster's F1 >= patchworks' and false merges + splits <= its": "met",
+        "large image: blockbuster's peak RSS <= patchworks'": "met",
+        "large image: blockbuster faster than patchworks by >= 2.0x": "missed",  # x1.90
     }
     assert measured[f"cc-slow: blockbuster faster than dask-image on {bench.WORKERS} workers"
                     ].startswith("x1.50 slower")

@@ -84,3 +84,20 @@ def test_empty_images():
 def test_shapes_must_match():
     with pytest.raises(InvalidParameterError, match="shapes differ"):
         match_objects(np.zeros((2, 3)), np.zeros((3, 2, 1)))
+
+
+@pytest.mark.parametrize("dtypes", [(np.uint32, np.uint32), (np.int32, np.uint64),
+                                    (np.int64, np.int64), (np.uint8, np.int16)])
+def test_distinct_pairs_equal_numpy_unique_over_columns(dtypes):
+    """The packed one-key sort gives numpy's pairs and counts, for wide and negative labels
+    (which take numpy's own path) too."""
+    from blockbuster.metrics import distinct_pairs
+
+    rng = np.random.default_rng(5)
+    first = rng.integers(-3 if np.dtype(dtypes[0]).kind == "i" else 0, 50, 4000).astype(dtypes[0])
+    second = rng.integers(0, 40, 4000).astype(dtypes[1])
+    if dtypes[1] == np.uint64:
+        second[0] = 2**40  # beyond 32 bits
+    pairs, counts = distinct_pairs(first, second)
+    expected, expected_counts = np.unique(np.stack([first, second]), axis=1, return_counts=True)
+    assert np.array_equal(pairs, expected) and np.array_equal(counts, expected_counts)
