@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.intensity import IntensityRequest, TileIntensity, combine_intensity, tile_intensity
 from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
@@ -42,6 +43,7 @@ class TileStatistics:
     sums: np.ndarray  # (k, ndim) float64: sum of voxel coordinates (global pixels)
     starts: np.ndarray  # (k, ndim) int64: bounding box start (global)
     stops: np.ndarray  # (k, ndim) int64: bounding box stop, exclusive (global)
+    intensity: TileIntensity | None = None  # with an intensity image
 
     @property
     def ndim(self) -> int:
@@ -51,12 +53,17 @@ class TileStatistics:
         return len(self.labels)
 
 
-def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: int
-                    ) -> TileStatistics:
+def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: int,
+                    intensities: np.ndarray | None = None, *,
+                    request: IntensityRequest | None = None,
+                    spanning: np.ndarray | None = None) -> TileStatistics:
     """Voxel counts, coordinate sums and bounding boxes of the objects in one tile core.
 
     ``labels_core`` holds final IDs (0 = background); ``origin`` is the global position of its
-    first voxel. The result is O(objects in the tile), small enough to send to the parent.
+    first voxel. With ``intensities`` (the core's values, channels last) also the intensity
+    parts of each object (:func:`blockbuster.intensity.tile_intensity`; ``request`` says which
+    percentiles, ``spanning`` which final IDs span other tiles). The result is O(objects in the
+    tile), small enough to send to the parent.
     """
     labels_core = np.asarray(labels_core)
     ndim = labels_core.ndim
@@ -85,18 +92,26 @@ def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: 
         sorted_c = c[order]
         starts[:, axis] = np.minimum.reduceat(sorted_c, bounds) + origin[axis]
         stops[:, axis] = np.maximum.reduceat(sorted_c, bounds) + origin[axis] + 1
+    intensity = None
+    if intensities is not None:
+        intensity = tile_intensity(
+            intensities.reshape(-1, intensities.shape[-1])[where], inverse, order, bounds,
+            voxels, ids.astype(np.uint64), request or IntensityRequest(None), spanning,
+            int(tile_index))
     return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels.astype(np.int64),
-                          sums, starts, stops)
+                          sums, starts, stops, intensity)
 
 
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
             axes: Sequence[str] | None = None, units: Sequence[str | None] | None = None,
-            translation: Sequence[float] | None = None, ndim: int | None = None):
+            translation: Sequence[float] | None = None, ndim: int | None = None,
+            percentiles: Sequence[float] = ()):
     """Merge the tiles' partial statistics into one table (a :class:`pandas.DataFrame`).
 
     ``scale`` (and ``translation``) per axis, physical, add physical centroids and volumes;
     ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
-    ``"micrometer"``) name the physical columns.
+    ``"micrometer"``) name the physical columns. Partials with intensities add the intensity
+    columns (``percentiles``: those the tiles measured).
     """
     import pandas as pd
 
@@ -148,6 +163,12 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
         power = {1: "", 2: "2", 3: "3"}.get(len(spatial), "")
         columns[f"volume_{suffix}{power if suffix != 'physical' else ''}"] = (
             total * float(np.prod([scale[i] for i in spatial])))
+    measured = [p.intensity for p in nonempty if p.intensity is not None]
+    if measured:
+        if len(measured) != len(nonempty):
+            raise InvalidParameterError("some tiles' statistics have intensities, others not.")
+        columns.update(combine_intensity(measured, inverse, order, bounds, voxels, total, ids,
+                                         tuple(percentiles)))
     tile_lists = [[] for _ in range(k)]
     sorted_tiles = tiles[order]
     sorted_ids = inverse[order]

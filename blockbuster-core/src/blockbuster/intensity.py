@@ -1,0 +1,264 @@
+"""Per-object intensity statistics, tile by tile, merged exactly across tiles.
+
+The relabel pass reads each tile core of the intensity image once, next to its final labels,
+and :func:`tile_intensity` reduces it to O(objects in the tile) numbers per channel: voxel
+count, sum, mean, sum of squared deviations from that mean (``m2``), min and max.
+:func:`combine_intensity` merges the tiles' parts of each object exactly: sums add, min/max
+take the min/max, and the standard deviation uses Chan et al.'s parallel update
+``m2 = Σ m2_i + Σ n_i (mean_i - mean)²`` (numerically stable: deviations, never raw sums of
+squares).
+
+Percentiles need every value of an object. An object that lies in one tile (most do) gets its
+percentiles in that tile's task; the tiles write the values of each object that spans several
+tiles (known from the merge, before the relabel pass) to a spill file in the run's staging
+area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects. Exact,
+with the parent's memory bounded by the distinct values of the objects that cross tiles (at most
+65,536 per object and channel for 16-bit images).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockbuster.errors import IntensityImageError, InvalidParameterError
+
+STATISTICS = ("mean", "min", "max", "sum", "std")
+
+
+@dataclass(frozen=True)
+class IntensityRequest:
+    """What a run measures: the intensity image (its spatial view), the percentiles, and the
+    folder where tiles spill the values of objects that span tiles."""
+
+    image: Any  # an ImageView whose spatial shape is the labels'
+    percentiles: tuple[float, ...] = ()
+    spill: Path | None = None
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The region's values, channels last (one channel when the image has none)."""
+        return channels_last(self.image.read(region), self.image.channel_axis)
+
+
+@dataclass
+class TileIntensity:
+    """One tile's parts of its objects (rows as :class:`~blockbuster.table.TileStatistics`)."""
+
+    sum: np.ndarray  # (k, C) float64
+    mean: np.ndarray  # (k, C) float64: of the part
+    m2: np.ndarray  # (k, C) float64: sum of squared deviations from the part's mean
+    min: np.ndarray  # (k, C) float64
+    max: np.ndarray  # (k, C) float64
+    percentiles: np.ndarray  # (k, P, C) float64; NaN for objects that span tiles
+    spilled: str | None = None  # the spill file of those objects' values
+    names: tuple[str, ...] = field(default=())  # channel names
+
+
+def channels_last(tile: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """``tile`` with its channel axis moved last (a new axis of 1 when there is none)."""
+    tile = np.asarray(tile)
+    return tile[..., None] if channel_axis is None else np.moveaxis(tile, channel_axis, -1)
+
+
+def check_percentiles(percentiles: Sequence[float] | None) -> tuple[float, ...]:
+    """The percentiles as floats in ``[0, 100]``."""
+    if percentiles is None:
+        return ()
+    if isinstance(percentiles, int | float):
+        percentiles = (percentiles,)
+    try:
+        values = tuple(float(q) for q in percentiles)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"percentiles={percentiles!r}: give a list of numbers in [0, 100], e.g. [50, 95]."
+        ) from None
+    if any(not 0 <= q <= 100 for q in values):
+        raise InvalidParameterError(
+            f"percentiles={list(values)}: every percentile must lie in [0, 100].")
+    return values
+
+
+def intensity_view(intensity_image: Any, image, open_image) -> Any:
+    """The :class:`~blockbuster.image.ImageView` to measure: the run's ``image`` for ``True``,
+    else ``intensity_image`` (a path, reader or array) opened with ``open_image``, its channel
+    axis found by name (``"c"``) or as the one extra first or last axis."""
+    from blockbuster.image import ImageView
+
+    if intensity_image is True:
+        return image
+    view = ImageView.open(open_image(intensity_image))
+    if view.shape == image.shape:
+        return view
+    shape = tuple(view.reader.shape)
+    for axis in (0, len(shape) - 1):
+        if view.channel_axis is None and len(shape) == image.ndim + 1 and \
+                shape[:axis] + shape[axis + 1:] == image.shape:
+            return ImageView.open(view.reader, axis)
+    raise IntensityImageError(
+        f"intensity_image has shape {shape} but the labels have the spatial shape "
+        f"{image.shape}; give an image of the same spatial shape, its channels (if any) on an "
+        "axis named 'c' or as the first or last axis (e.g. (2, *labels.shape)).")
+
+
+def tile_intensity(values: np.ndarray, inverse: np.ndarray, order: np.ndarray,
+                   bounds: np.ndarray, voxels: np.ndarray, ids: np.ndarray,
+                   request: IntensityRequest, spanning: np.ndarray | None,
+                   tile_index: int) -> TileIntensity:
+    """The parts of one tile's objects: ``values`` (foreground voxels × channels, in the
+    order of ``inverse``, the object row of each voxel); ``order``/``bounds`` group the voxels
+    by object. Objects in ``spanning`` (final IDs) have their values spilled for percentiles."""
+    k, channels = len(ids), values.shape[1]
+    out = {name: np.empty((k, channels)) for name in ("sum", "mean", "m2", "min", "max")}
+    for c in range(channels):
+        v = values[:, c].astype(np.float64)
+        total = np.bincount(inverse, weights=v, minlength=k)
+        mean = total / voxels
+        out["sum"][:, c], out["mean"][:, c] = total, mean
+        out["m2"][:, c] = np.bincount(inverse, weights=(v - mean[inverse]) ** 2, minlength=k)
+        grouped = v[order]
+        out["min"][:, c] = np.minimum.reduceat(grouped, bounds)
+        out["max"][:, c] = np.maximum.reduceat(grouped, bounds)
+    qs = request.percentiles
+    percentiles = np.full((k, len(qs), channels), np.nan)
+    spilled = None
+    if qs:
+        crossing = np.isin(ids, spanning) if spanning is not None and len(spanning) else \
+            np.zeros(k, bool)
+        runs = [value_runs(inverse, values[:, c], ids) for c in range(channels)]
+        inside = ~crossing
+        for c, (labels, vals, counts) in enumerate(runs):
+            keep = ~np.isin(labels, ids[crossing])
+            percentiles[inside, :, c] = percentiles_of_runs(labels[keep], vals[keep],
+                                                            counts[keep], qs)[1]
+        if crossing.any():
+            spilled = spill_runs(request.spill, tile_index, ids[crossing], runs)
+    return TileIntensity(percentiles=percentiles, spilled=spilled, **out)
+
+
+def value_runs(inverse: np.ndarray, values: np.ndarray, ids: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each object's distinct values with their counts: ``(label, value, count)`` runs, sorted
+    by label then value."""
+    order = np.lexsort((values, inverse))
+    rows, vals = inverse[order], values[order]
+    start = np.ones(len(order), bool)
+    start[1:] = (rows[1:] != rows[:-1]) | (vals[1:] != vals[:-1])
+    first = np.flatnonzero(start)
+    counts = np.diff(np.append(first, len(order)))
+    return ids[rows[first]], vals[first], counts.astype(np.int64)
+
+
+def percentiles_of_runs(labels: np.ndarray, values: np.ndarray, counts: np.ndarray,
+                        qs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``np.percentile`` (linear) of each label's values, from runs sorted by label then
+    value: ``(labels, (n_labels, len(qs)) percentiles)``."""
+    if len(labels) == 0:
+        return labels, np.zeros((0, len(qs)))
+    new = np.ones(len(labels), bool)
+    new[1:] = labels[1:] != labels[:-1]
+    starts = np.flatnonzero(new)
+    cum = np.cumsum(counts)
+    before = np.concatenate([[0], cum])[starts]  # voxels of earlier labels
+    n = np.append(before[1:], cum[-1]) - before
+    values = values.astype(np.float64)
+    result = np.empty((len(starts), len(qs)))
+    for j, q in enumerate(qs):
+        virtual = np.float64(q) / 100 * (n - 1)
+        lo = np.floor(virtual)
+        t = virtual - lo
+        a = values[np.searchsorted(cum, before + lo.astype(np.int64), side="right")]
+        hi = np.minimum(lo + 1, n - 1).astype(np.int64)
+        b = values[np.searchsorted(cum, before + hi, side="right")]
+        diff = b - a
+        result[:, j] = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
+    return labels[starts], result
+
+
+def spill_runs(folder: Path | None, tile_index: int, labels: np.ndarray, runs: list) -> str:
+    """Write the runs of ``labels`` (per channel) to ``folder/<tile>.npz``; return its path."""
+    if folder is None:
+        raise InvalidParameterError("percentiles of objects spanning tiles need a spill folder.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for c, (run_labels, vals, counts) in enumerate(runs):
+        keep = np.isin(run_labels, labels)
+        arrays[f"labels_{c}"], arrays[f"values_{c}"] = run_labels[keep], vals[keep]
+        arrays[f"counts_{c}"] = counts[keep]
+    path = folder / f"{tile_index}.npz"
+    partial = folder / f"{tile_index}.partial.npz"
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
+    return str(path)
+
+
+def combine_intensity(parts: list[TileIntensity], inverse: np.ndarray, order: np.ndarray,
+                      bounds: np.ndarray, part_voxels: np.ndarray, total: np.ndarray,
+                      ids: np.ndarray, qs: Sequence[float]) -> dict[str, np.ndarray]:
+    """The intensity columns of the table: the parts (rows of the concatenated tiles'
+    statistics, object row ``inverse``) merged per object."""
+    stacked = {name: np.concatenate([getattr(p, name) for p in parts])
+               for name in ("sum", "mean", "m2", "min", "max")}
+    k, channels = len(ids), stacked["sum"].shape[1]
+    columns: dict[str, np.ndarray] = {}
+    for c in range(channels):
+        suffix = f"_c{c}" if channels > 1 else ""
+        total_sum = np.bincount(inverse, weights=stacked["sum"][:, c], minlength=k)
+        mean = total_sum / np.maximum(total, 1)
+        deviation = stacked["mean"][:, c] - mean[inverse]
+        m2 = np.bincount(inverse, weights=stacked["m2"][:, c] + part_voxels * deviation ** 2,
+                         minlength=k)
+        columns[f"intensity_mean{suffix}"] = mean
+        columns[f"intensity_min{suffix}"] = np.minimum.reduceat(stacked["min"][order, c], bounds)
+        columns[f"intensity_max{suffix}"] = np.maximum.reduceat(stacked["max"][order, c], bounds)
+        columns[f"intensity_sum{suffix}"] = total_sum
+        columns[f"intensity_std{suffix}"] = np.sqrt(m2 / np.maximum(total, 1))
+    if qs:
+        columns.update(_percentile_columns(parts, inverse, ids, qs, channels))
+    return columns
+
+
+def _percentile_columns(parts: list[TileIntensity], inverse: np.ndarray, ids: np.ndarray,
+                        qs: Sequence[float], channels: int) -> dict[str, np.ndarray]:
+    """Percentiles of objects within one tile from their tile, of the others from the spill."""
+    k = len(ids)
+    local = np.concatenate([p.percentiles for p in parts])
+    result = np.full((k, len(qs), channels), np.nan)
+    known = ~np.isnan(local).all(axis=(1, 2))
+    result[inverse[known]] = local[known]
+    spills = [np.load(p.spilled) for p in parts if p.spilled]
+    for c in range(channels):
+        if not spills:
+            break
+        labels = np.concatenate([s[f"labels_{c}"] for s in spills])
+        values = np.concatenate([s[f"values_{c}"] for s in spills])
+        counts = np.concatenate([s[f"counts_{c}"] for s in spills])
+        labels, values, counts = _merged_runs(labels, values, counts)
+        found, merged = percentiles_of_runs(labels, values, counts, qs)
+        result[np.searchsorted(ids, found), :, c] = merged
+    columns = {}
+    for j, q in enumerate(qs):
+        for c in range(channels):
+            suffix = f"_c{c}" if channels > 1 else ""
+            columns[f"intensity_p{percentile_name(q)}{suffix}"] = result[:, j, c]
+    return columns
+
+
+def _merged_runs(labels, values, counts):
+    """Runs from several tiles, sorted by label then value, equal runs added up."""
+    order = np.lexsort((values, labels))
+    labels, values, counts = labels[order], values[order], counts[order]
+    start = np.ones(len(labels), bool)
+    start[1:] = (labels[1:] != labels[:-1]) | (values[1:] != values[:-1])
+    first = np.flatnonzero(start)
+    return labels[first], values[first], np.add.reduceat(counts, first) if len(first) else counts
+
+
+def percentile_name(q: float) -> str:
+    """``50`` for 50.0, ``99_5`` for 99.5 (column names)."""
+    return f"{q:g}".replace(".", "_")
