@@ -1,0 +1,178 @@
+"""Intensity columns of the object table: merged tile by tile == regionprops on the whole image."""
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
+from blockbuster import tile_process
+from blockbuster.errors import IntensityImageError, InvalidParameterError
+from blockbuster.intensity import IntensityRequest, percentile_name
+from blockbuster.table import combine, read_table, tile_statistics
+
+pd = pytest.importorskip("pandas")
+QS = (0, 12.5, 50, 90, 100)
+
+
+def tiles_of(shape, tile_shape):
+    for start in itertools.product(*(range(0, s, t) for s, t in zip(shape, tile_shape))):
+        yield tuple(slice(a, min(a + t, s)) for a, t, s in zip(start, tile_shape, shape))
+
+
+def measured_by_tiles(labels, image, tile_shape, qs, spill):
+    """What the relabel pass does, one tile core at a time (image channels last), with the
+    objects that span tiles told to each tile as the relabeling tells it."""
+    cores = list(tiles_of(labels.shape, tile_shape))
+    seen = {}
+    for index, core in enumerate(cores):
+        for label in np.unique(labels[core]):
+            seen.setdefault(int(label), set()).add(index)
+    spanning = np.array(sorted(k for k, v in seen.items() if k and len(v) > 1), np.uint64)
+    request = IntensityRequest(None, qs, Path(spill))
+    partials = [tile_statistics(labels[core], [s.start for s in core], index, image[core],
+                                request=request, spanning=spanning)
+                for index, core in reversed(list(enumerate(cores)))]
+    return combine(partials, percentiles=qs), spanning
+
+
+def reference(labels, image):
+    """regionprops on the whole image, and numpy's percentiles of each object's values."""
+    ref = pd.DataFrame(regionprops_table(
+        labels, intensity_image=image[..., 0] if image.shape[-1] == 1 else image,
+        properties=("label", "area", "intensity_mean", "intensity_min", "intensity_max",
+                    "intensity_std")))
+    return ref
+
+
+def assert_matches(table, labels, image, qs):
+    ref = reference(labels, image)
+    channels = image.shape[-1]
+    assert len(table) == len(ref)
+    np.testing.assert_array_equal(table["label"], ref["label"])
+    for c in range(channels):
+        suffix, key = (f"_c{c}", f"-{c}") if channels > 1 else ("", "")
+        for name in ("mean", "std"):
+            np.testing.assert_allclose(table[f"intensity_{name}{suffix}"],
+                                       ref[f"intensity_{name}{key}"], rtol=1e-9, atol=1e-9)
+        for name in ("min", "max"):
+            np.testing.assert_array_equal(table[f"intensity_{name}{suffix}"],
+                                          ref[f"intensity_{name}{key}"])
+        sums = ndimage.sum_labels(image[..., c].astype(np.float64), labels, table["label"])
+        np.testing.assert_allclose(table[f"intensity_sum{suffix}"], sums, rtol=1e-12)
+        for q in qs:
+            expected = [np.percentile(image[..., c][labels == lab], q) for lab in table["label"]]
+            np.testing.assert_allclose(table[f"intensity_p{percentile_name(q)}{suffix}"],
+                                       expected, rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def labelled_images(draw):
+    ndim = draw(st.sampled_from([2, 3]))
+    shape = tuple(draw(st.lists(st.integers(3, 24 if ndim == 2 else 9), min_size=ndim,
+                                max_size=ndim)))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["dense", "blobs", "one"]))
+    if kind == "dense":  # many tiny objects, ids in any order
+        labels = rng.integers(0, 9, shape)
+    elif kind == "blobs":
+        labels = ndimage.label(ndimage.uniform_filter(rng.random(shape), 3) > 0.5)[0]
+    else:  # one object over most of the image: it spans every tile
+        labels = (rng.random(shape) < 0.9).astype(int) * 7
+    channels = draw(st.integers(1, 3))
+    if draw(st.booleans()):
+        image = rng.integers(0, draw(st.sampled_from([3, 4096])), shape + (channels,))
+        image = image.astype(np.uint16)
+    else:  # floats far from 0: a naive sum of squares would lose the std
+        image = 1e6 + rng.normal(size=shape + (channels,))
+    tile_shape = tuple(draw(st.integers(1, s)) for s in shape)
+    return labels.astype(np.uint32), image, tile_shape
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labelled_images())
+def test_tiled_intensities_equal_regionprops_on_the_whole_image(case):
+    labels, image, tile_shape = case
+    with tempfile.TemporaryDirectory() as spill:
+        table, spanning = measured_by_tiles(labels, image, tile_shape, QS, spill)
+        assert_matches(table, labels, image, QS)
+
+
+def test_objects_spanning_many_tiles_are_merged_from_the_spill(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 50), np.uint32)
+    labels[2:38, 3:47] = 1  # spans every tile
+    labels[8:12, 7:11] = 2  # inside one tile
+    image = rng.integers(0, 60000, (40, 50, 2)).astype(np.uint16)
+    table, spanning = measured_by_tiles(labels, image, (7, 6), QS, tmp_path)
+    assert list(spanning) == [1] and table.set_index("label").loc[1, "n_tiles"] > 30
+    assert len(list(tmp_path.glob("*.npz"))) == table.set_index("label").loc[1, "n_tiles"]
+    assert_matches(table, labels, image, QS)
+
+
+def test_std_of_large_values_is_stable(tmp_path):
+    """Chan's update: values 1e9 apart from their spread of 1 keep their std across tiles."""
+    rng = np.random.default_rng(0)
+    labels = np.ones((64, 64), np.uint32)
+    image = (1e9 + rng.normal(size=(64, 64, 1)))
+    table, _ = measured_by_tiles(labels, image, (5, 7), (), tmp_path)
+    assert table["intensity_std"][0] == pytest.approx(np.std(image), rel=1e-6)
+
+
+def blobs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random(shape), 2)
+    return (smooth * 1000).astype(np.uint16)
+
+
+def test_run_measures_its_own_channels_in_3d(tmp_path):
+    image = np.stack([blobs((10, 40, 36), 0), blobs((10, 40, 36), 1)], axis=-1)  # z, y, x, c
+    labels = tile_process(image, lambda t: ndimage.label(t[..., 0] > 500)[0],
+                          channel_axis=-1, tile_shape=(4, 16, 12), overlap=2,
+                          write_to=tmp_path / "l.zarr", table=tmp_path / "t.parquet",
+                          intensity_image=True, percentiles=[50, 95], compute=True)
+    table = read_table(tmp_path / "t.parquet")
+    assert table["n_tiles"].max() > 4
+    assert_matches(table, labels, image, (50, 95))
+
+
+def test_run_measures_another_image_channels_first(tmp_path):
+    image = blobs((64, 48), 2)
+    other = np.stack([blobs((64, 48), 3), blobs((64, 48), 4).astype(np.float32)])
+    labels = tile_process(image, "threshold", segmenter_options={"threshold": 500.0},
+                          tile_shape=(16, 16), write_to=tmp_path / "l.zarr", table=True,
+                          intensity_image=other, percentiles=[25], compute=True)
+    table = read_table(tmp_path / "l.zarr.objects.csv")
+    assert_matches(table, labels, np.moveaxis(other, 0, -1).astype(np.float64), (25,))
+
+
+def test_without_intensity_image_the_table_has_no_intensity_columns(tmp_path):
+    tile_process(blobs((32, 32)), "threshold", segmenter_options={"threshold": 500.0},
+                 tile_shape=(16, 16), write_to=tmp_path / "l.zarr", table=True)
+    table = read_table(tmp_path / "l.zarr.objects.csv")
+    assert not [c for c in table.columns if c.startswith("intensity")]
+
+
+def test_intensity_image_of_another_shape_says_what_to_do(tmp_path):
+    with pytest.raises(IntensityImageError, match=r"shape \(30, 32\).*spatial shape \(32, 32\)"
+                                                  r".*same spatial shape"):
+        tile_process(blobs((32, 32)), "threshold", tile_shape=(16, 16),
+                     write_to=tmp_path / "l.zarr", table=True,
+                     intensity_image=np.zeros((30, 32)))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"intensity_image": True}, "also pass table=True"),
+    ({"percentiles": [50], "table": True}, "percentiles= needs intensity_image="),
+    ({"intensity_image": True, "table": True, "percentiles": [101]}, r"in \[0, 100\]"),
+])
+def test_intensity_options_are_checked(tmp_path, options, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        tile_process(blobs((32, 32)), "threshold", tile_shape=(16, 16),
+                     write_to=tmp_path / "l.zarr", **options)
