@@ -61,3 +61,35 @@ def test_refuses_to_overwrite_other_data(tmp_path):
     zarr.create_array(tmp_path / "c.zarr", data=np.ones((8, 8), np.uint8))
     with pytest.raises(OutputExistsError, match="overwrite=True"):
         expand_labels(np.zeros((8, 8), np.uint8), 2, write_to=tmp_path / "c.zarr")
+
+
+def test_cli_expand_and_config_postprocess(tmp_path, capsys):
+    from blockbuster.cli import main
+
+    rng = np.random.default_rng(1)
+    image = (ndimage.gaussian_filter(rng.random((90, 70)), 3) * 1000).astype(np.uint16)
+    zarr.create_array(tmp_path / "img.zarr", data=image, chunks=(32, 32))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "img.zarr"\n[segmenter]\nname = "threshold"\nthreshold = 520.0\n'
+        '[output]\npath = "nuclei.zarr"\n[postprocess]\nexpand = 3\n')
+    assert main(["run", str(tmp_path / "job.toml")]) == 0
+    assert "nuclei.expanded.zarr" in capsys.readouterr().err
+    nuclei = zarr.open_array(tmp_path / "nuclei.zarr", mode="r")[:]
+    assert nuclei.max() > 3
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "nuclei.expanded.zarr")[:],
+                                  expand_whole(nuclei, 3))
+    assert main(["expand", str(tmp_path / "nuclei.zarr"), str(tmp_path / "cells.zarr"),
+                 "--distance", "6", "--tile-shape", "20,25", "--workers", "2"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "cells.zarr")[:],
+                                  expand_whole(nuclei, 6))
+
+
+def test_config_expand_without_an_output_path_fails_before_the_run(tmp_path, capsys):
+    from blockbuster.cli import main
+
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "missing.zarr"\n[segmenter]\nname = "threshold"\n'
+        '[postprocess]\nexpand = 3\n')
+    assert main(["run", str(tmp_path / "job.toml")]) == 1
+    assert "[postprocess] expand grows the labels written to [output] path" in \
+        capsys.readouterr().err

@@ -44,6 +44,7 @@ class ExpandJob:
 def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
                   tile_shape: Sequence[int] | None = None, overwrite: bool = False,
                   executor: Any = None, workers: int | None = None,
+                  executor_options: dict | None = None,
                   reader: str | None = None, reader_options: dict | None = None,
                   writer: str | None = None, writer_options: dict | None = None,
                   storage_options: dict | None = None, compute: bool = False,
@@ -65,7 +66,7 @@ def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
         The new zarr array; refuses to replace other data unless ``overwrite=True``.
     tile_shape
         Core size of a tile per axis; default the labels' chunks (1024 per axis without).
-    executor, workers
+    executor, workers, executor_options
         As for :func:`blockbuster.tile_process` (``"threads"`` by default).
     reader, reader_options, writer, writer_options, storage_options
         As for :func:`blockbuster.tile_process`.
@@ -88,7 +89,7 @@ def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
     out.check(fingerprint, view.source)
     out.create(grid.shape, grid.chunks, view.dtype, fingerprint)
     job = ExpandJob(view, grid, distance, out)
-    pool_of = registry.executor(executor, workers=workers)
+    pool_of = registry.executor(executor, workers=workers, **(executor_options or {}))
     with pool_of.start(job) as pool:
         runs = [list(range(i, min(i + 8, len(grid)))) for i in range(0, len(grid), 8)]
         for _ in pool.map_unordered(expand_task, runs):
