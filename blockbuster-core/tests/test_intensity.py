@@ -25,9 +25,26 @@ def tiles_of(shape, tile_shape):
         yield tuple(slice(a, min(a + t, s)) for a, t, s in zip(start, tile_shape, shape))
 
 
-def measured_by_tiles(labels, image, tile_shape, qs, spill):
+def as_local(core, rng):
+    """A tile's labels as the relabel pass holds them: local labels and their lookup table,
+    each object split over two local labels in a random order (as when two of a tile's labels
+    join through another tile)."""
+    ids = np.unique(core[core > 0])
+    if len(ids) == 0:
+        return np.zeros(core.shape, np.uint16), np.zeros(1, np.int64)
+    halves = rng.integers(0, 2, core.shape)
+    local_order = rng.permutation(2 * len(ids)) + 1
+    rank = np.searchsorted(ids, core)
+    local = np.where(core > 0, local_order[np.minimum(2 * rank + halves, 2 * len(ids) - 1)], 0)
+    lut = np.zeros(2 * len(ids) + 1, np.int64)
+    lut[local_order] = np.repeat(ids, 2)
+    return local.astype(np.uint16), lut
+
+
+def measured_by_tiles(labels, image, tile_shape, qs, spill, seed=None):
     """What the relabel pass does, one tile core at a time (image channels last), with the
-    objects that span tiles told to each tile as the relabeling tells it."""
+    objects that span tiles told to each tile as the relabeling tells it. With a ``seed``, the
+    tiles are given as local labels and lookup tables (:func:`as_local`)."""
     cores = list(tiles_of(labels.shape, tile_shape))
     seen = {}
     for index, core in enumerate(cores):
@@ -35,9 +52,12 @@ def measured_by_tiles(labels, image, tile_shape, qs, spill):
             seen.setdefault(int(label), set()).add(index)
     spanning = np.array(sorted(k for k, v in seen.items() if k and len(v) > 1), np.uint64)
     request = IntensityRequest(None, qs, Path(spill))
-    partials = [tile_statistics(labels[core], [s.start for s in core], index, image[core],
-                                request=request, spanning=spanning)
-                for index, core in reversed(list(enumerate(cores)))]
+    rng = np.random.default_rng(seed)
+    partials = []
+    for index, core in reversed(list(enumerate(cores))):
+        tile, lut = as_local(labels[core], rng) if seed is not None else (labels[core], None)
+        partials.append(tile_statistics(tile, [s.start for s in core], index, image[core],
+                                        request=request, spanning=spanning, lut=lut))
     return combine(partials, percentiles=qs), spanning
 
 
@@ -92,15 +112,16 @@ def labelled_images(draw):
     else:  # floats far from 0: a naive sum of squares would lose the std
         image = 1e6 + rng.normal(size=shape + (channels,))
     tile_shape = tuple(draw(st.integers(1, s)) for s in shape)
-    return labels.astype(np.uint32), image, tile_shape
+    local_seed = draw(st.none() | st.integers(0, 2**31))
+    return labels.astype(np.uint32), image, tile_shape, local_seed
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(labelled_images())
 def test_tiled_intensities_equal_regionprops_on_the_whole_image(case):
-    labels, image, tile_shape = case
+    labels, image, tile_shape, local_seed = case
     with tempfile.TemporaryDirectory() as spill:
-        table, spanning = measured_by_tiles(labels, image, tile_shape, QS, spill)
+        table, spanning = measured_by_tiles(labels, image, tile_shape, QS, spill, local_seed)
         assert_matches(table, labels, image, QS)
 
 

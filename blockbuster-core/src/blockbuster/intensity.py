@@ -105,24 +105,24 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
         "axis named 'c' or as the first or last axis (e.g. (2, *labels.shape)).")
 
 
-def tile_intensity(values: np.ndarray, inverse: np.ndarray, order: np.ndarray,
-                   bounds: np.ndarray, voxels: np.ndarray, ids: np.ndarray,
-                   request: IntensityRequest, spanning: np.ndarray | None,
+def tile_intensity(values: np.ndarray, inverse: np.ndarray, voxels: np.ndarray,
+                   ids: np.ndarray, request: IntensityRequest, spanning: np.ndarray | None,
                    tile_index: int) -> TileIntensity:
-    """The parts of one tile's objects: ``values`` (foreground voxels × channels, in the
-    order of ``inverse``, the object row of each voxel); ``order``/``bounds`` group the voxels
-    by object. Objects in ``spanning`` (final IDs) have their values spilled for percentiles."""
+    """The parts of one tile's objects: ``values`` (foreground voxels × channels) and
+    ``inverse`` (the object row of each, rows of ``ids`` with ``voxels`` each), one pass of
+    ``bincount`` per figure. Objects in ``spanning`` (final IDs) have their values spilled for
+    percentiles."""
     k, channels = len(ids), values.shape[1]
     out = {name: np.empty((k, channels)) for name in ("sum", "mean", "m2", "min", "max")}
     for c in range(channels):
-        v = values[:, c].astype(np.float64)
+        native = values[:, c]
+        v = native.astype(np.float64)
         total = np.bincount(inverse, weights=v, minlength=k)
         mean = total / voxels
         out["sum"][:, c], out["mean"][:, c] = total, mean
-        out["m2"][:, c] = np.bincount(inverse, weights=(v - mean[inverse]) ** 2, minlength=k)
-        grouped = v[order]
-        out["min"][:, c] = np.minimum.reduceat(grouped, bounds)
-        out["max"][:, c] = np.maximum.reduceat(grouped, bounds)
+        v -= mean[inverse]
+        out["m2"][:, c] = np.bincount(inverse, weights=np.square(v, out=v), minlength=k)
+        out["min"][:, c], out["max"][:, c] = _extremes(native, inverse, k)
     qs = request.percentiles
     percentiles = np.full((k, len(qs), channels), np.nan)
     spilled = None
@@ -138,6 +138,19 @@ def tile_intensity(values: np.ndarray, inverse: np.ndarray, order: np.ndarray,
         if crossing.any():
             spilled = spill_runs(request.spill, tile_index, ids[crossing], runs)
     return TileIntensity(percentiles=percentiles, spilled=spilled, **out)
+
+
+def _extremes(values: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the least and the greatest of ``values`` (in their own dtype, then float)."""
+    if values.dtype.kind in "iub":
+        info = np.iinfo(values.dtype) if values.dtype.kind != "b" else np.iinfo(np.uint8)
+        values = values.astype(np.uint8) if values.dtype.kind == "b" else values
+        low, high = np.full(k, info.max, values.dtype), np.full(k, info.min, values.dtype)
+    else:
+        low, high = np.full(k, np.inf, values.dtype), np.full(k, -np.inf, values.dtype)
+    np.minimum.at(low, rows, values)
+    np.maximum.at(high, rows, values)
+    return low.astype(np.float64), high.astype(np.float64)
 
 
 def value_runs(inverse: np.ndarray, values: np.ndarray, ids: np.ndarray

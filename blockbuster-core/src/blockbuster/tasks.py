@@ -245,13 +245,13 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
             statistics = None
             if table.count:
                 local = job.stage.read_local(tile, table.count)
-                labels = np.take(table.lookup().astype(dtype), local)
-                io.write(_write_output, job, tile, labels)
+                lut = table.lookup().astype(dtype)
+                io.write(_write_output, job, tile, np.take(lut, local))
                 if job.table:
                     intensities = _read_intensities(job, tile) if job.intensity else None
-                    statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index,
+                    statistics = tile_statistics(local, tuple(s.start for s in tile.core), index,
                                                  intensities, request=job.intensity,
-                                                 spanning=table.spanning)
+                                                 spanning=table.spanning, lut=lut)
             found.append(statistics)
     return found
 
