@@ -56,7 +56,8 @@ def measured_by_tiles(labels, image, tile_shape, qs, spill, seed=None):
     partials = []
     for index, core in reversed(list(enumerate(cores))):
         tile, lut = as_local(labels[core], rng) if seed is not None else (labels[core], None)
-        partials.append(tile_statistics(tile, [s.start for s in core], index, image[core],
+        channels_first = np.moveaxis(image[core], -1, 0)
+        partials.append(tile_statistics(tile, [s.start for s in core], index, channels_first,
                                         request=request, spanning=spanning, lut=lut))
     return combine(partials, percentiles=qs), spanning
 

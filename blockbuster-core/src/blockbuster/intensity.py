@@ -41,8 +41,8 @@ class IntensityRequest:
     spill: Path | None = None
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The region's values, channels last (one channel when the image has none)."""
-        return channels_last(self.image.read(region), self.image.channel_axis)
+        """The region's values, channels first (one channel when the image has none)."""
+        return channels_first(self.image.read(region), self.image.channel_axis)
 
 
 @dataclass
@@ -59,10 +59,11 @@ class TileIntensity:
     names: tuple[str, ...] = field(default=())  # channel names
 
 
-def channels_last(tile: np.ndarray, channel_axis: int | None) -> np.ndarray:
-    """``tile`` with its channel axis moved last (a new axis of 1 when there is none)."""
+def channels_first(tile: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """``tile`` with its channel axis first (a new axis of 1 when there is none), so that
+    each channel is one contiguous block."""
     tile = np.asarray(tile)
-    return tile[..., None] if channel_axis is None else np.moveaxis(tile, channel_axis, -1)
+    return tile[None] if channel_axis is None else np.moveaxis(tile, channel_axis, 0)
 
 
 def check_percentiles(percentiles: Sequence[float] | None) -> tuple[float, ...]:
@@ -105,17 +106,16 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
         "axis named 'c' or as the first or last axis (e.g. (2, *labels.shape)).")
 
 
-def tile_intensity(values: np.ndarray, inverse: np.ndarray, voxels: np.ndarray,
+def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.ndarray,
                    ids: np.ndarray, request: IntensityRequest, spanning: np.ndarray | None,
                    tile_index: int) -> TileIntensity:
-    """The parts of one tile's objects: ``values`` (foreground voxels × channels) and
-    ``inverse`` (the object row of each, rows of ``ids`` with ``voxels`` each), one pass of
-    ``bincount`` per figure. Objects in ``spanning`` (final IDs) have their values spilled for
+    """The parts of one tile's objects: ``values`` (per channel, the foreground voxels'
+    values) and ``inverse`` (the object row of each voxel, rows of ``ids`` with ``voxels``
+    each), one pass of ``bincount`` per figure. Objects in ``spanning`` (final IDs) have their values spilled for
     percentiles."""
-    k, channels = len(ids), values.shape[1]
+    k, channels = len(ids), len(values)
     out = {name: np.empty((k, channels)) for name in ("sum", "mean", "m2", "min", "max")}
-    for c in range(channels):
-        native = values[:, c]
+    for c, native in enumerate(values):
         v = native.astype(np.float64)
         total = np.bincount(inverse, weights=v, minlength=k)
         mean = total / voxels
@@ -129,7 +129,7 @@ def tile_intensity(values: np.ndarray, inverse: np.ndarray, voxels: np.ndarray,
     if qs:
         crossing = np.isin(ids, spanning) if spanning is not None and len(spanning) else \
             np.zeros(k, bool)
-        runs = [value_runs(inverse, values[:, c], ids) for c in range(channels)]
+        runs = [value_runs(inverse, channel, ids) for channel in values]
         inside = ~crossing
         for c, (labels, vals, counts) in enumerate(runs):
             keep = ~np.isin(labels, ids[crossing])

@@ -63,7 +63,7 @@ def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: 
     ``labels_core`` holds final IDs (0 = background), or, with ``lut``, local labels
     ``0..len(lut) - 1`` whose final IDs are ``lut[local]`` (as the relabel pass has them: then
     nothing is sorted, every figure is one pass of ``bincount``). ``origin`` is the global
-    position of its first voxel. With ``intensities`` (the core's values, channels last) also
+    position of its first voxel. With ``intensities`` (the core's values, channels first) also
     the intensity parts of each object (:func:`blockbuster.intensity.tile_intensity`;
     ``request`` says which percentiles, ``spanning`` which final IDs span other tiles). The
     result is O(objects in the tile), small enough to send to the parent.
@@ -99,7 +99,7 @@ def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: 
     intensity = None
     if intensities is not None:
         intensity = tile_intensity(
-            intensities.reshape(-1, intensities.shape[-1])[where], inverse, voxels,
+            [channel.ravel()[where] for channel in intensities], inverse, voxels,
             ids.astype(np.uint64), request or IntensityRequest(None), spanning, int(tile_index))
     return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels, sums,
                           starts + origin, stops + origin, intensity)
