@@ -11,7 +11,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["index.md", "getting-started.md", "tiling-and-merging.md", "plugin-authoring.md",
          "configuration.md", "resume.md", "remote.md", "cluster.md", "torch.md",
          "stardist.md", "cellpose.md", "gpu.md", "bioio.md",
-         "bioimageio.md"]
+         "bioimageio.md", "measure.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

@@ -198,3 +198,15 @@ def test_intensity_options_are_checked(tmp_path, options, message):
     with pytest.raises(InvalidParameterError, match=message):
         tile_process(blobs((32, 32)), "threshold", tile_shape=(16, 16),
                      write_to=tmp_path / "l.zarr", **options)
+
+
+def test_processes_workers_spill_and_measure_the_same(tmp_path):
+    image = blobs((48, 64), 5)
+    options = dict(segmenter_options={"threshold": 480.0}, tile_shape=(12, 16),
+                   table=tmp_path / "t.csv", intensity_image=True, percentiles=[50],
+                   overwrite=True)
+    labels = tile_process(image, "threshold", executor="processes", workers=2,
+                          write_to=tmp_path / "p.zarr", compute=True, **options)
+    by_processes = read_table(tmp_path / "t.csv")
+    assert by_processes["n_tiles"].max() > 2
+    assert_matches(by_processes, labels, image[..., None].astype(np.float64), (50,))
