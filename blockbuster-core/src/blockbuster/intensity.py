@@ -2,7 +2,7 @@
 
 The relabel pass reads each tile core of the intensity image once, next to its final labels,
 and :func:`tile_intensity` reduces it to O(objects in the tile) numbers per channel: voxel
-count, sum, mean, sum of squared deviations from that mean (``m2``), min and max.
+count, sum, sum of squared deviations from its mean (``m2``), min and max.
 :func:`combine_intensity` merges the tiles' parts of each object exactly: sums add, min/max
 take the min/max, and the standard deviation uses Chan et al.'s parallel update
 ``m2 = Σ m2_i + Σ n_i (mean_i - mean)²`` (numerically stable: deviations, never raw sums of
@@ -50,8 +50,7 @@ class TileIntensity:
     """One tile's parts of its objects (rows as :class:`~blockbuster.table.TileStatistics`)."""
 
     sum: np.ndarray  # (k, C) float64
-    mean: np.ndarray  # (k, C) float64: of the part
-    m2: np.ndarray  # (k, C) float64: sum of squared deviations from the part's mean
+    m2: np.ndarray  # (k, C) float64: sum of squared deviations from the part's own mean
     min: np.ndarray  # (k, C) float64
     max: np.ndarray  # (k, C) float64
     percentiles: np.ndarray  # (k, P, C) float64; NaN for objects that span tiles
@@ -114,13 +113,12 @@ def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.nda
     each), one pass of ``bincount`` per figure. Objects in ``spanning`` (final IDs) have their values spilled for
     percentiles."""
     k, channels = len(ids), len(values)
-    out = {name: np.empty((k, channels)) for name in ("sum", "mean", "m2", "min", "max")}
+    out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
     for c, native in enumerate(values):
         v = native.astype(np.float64)
         total = np.bincount(inverse, weights=v, minlength=k)
-        mean = total / voxels
-        out["sum"][:, c], out["mean"][:, c] = total, mean
-        v -= mean[inverse]
+        out["sum"][:, c] = total
+        v -= (total / voxels)[inverse]
         out["m2"][:, c] = np.bincount(inverse, weights=np.square(v, out=v), minlength=k)
         out["min"][:, c], out["max"][:, c] = _extremes(native, inverse, k)
     qs = request.percentiles
@@ -215,20 +213,22 @@ def combine_intensity(parts: list[TileIntensity], inverse: np.ndarray, order: np
                       ids: np.ndarray, qs: Sequence[float]) -> dict[str, np.ndarray]:
     """The intensity columns of the table: the parts (rows of the concatenated tiles'
     statistics, object row ``inverse``) merged per object."""
-    stacked = {name: np.concatenate([getattr(p, name) for p in parts])
-               for name in ("sum", "mean", "m2", "min", "max")}
-    k, channels = len(ids), stacked["sum"].shape[1]
+    k, channels = len(ids), parts[0].sum.shape[1]
     columns: dict[str, np.ndarray] = {}
     for c in range(channels):
+        def stacked(name):  # one figure of one channel at a time: the parent stays small
+            return np.concatenate([getattr(p, name)[:, c] for p in parts])
+
         suffix = f"_c{c}" if channels > 1 else ""
-        total_sum = np.bincount(inverse, weights=stacked["sum"][:, c], minlength=k)
+        part_sum = stacked("sum")
+        total_sum = np.bincount(inverse, weights=part_sum, minlength=k)
         mean = total_sum / np.maximum(total, 1)
-        deviation = stacked["mean"][:, c] - mean[inverse]
-        m2 = np.bincount(inverse, weights=stacked["m2"][:, c] + part_voxels * deviation ** 2,
+        deviation = part_sum / part_voxels - mean[inverse]
+        m2 = np.bincount(inverse, weights=stacked("m2") + part_voxels * deviation ** 2,
                          minlength=k)
         columns[f"intensity_mean{suffix}"] = mean
-        columns[f"intensity_min{suffix}"] = np.minimum.reduceat(stacked["min"][order, c], bounds)
-        columns[f"intensity_max{suffix}"] = np.maximum.reduceat(stacked["max"][order, c], bounds)
+        columns[f"intensity_min{suffix}"] = np.minimum.reduceat(stacked("min")[order], bounds)
+        columns[f"intensity_max{suffix}"] = np.maximum.reduceat(stacked("max")[order], bounds)
         columns[f"intensity_sum{suffix}"] = total_sum
         columns[f"intensity_std{suffix}"] = np.sqrt(m2 / np.maximum(total, 1))
     if qs:

@@ -95,6 +95,7 @@ def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: 
     for axis in range(ndim):
         sums[:, axis] = np.bincount(inverse, weights=coords[axis], minlength=k) + \
             voxels * origin[axis]
+    del coords  # the intensities' temporaries come next
     starts, stops = _boxes(local, present, row_of_present, k)
     intensity = None
     if intensities is not None:
