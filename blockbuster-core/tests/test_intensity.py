@@ -126,15 +126,20 @@ def test_tiled_intensities_equal_regionprops_on_the_whole_image(case):
         assert_matches(table, labels, image, QS)
 
 
-def test_objects_spanning_many_tiles_are_merged_from_the_spill(tmp_path):
+@pytest.mark.parametrize("batch_bytes", [64 * 2**20, 1])
+def test_objects_spanning_many_tiles_are_merged_from_the_spill(tmp_path, monkeypatch,
+                                                                batch_bytes):
+    """One batch of spilled runs, or (``batch_bytes=1``) one batch per object."""
+    monkeypatch.setattr("blockbuster.intensity.SPILL_BATCH_BYTES", batch_bytes)
     rng = np.random.default_rng(3)
     labels = np.zeros((40, 50), np.uint32)
-    labels[2:38, 3:47] = 1  # spans every tile
+    labels[2:38, 3:40] = 1  # spans most tiles
     labels[8:12, 7:11] = 2  # inside one tile
+    labels[20:30, 44:48] = 3  # spans two tiles
+    labels[33:40, 41:50] = 5  # spans four
     image = rng.integers(0, 60000, (40, 50, 2)).astype(np.uint16)
     table, spanning = measured_by_tiles(labels, image, (7, 6), QS, tmp_path)
-    assert list(spanning) == [1] and table.set_index("label").loc[1, "n_tiles"] > 30
-    assert len(list(tmp_path.glob("*.npz"))) == table.set_index("label").loc[1, "n_tiles"]
+    assert list(spanning) == [1, 3, 5] and table.set_index("label").loc[1, "n_tiles"] > 30
     assert_matches(table, labels, image, QS)
 
 

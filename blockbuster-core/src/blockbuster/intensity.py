@@ -11,9 +11,10 @@ squares).
 Percentiles need every value of an object. An object that lies in one tile (most do) gets its
 percentiles in that tile's task; the tiles write the values of each object that spans several
 tiles (known from the merge, before the relabel pass) to a spill file in the run's staging
-area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects. Exact,
-with the parent's memory bounded by the distinct values of the objects that cross tiles (at most
-65,536 per object and channel for 16-bit images).
+area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects a
+batch of labels at a time (about :data:`SPILL_BATCH_BYTES` each). Exact; the parent holds one
+batch, whose size is bounded below only by the distinct values of one object (at most 65,536 per
+channel for 16-bit images).
 """
 
 from __future__ import annotations
@@ -154,13 +155,20 @@ def _extremes(values: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray,
 def value_runs(inverse: np.ndarray, values: np.ndarray, ids: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each object's distinct values with their counts: ``(label, value, count)`` runs, sorted
-    by label then value."""
-    order = np.lexsort((values, inverse))
-    rows, vals = inverse[order], values[order]
-    start = np.ones(len(order), bool)
+    by label then value (integers up to 32 bits in one sort of a combined key)."""
+    if values.dtype.kind in "iub" and values.dtype.itemsize <= 4 and len(values):
+        low = int(values.min())
+        key = (inverse.astype(np.int64) << 32) | (values.astype(np.int64) - low)
+        key.sort()
+        rows, vals = key >> 32, (key & 0xFFFFFFFF) + low
+        vals = vals.astype(values.dtype)
+    else:
+        order = np.lexsort((values, inverse))
+        rows, vals = inverse[order], values[order]
+    start = np.ones(len(rows), bool)
     start[1:] = (rows[1:] != rows[:-1]) | (vals[1:] != vals[:-1])
     first = np.flatnonzero(start)
-    counts = np.diff(np.append(first, len(order)))
+    counts = np.diff(np.append(first, len(rows)))
     return ids[rows[first]], vals[first], counts.astype(np.int64)
 
 
@@ -244,22 +252,42 @@ def _percentile_columns(parts: list[TileIntensity], inverse: np.ndarray, ids: np
     result = np.full((k, len(qs), channels), np.nan)
     known = ~np.isnan(local).all(axis=(1, 2))
     result[inverse[known]] = local[known]
-    spills = [np.load(p.spilled) for p in parts if p.spilled]
-    for c in range(channels):
-        if not spills:
-            break
-        labels = np.concatenate([s[f"labels_{c}"] for s in spills])
-        values = np.concatenate([s[f"values_{c}"] for s in spills])
-        counts = np.concatenate([s[f"counts_{c}"] for s in spills])
-        labels, values, counts = _merged_runs(labels, values, counts)
-        found, merged = percentiles_of_runs(labels, values, counts, qs)
-        result[np.searchsorted(ids, found), :, c] = merged
+    spills = [p.spilled for p in parts if p.spilled]
+    spanning = ids[np.isnan(result).all(axis=(1, 2))]
+    for lo, hi in _label_batches(spanning, sum(os.path.getsize(s) for s in spills)):
+        for c in range(channels):
+            runs = [_runs_between(path, c, lo, hi) for path in spills]
+            labels, values, counts = _merged_runs(*(np.concatenate(r) for r in zip(*runs)))
+            found, merged = percentiles_of_runs(labels, values, counts, qs)
+            result[np.searchsorted(ids, found), :, c] = merged
     columns = {}
     for j, q in enumerate(qs):
         for c in range(channels):
             suffix = f"_c{c}" if channels > 1 else ""
             columns[f"intensity_p{percentile_name(q)}{suffix}"] = result[:, j, c]
     return columns
+
+
+SPILL_BATCH_BYTES = 64 * 2**20  # spilled runs merged at a time, about (the parent's memory)
+
+
+def _label_batches(labels: np.ndarray, spilled_bytes: int) -> list[tuple[int, int]]:
+    """Label ranges ``[lo, hi)`` splitting ``labels`` (sorted) so that each batch's runs are
+    about :data:`SPILL_BATCH_BYTES` (the runs are read again from the spill for each batch)."""
+    if len(labels) == 0:
+        return []
+    n = max(1, min(len(labels), -(-4 * spilled_bytes // SPILL_BATCH_BYTES)))
+    edges = [int(labels[i * len(labels) // n]) for i in range(n)] + [int(labels[-1]) + 1]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _runs_between(path: str, channel: int, lo: int, hi: int):
+    """The runs of one channel in a spill file whose labels lie in ``[lo, hi)``."""
+    with np.load(path) as spill:
+        labels = spill[f"labels_{channel}"]
+        a, b = np.searchsorted(labels, [lo, hi])
+        return (labels[a:b], spill[f"values_{channel}"][a:b],
+                spill[f"counts_{channel}"][a:b])
 
 
 def _merged_runs(labels, values, counts):
