@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class TileIntensity:
     max: np.ndarray  # (k, C) float64
     percentiles: np.ndarray  # (k, P, C) float64; NaN for objects that span tiles
     spilled: str | None = None  # the spill file of those objects' values
-    names: tuple[str, ...] = field(default=())  # channel names
 
 
 def channels_first(tile: np.ndarray, channel_axis: int | None) -> np.ndarray:
@@ -111,8 +110,8 @@ def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.nda
                    tile_index: int) -> TileIntensity:
     """The parts of one tile's objects: ``values`` (per channel, the foreground voxels'
     values) and ``inverse`` (the object row of each voxel, rows of ``ids`` with ``voxels``
-    each), one pass of ``bincount`` per figure. Objects in ``spanning`` (final IDs) have their values spilled for
-    percentiles."""
+    each), one pass of ``bincount`` per figure. Objects in ``spanning`` (final IDs) have
+    their values spilled for percentiles."""
     k, channels = len(ids), len(values)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
     for c, native in enumerate(values):

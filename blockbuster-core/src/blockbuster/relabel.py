@@ -56,7 +56,6 @@ class Relabeling:
         self.n_objects = int(self.counts.sum() - len(self.absorbed))
         self._merged = nodes  # sorted provisional IDs of the objects made of several
 
-
     def _final_of_representatives(self, ids: np.ndarray) -> np.ndarray:
         return self._before[tile_of(ids)] + local_of(ids) - np.searchsorted(self.absorbed, ids)
 

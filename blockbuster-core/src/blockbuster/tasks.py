@@ -257,7 +257,7 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
 
 
 def _read_intensities(job: Job, tile: Tile) -> np.ndarray:
-    """The tile core of the image to measure (channels last), tried like an input read."""
+    """The tile core of the image to measure (channels first), tried like an input read."""
     try:
         return retrying(partial(job.intensity.read, tile.core), job.segmenter.retries)
     except Exception as error:
