@@ -215,3 +215,24 @@ def test_processes_workers_spill_and_measure_the_same(tmp_path):
     by_processes = read_table(tmp_path / "t.csv")
     assert by_processes["n_tiles"].max() > 2
     assert_matches(by_processes, labels, image[..., None].astype(np.float64), (50,))
+
+
+def test_ome_zarr_run_has_physical_and_intensity_columns(tmp_path):
+    """A 3D two-channel OME-Zarr: the channels come from its "c" axis, the physical columns
+    from its scale, next to the intensity columns of both channels."""
+    pytest.importorskip("ome_zarr")
+    from blockbuster.synthetic import write_image
+
+    rng = np.random.default_rng(7)
+    data = np.stack([ndimage.gaussian_filter(rng.random((8, 40, 48)), 2) for _ in range(2)])
+    data = ((data - data.mean()) / data.std()).astype(np.float32)
+    path = write_image(tmp_path / "cells.ome.zarr", data, axes="czyx",
+                       scale=(1.0, 2.0, 0.5, 0.5), units={a: "micrometer" for a in "zyx"},
+                       channel_labels=["membrane", "nuclei"], chunks=(1, 4, 16, 16))
+    labels = tile_process(str(path), lambda t: ndimage.label(t[1] > 1.0)[0],
+                          tile_shape=(4, 16, 16), overlap=2, write_to=tmp_path / "l.zarr",
+                          table=tmp_path / "t.parquet", intensity_image=True, compute=True)
+    table = read_table(tmp_path / "t.parquet")
+    assert {"centroid_x_um", "volume_um3", "intensity_mean_c0", "intensity_std_c1"} <= set(table)
+    assert table["n_tiles"].max() > 2
+    assert_matches(table, labels, np.moveaxis(data, 0, -1).astype(np.float64), ())
