@@ -26,7 +26,7 @@ def labels_and_tiling(draw):
     return labels.astype(np.uint16), tile_shape, distance
 
 
-@settings(max_examples=80, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(labels_and_tiling())
 def test_tiled_expansion_equals_skimage_on_the_whole_image(tmp_path, case):
