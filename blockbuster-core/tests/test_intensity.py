@@ -59,7 +59,7 @@ def measured_by_tiles(labels, image, tile_shape, qs, spill, seed=None):
         channels_first = np.moveaxis(image[core], -1, 0)
         partials.append(tile_statistics(tile, [s.start for s in core], index, channels_first,
                                         request=request, spanning=spanning, lut=lut))
-    return combine(partials, percentiles=qs), spanning
+    return combine(partials, percentiles=qs, channels=image.shape[-1]), spanning
 
 
 def reference(labels, image):
@@ -184,6 +184,18 @@ def test_without_intensity_image_the_table_has_no_intensity_columns(tmp_path):
                  tile_shape=(16, 16), write_to=tmp_path / "l.zarr", table=True)
     table = read_table(tmp_path / "l.zarr.objects.csv")
     assert not [c for c in table.columns if c.startswith("intensity")]
+
+
+def test_a_table_without_objects_still_has_the_intensity_columns(tmp_path):
+    tile_process(np.zeros((2, 32, 32), np.uint8), lambda t: ndimage.label(t[0] > 5)[0],
+                 channel_axis=0, tile_shape=(16, 16),
+                 write_to=tmp_path / "l.zarr", table=True, intensity_image=True,
+                 percentiles=[50])
+    table = read_table(tmp_path / "l.zarr.objects.csv")
+    assert len(table) == 0
+    assert [c for c in table.columns if c.startswith("intensity")] == [
+        f"intensity_{name}_c{c}" for c in (0, 1) for name in ("mean", "min", "max", "sum", "std")
+    ] + ["intensity_p50_c0", "intensity_p50_c1"]
 
 
 def test_intensity_image_of_another_shape_says_what_to_do(tmp_path):

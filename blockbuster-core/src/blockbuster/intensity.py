@@ -115,12 +115,12 @@ def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.nda
     k, channels = len(ids), len(values)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
     for c, native in enumerate(values):
-        v = native.astype(np.float64)
+        v = native.astype(np.float64)  # exact for integers below 2**53
+        out["min"][:, c], out["max"][:, c] = _extremes(v, inverse, k)
         total = np.bincount(inverse, weights=v, minlength=k)
         out["sum"][:, c] = total
         v -= (total / voxels)[inverse]
         out["m2"][:, c] = np.bincount(inverse, weights=np.square(v, out=v), minlength=k)
-        out["min"][:, c], out["max"][:, c] = _extremes(native, inverse, k)
     qs = request.percentiles
     percentiles = np.full((k, len(qs), channels), np.nan)
     spilled = None
@@ -139,16 +139,12 @@ def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.nda
 
 
 def _extremes(values: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the least and the greatest of ``values`` (in their own dtype, then float)."""
-    if values.dtype.kind in "iub":
-        info = np.iinfo(values.dtype) if values.dtype.kind != "b" else np.iinfo(np.uint8)
-        values = values.astype(np.uint8) if values.dtype.kind == "b" else values
-        low, high = np.full(k, info.max, values.dtype), np.full(k, info.min, values.dtype)
-    else:
-        low, high = np.full(k, np.inf, values.dtype), np.full(k, -np.inf, values.dtype)
+    """Per row, the least and the greatest of ``values`` (float64: ``ufunc.at``'s fast path,
+    ten times faster than on 16-bit integers)."""
+    low, high = np.full(k, np.inf), np.full(k, -np.inf)
     np.minimum.at(low, rows, values)
     np.maximum.at(high, rows, values)
-    return low.astype(np.float64), high.astype(np.float64)
+    return low, high
 
 
 def value_runs(inverse: np.ndarray, values: np.ndarray, ids: np.ndarray
@@ -297,6 +293,13 @@ def _merged_runs(labels, values, counts):
     start[1:] = (labels[1:] != labels[:-1]) | (values[1:] != values[:-1])
     first = np.flatnonzero(start)
     return labels[first], values[first], np.add.reduceat(counts, first) if len(first) else counts
+
+
+def intensity_columns(channels: int, qs: Sequence[float]) -> list[str]:
+    """The intensity columns' names, in the table's order (for a table without objects)."""
+    suffixes = [f"_c{c}" if channels > 1 else "" for c in range(channels)]
+    names = [f"intensity_{name}{suffix}" for suffix in suffixes for name in STATISTICS]
+    return names + [f"intensity_p{percentile_name(q)}{suffix}" for q in qs for suffix in suffixes]
 
 
 def percentile_name(q: float) -> str:

@@ -357,8 +357,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     writing(out.finish, job.output, "the output's completion mark")(
         n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
+        measured = job.intensity
         table = combine(partials, **job.image.table_metadata(),
-                        percentiles=job.intensity.percentiles if job.intensity else ())
+                        percentiles=measured.percentiles if measured else (),
+                        channels=measured.image.channels if measured else None)
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
-from blockbuster.intensity import IntensityRequest, TileIntensity, combine_intensity, tile_intensity
+from blockbuster.intensity import (
+    IntensityRequest,
+    TileIntensity,
+    combine_intensity,
+    intensity_columns,
+    tile_intensity,
+)
 from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
@@ -135,13 +141,14 @@ def _boxes(local: np.ndarray, present: np.ndarray, rows: np.ndarray, k: int
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
             axes: Sequence[str] | None = None, units: Sequence[str | None] | None = None,
             translation: Sequence[float] | None = None, ndim: int | None = None,
-            percentiles: Sequence[float] = ()):
+            percentiles: Sequence[float] = (), channels: int | None = None):
     """Merge the tiles' partial statistics into one table (a :class:`pandas.DataFrame`).
 
     ``scale`` (and ``translation``) per axis, physical, add physical centroids and volumes;
     ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
     ``"micrometer"``) name the physical columns. Partials with intensities add the intensity
-    columns (``percentiles``: those the tiles measured).
+    columns (``percentiles``: those the tiles measured; ``channels``: the intensity image's,
+    which name the columns of a table without objects).
     """
     import pandas as pd
 
@@ -199,6 +206,8 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
             raise InvalidParameterError("some tiles' statistics have intensities, others not.")
         columns.update(combine_intensity(measured, inverse, order, bounds, voxels, total, ids,
                                          tuple(percentiles)))
+    elif channels and not nonempty:
+        columns.update({name: np.zeros(0) for name in intensity_columns(channels, percentiles)})
     tile_lists = [[] for _ in range(k)]
     sorted_tiles = tiles[order]
     sorted_ids = inverse[order]
