@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import blockbuster.expand
 import blockbuster.pipeline
 from blockbuster.cli import build_parser, main
 from blockbuster.config import SECTIONS
@@ -56,6 +57,8 @@ writer = "zarr"
 overwrite = true
 table = "objects.csv"
 merge_log = "merges.parquet"
+intensity_image = "stains.zarr"  # relative to the config file
+percentiles = [50, 95]
 zarr_format = 2                # a writer option
 storage_options = {endpoint_url = "http://127.0.0.1:9"}  # into writer_options
 
@@ -67,6 +70,10 @@ resume = false
 progress = true
 offline = true                 # not an argument: BLOCKBUSTER_OFFLINE during the run
 stage_dir = "stage"            # relative to the config file
+
+[postprocess]
+expand = 4
+expand_to = "cells.zarr"
 
 [verify]
 windows = 6
@@ -110,6 +117,8 @@ def expected_arguments(folder: Path) -> dict:
         "overwrite": True,
         "table": str(folder / "objects.csv"),
         "merge_log": str(folder / "merges.parquet"),
+        "intensity_image": str(folder / "stains.zarr"),
+        "percentiles": [50, 95],
         "verify": 6,
         "verify_threshold": 0.95,
         "progress": True,
@@ -134,7 +143,12 @@ def calls(monkeypatch):
         seen.offline.append(offline())
         return np.zeros((2, 3), np.uint32)
 
+    def expand_spy(labels, distance, **kwargs):
+        seen.expanded.append((labels, distance, kwargs))
+
+    seen.expanded = []
     monkeypatch.setattr(blockbuster.pipeline, "tile_process", spy)
+    monkeypatch.setattr(blockbuster.expand, "expand_labels", expand_spy)
     return seen
 
 
@@ -157,6 +171,11 @@ def test_every_config_key_reaches_tile_process(tmp_path, calls):
     registry = arguments.pop("registry")
     assert registry.blocked == {"blocked-plugin"}
     assert arguments == expected_arguments(tmp_path)
+    ((labels, distance, options),) = calls.expanded  # [postprocess] after the run
+    assert (labels, distance, options["write_to"]) == (str(tmp_path / "out.zarr"), 4,
+                                                      str(tmp_path / "cells.zarr"))
+    assert (options["executor"], options["workers"], options["overwrite"]) == (
+        "processes", 3, True)
 
 
 def test_the_config_above_sets_every_core_and_documented_key():
@@ -174,6 +193,7 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
              "--merge", "iou", "--iou-threshold", "0.3", "--executor", "serial",
              "--workers", "4",
              "--output", "o.zarr", "--overwrite", "--progress", "--merge-log",
+             "--expand", "2.5",
              "--set", "run.retries=7", "--set", 'output.writer="zarr"']
     assert main(["run", str(config), *flags]) == 0
     (arguments,) = calls
@@ -185,6 +205,9 @@ def test_every_run_flag_overrides_its_key(tmp_path, calls):
         "executor": "serial", "workers": 4, "write_to": str(tmp_path / "o.zarr"),
         "overwrite": True, "progress": True, "retries": 7, "writer": "zarr",
         "merge_log": True}
+    ((labels, distance, options),) = calls.expanded
+    assert (labels, distance, options["write_to"]) == (str(tmp_path / "o.zarr"), 2.5,
+                                                      str(tmp_path / "o.expanded.zarr"))
     used = {flag for flag in flags if flag.startswith("--")}
     assert used == run_flags() - {"--help", "--debug"}, "every run flag is exercised above"
 

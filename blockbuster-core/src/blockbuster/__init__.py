@@ -10,6 +10,7 @@ __path__ = extend_path(__path__, __name__)
 
 from blockbuster._version import __version__  # noqa: E402
 from blockbuster.errors import BlockbusterError  # noqa: E402
+from blockbuster.expand import expand_labels  # noqa: E402
 from blockbuster.hookspecs import hookimpl  # noqa: E402
 from blockbuster.pipeline import merge_tile_labels, tile_process  # noqa: E402
 from blockbuster.segmenter import Needs  # noqa: E402
@@ -21,6 +22,7 @@ __all__ = [
     "WorkerInfo",
     "__version__",
     "current_worker",
+    "expand_labels",
     "hookimpl",
     "merge_tile_labels",
     "tile_process",

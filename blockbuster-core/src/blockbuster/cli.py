@@ -1,5 +1,5 @@
-"""The ``blockbuster`` command: ``run``, ``verify``, ``relate``, ``polygons``, ``plugins``,
-``info``, ``models`` and ``--version``.
+"""The ``blockbuster`` command: ``run``, ``verify``, ``expand``, ``relate``, ``polygons``,
+``plugins``, ``info``, ``models`` and ``--version``.
 
 Exit codes: 0 on success; 1 with a one-line error on stderr for any blockbuster error (the
 full traceback only with ``--debug``; a ``keep_going`` run adds the list of failed tiles), or
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action="store_true", help="show a progress bar")
     run.add_argument("--merge-log", action="store_true",
                      help="write every cross-tile join beside the labels ([output] merge_log)")
+    run.add_argument("--expand", type=float, metavar="PIXELS",
+                     help="then grow the labels by PIXELS into a new zarr ([postprocess] expand)")
     run.set_defaults(handler=cmd_run)
     accept_debug_after(run)
 
@@ -92,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--progress", action="store_true", help="show a progress bar")
     verify.set_defaults(handler=cmd_verify)
     accept_debug_after(verify)
+
+    expand = commands.add_parser(
+        "expand", help="grow every label by a distance without overlap (cells from nuclei), "
+                       "tile by tile, equal to skimage's expand_labels")
+    expand.add_argument("labels", help="path or URL of the labels (e.g. a run's output zarr)")
+    expand.add_argument("output", help="path or URL of the new labels zarr")
+    expand.add_argument("--distance", type=float, required=True, metavar="PIXELS",
+                        help="pixels to grow by")
+    expand.add_argument("--tile-shape", help="tile core per axis, e.g. 1024,1024 (default: "
+                                             "the labels' chunks)")
+    expand.add_argument("--executor", help="threads (default), processes, serial...")
+    expand.add_argument("--workers", type=int, help="number of workers")
+    expand.add_argument("--overwrite", action="store_true", help="replace existing output")
+    expand.set_defaults(handler=cmd_expand)
+    accept_debug_after(expand)
 
     relate = commands.add_parser(
         "relate", help="relate two label images: each child's parent (nuclei -> cells)")
@@ -159,7 +176,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     labels, report = result if isinstance(result, tuple) else (result, None)
     print(f"wrote {labels.shape} labels ({labels.dtype}) "
           f"to {labels_path(args)}", file=sys.stderr)
+    expanded = expanded_path_of(args)
+    if expanded is not None:
+        print(f"wrote the labels grown without overlap to {expanded}", file=sys.stderr)
     return 0 if report is None else print_report(report)
+
+
+def expanded_path_of(args: argparse.Namespace) -> str | None:
+    from blockbuster.config import expanded_path, load_config
+
+    return expanded_path(load_config(args.config, overrides_from(args)))
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    """Grow the labels at ``args.labels`` by ``--distance`` into ``args.output``."""
+    from blockbuster.expand import expand_labels
+
+    tile_shape = [int(v) for v in args.tile_shape.split(",")] if args.tile_shape else None
+    grown = expand_labels(args.labels, args.distance, write_to=args.output,
+                          tile_shape=tile_shape, executor=args.executor, workers=args.workers,
+                          overwrite=args.overwrite)
+    print(f"wrote {grown.shape} labels ({grown.dtype}) grown by {args.distance:g} px "
+          f"to {args.output}", file=sys.stderr)
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -201,6 +240,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "output.path": args.output,
         "output.overwrite": True if args.overwrite else None,
         "output.merge_log": True if getattr(args, "merge_log", False) else None,
+        "postprocess.expand": getattr(args, "expand", None),
     }
     if args.tile_shape:
         flags["tiling.tile_shape"] = (

@@ -33,7 +33,14 @@
     writer = "zarr"              # other keys are writer options
     overwrite = false
     merge_log = true             # or a .parquet path: every cross-tile join and its evidence
+    table = "objects.csv"        # or true: the per-object table (or .parquet)
+    intensity_image = true       # intensity columns in the table: the input (true) or a path
+    percentiles = [50, 95]       # with intensity_image: exact per-object percentiles
     storage_options = {endpoint_url = "http://localhost:9000"}  # optional, for a URL path
+
+    [postprocess]
+    expand = 5                   # grow every label by 5 px without overlap (cells from nuclei)
+    expand_to = "cells.zarr"     # default: the output's name with .expanded.zarr
 
     [run]
     retries = 2                  # retries of a tile whose segmenter raises
@@ -75,7 +82,9 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
                "iou_threshold": (int, float), "connectivity": int, "memory_budget": int},
     "executor": {"name": str, "workers": int},
     "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
-               "merge_log": (str, bool), "storage_options": dict},
+               "merge_log": (str, bool), "storage_options": dict,
+               "intensity_image": (str, bool), "percentiles": list},
+    "postprocess": {"expand": (int, float), "expand_to": str},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool, "stage_dir": str},
     "verify": {"windows": int, "threshold": (int, float)},
@@ -135,6 +144,8 @@ class RunConfig:
             "overwrite": bool(self.get("output", "overwrite", False)),
             "table": self.get("output", "table"),
             "merge_log": self.get("output", "merge_log"),
+            "intensity_image": self.get("output", "intensity_image"),
+            "percentiles": self.get("output", "percentiles"),
             "verify": self.get("verify", "windows"),
             "verify_threshold": self.get("verify", "threshold", DEFAULT_THRESHOLD),
             "stage_dir": self.get("run", "stage_dir"),
@@ -208,7 +219,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     folder of that name exists next to the config, so model names stay names.
     """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
-                         ("output", "merge_log"), ("output", "image"), ("run", "stage_dir")):
+                         ("output", "merge_log"), ("output", "image"), ("run", "stage_dir"),
+                         ("output", "intensity_image"), ("postprocess", "expand_to")):
         value = local_if_file_url(config.sections.get(section, {}).get(key))
         if isinstance(value, str) and not is_url(value) and not Path(value).is_absolute():
             config.sections[section][key] = str(base / value)
@@ -227,9 +239,42 @@ def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     from blockbuster.registry import Registry
 
     config = load_config(path, overrides)
+    expanded_path(config)  # a bad [postprocess] fails before the run
     registry = Registry(block=config.get("plugins", "block", []))
     progress = progress or bool(config.get("run", "progress", False))
     switch = offline_mode() if config.get("run", "offline", False) else contextlib.nullcontext()
     with switch:
-        return tile_process(**config.tile_process_arguments(), registry=registry,
-                            progress=progress)
+        result = tile_process(**config.tile_process_arguments(), registry=registry,
+                              progress=progress)
+    expand_as_configured(config, registry)
+    return result
+
+
+def expanded_path(config: RunConfig) -> str | None:
+    """Where ``[postprocess] expand`` writes: ``expand_to``, else the output's name with
+    ``.expanded.zarr`` (``labels.zarr`` -> ``labels.expanded.zarr``); ``None`` without expand."""
+    if config.get("postprocess", "expand") is None:
+        return None
+    output = config.get("output", "path")
+    if output is None:
+        raise ConfigError(f"{config.source}: [postprocess] expand grows the labels written to "
+                          "[output] path; set it (e.g. path = \"labels.zarr\").")
+    target = config.get("postprocess", "expand_to")
+    if target is not None:
+        return target
+    return output.removesuffix("/").removesuffix(".zarr") + ".expanded.zarr"
+
+
+def expand_as_configured(config: RunConfig, registry) -> None:
+    """``[postprocess] expand``: grow the written labels into a new zarr, tile by tile."""
+    from blockbuster.expand import expand_labels
+
+    target = expanded_path(config)
+    if target is None:
+        return
+    arguments = config.tile_process_arguments()
+    expand_labels(arguments["write_to"], config.get("postprocess", "expand"), write_to=target,
+                  overwrite=arguments["overwrite"], executor=arguments["executor"],
+                  workers=arguments["workers"], executor_options=arguments["executor_options"],
+                  writer=arguments["writer"], writer_options=arguments["writer_options"],
+                  storage_options=config.get("output", "storage_options"), registry=registry)

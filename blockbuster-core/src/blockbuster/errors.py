@@ -24,6 +24,11 @@ class ImageReadError(BlockbusterError, ValueError):
     names the tile, its bounds, the chunk where known, and the cause."""
 
 
+class IntensityImageError(BlockbusterError, ValueError):
+    """The image to measure for the object table does not fit the labels (its spatial shape
+    differs): the message gives both shapes and the layout expected."""
+
+
 class TileFunctionError(BlockbusterError, RuntimeError):
     """The segmentation function failed or returned something that is not labels for a tile."""
 

@@ -45,6 +45,7 @@ from blockbuster.executors import Executor
 from blockbuster.faults import write_failure
 from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
+from blockbuster.intensity import IntensityRequest, check_percentiles, intensity_view
 from blockbuster.lock import OutputLock, holding, lock_output
 from blockbuster.merge import kept_pairs, no_edges
 from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
@@ -131,6 +132,8 @@ def tile_process(
     verify_threshold: float = DEFAULT_THRESHOLD,
     storage_options: dict | None = None,
     stage_dir: str | os.PathLike | None = None,
+    intensity_image: Any = None,
+    percentiles: Sequence[float] | None = None,
 ):
     """Segment ``image`` tile by tile with ``fn`` and return one consistently labelled array.
 
@@ -232,6 +235,13 @@ def tile_process(
     table
         Write the per-object table: ``True`` for ``<write_to>.objects.csv``, or a ``.csv`` /
         ``.parquet`` path (:mod:`blockbuster.table`).
+    intensity_image, percentiles
+        Add intensity columns to the table (``table=``): per object and channel the mean,
+        min, max, sum and standard deviation of ``True`` (the input image) or of another
+        image of the same spatial shape (a path, URL, reader or array; channels on its
+        ``"c"`` axis or as its extra first or last axis), and the given ``percentiles``
+        (e.g. ``[50, 95]``), exact. Measured in the relabel pass, one tile core at a time
+        (:mod:`blockbuster.intensity`).
     merge_log
         Write every cross-tile join with its evidence (tiles, face, labels, pixel pairs,
         final IDs): ``True`` for ``<write_to>.merges.parquet``, or a ``.parquet`` path
@@ -277,6 +287,8 @@ def tile_process(
         connectivity = pixel_map.connectivity
 
     table_path = resolve_table_path(table, write_to)
+    measured = _intensity_view(intensity_image, percentiles, table_path, image, registry,
+                               storage_options)
     log_path = resolve_merge_log_path(merge_log, write_to)
     temporary = None
     if write_to is None:
@@ -298,7 +310,9 @@ def tile_process(
             reads = _block_reads(image, grid, executor, memory_budget)
             job = Job(image, segmenter, grid, merge, connectivity, stage, out, keep_going,
                       skip_empty, table_path is not None, output=str(write_to),
-                      iou_threshold=iou_threshold, blocks=reads.cache)
+                      iou_threshold=iou_threshold, blocks=reads.cache,
+                      intensity=None if measured is None else IntensityRequest(
+                          measured, check_percentiles(percentiles), stage.root / "intensity"))
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, reads.order,
@@ -382,7 +396,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     writing(out.finish, job.output, "the output's completion mark")(
         n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
-        table = combine(partials, **job.image.table_metadata())
+        measured = job.intensity
+        table = combine(partials, **job.image.table_metadata(),
+                        percentiles=measured.percentiles if measured else (),
+                        channels=measured.image.channels if measured else None)
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:
@@ -391,6 +408,26 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(write_table, log_path, "the merge log")(log, log_path,
                                                         storage_options=table_options)
     return relabeling.n_objects
+
+
+def _intensity_view(intensity_image, percentiles, table_path, image: ImageView, registry,
+                    storage_options: dict | None) -> ImageView | None:
+    """The image the table measures, or ``None``; checks that a table is written."""
+    if intensity_image is None or intensity_image is False:
+        if percentiles:
+            raise InvalidParameterError(
+                "percentiles= needs intensity_image= (True for the input image) and table=.")
+        return None
+    if table_path is None:
+        raise InvalidParameterError(
+            "intensity_image= adds columns to the object table: also pass table=True (or a "
+            ".csv / .parquet path) and write_to=.")
+    check_percentiles(percentiles)
+
+    def open_image(source):
+        return registry.open_image(source, **with_storage_options({}, source, storage_options))
+
+    return intensity_view(intensity_image, image, open_image)
 
 
 def writing(call: Callable, path: Any, what: str) -> Callable:
@@ -599,8 +636,10 @@ def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Prog
     t0 = time.perf_counter()
     dtype = relabeling.dtype
     runs = _runs(list(range(len(job.grid))), job, workers)
-    tables = ([(i, relabeling.table(i), dtype) for i in run] for run in runs)  # made as sent
     partials = []
+    spanning = bool(job.intensity and job.intensity.percentiles)  # for the spill
+    tables = (  # made as sent
+        [(i, relabeling.table(i, spanning), dtype) for i in run] for run in runs)
     with _results(pool, relabel_task, tables) as results:
         for done in results:
             partials.extend(statistics for statistics in done if statistics is not None)

@@ -24,6 +24,7 @@ class TileTable:
     offset: int
     absorbed_local: np.ndarray
     absorbed_final: np.ndarray
+    spanning: np.ndarray | None = None  # final IDs of this tile's objects that span tiles
 
     def lookup(self) -> np.ndarray:
         """``lut[local] = final`` for local labels ``0..count``."""
@@ -53,6 +54,7 @@ class Relabeling:
             self.absorbed, first_of_tiles(np.arange(len(self.counts)))
         )
         self.n_objects = int(self.counts.sum() - len(self.absorbed))
+        self._merged = nodes  # sorted provisional IDs of the objects made of several
 
     def _final_of_representatives(self, ids: np.ndarray) -> np.ndarray:
         return self._before[tile_of(ids)] + local_of(ids) - np.searchsorted(self.absorbed, ids)
@@ -67,7 +69,8 @@ class Relabeling:
             final[absorbed] = self.absorbed_final[where[absorbed]]
         return final.astype(np.int64)
 
-    def table(self, index: int) -> TileTable:
+    def table(self, index: int, spanning: bool = False) -> TileTable:
+        """Tile ``index``'s table; with ``spanning``, also which of its objects span tiles."""
         lo, hi = np.searchsorted(
             self.absorbed, first_of_tiles(np.array([index, index + 1]))
         )
@@ -76,7 +79,14 @@ class Relabeling:
             offset=int(self._before[index] - self.absorbed_before[index]),
             absorbed_local=local_of(self.absorbed[lo:hi]),
             absorbed_final=self.absorbed_final[lo:hi],
+            spanning=self.spanning(index) if spanning else None,
         )
+
+    def spanning(self, index: int) -> np.ndarray:
+        """The final IDs of tile ``index``'s objects that span several tiles (sorted): those
+        of its provisional IDs that merged (every merge joins labels of different tiles)."""
+        lo, hi = np.searchsorted(self._merged, first_of_tiles(np.array([index, index + 1])))
+        return np.unique(self.final_ids(self._merged[lo:hi])).astype(np.uint64)
 
     @property
     def dtype(self) -> np.dtype:

@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.intensity import (
+    IntensityRequest,
+    TileIntensity,
+    combine_intensity,
+    intensity_columns,
+    tile_intensity,
+)
 from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
@@ -42,6 +49,7 @@ class TileStatistics:
     sums: np.ndarray  # (k, ndim) float64: sum of voxel coordinates (global pixels)
     starts: np.ndarray  # (k, ndim) int64: bounding box start (global)
     stops: np.ndarray  # (k, ndim) int64: bounding box stop, exclusive (global)
+    intensity: TileIntensity | None = None  # with an intensity image
 
     @property
     def ndim(self) -> int:
@@ -51,52 +59,96 @@ class TileStatistics:
         return len(self.labels)
 
 
-def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: int
-                    ) -> TileStatistics:
+def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: int,
+                    intensities: np.ndarray | None = None, *,
+                    request: IntensityRequest | None = None,
+                    spanning: np.ndarray | None = None,
+                    lut: np.ndarray | None = None) -> TileStatistics:
     """Voxel counts, coordinate sums and bounding boxes of the objects in one tile core.
 
-    ``labels_core`` holds final IDs (0 = background); ``origin`` is the global position of its
-    first voxel. The result is O(objects in the tile), small enough to send to the parent.
+    ``labels_core`` holds final IDs (0 = background), or, with ``lut``, local labels
+    ``0..len(lut) - 1`` whose final IDs are ``lut[local]`` (as the relabel pass has them: then
+    nothing is sorted, every figure is one pass of ``bincount``). ``origin`` is the global
+    position of its first voxel. With ``intensities`` (the core's values, channels first) also
+    the intensity parts of each object (:func:`blockbuster.intensity.tile_intensity`;
+    ``request`` says which percentiles, ``spanning`` which final IDs span other tiles). The
+    result is O(objects in the tile), small enough to send to the parent.
     """
     labels_core = np.asarray(labels_core)
     ndim = labels_core.ndim
     origin = tuple(int(o) for o in origin)
     if len(origin) != ndim:
         raise InvalidParameterError(f"origin {origin} does not match a {ndim}-D tile.")
-    flat = labels_core.ravel()
+    local, lut = (labels_core, np.asarray(lut)) if lut is not None else _dense(labels_core)
+    flat = local.ravel()
     where = np.flatnonzero(flat)
     if where.size == 0:
         empty = np.zeros((0, ndim))
         return TileStatistics(int(tile_index), np.zeros(0, np.uint64), np.zeros(0, np.int64),
                               empty.astype(np.float64), empty.astype(np.int64),
                               empty.astype(np.int64))
-    values = flat[where]
-    ids, inverse, voxels = np.unique(values, return_inverse=True, return_counts=True)
-    coords = np.unravel_index(where, labels_core.shape)
+    fg = flat[where]
+    per_local = np.bincount(fg, minlength=len(lut))
+    present = np.flatnonzero(per_local)
+    ids, row_of_present = np.unique(lut[present], return_inverse=True)  # locals may share an ID
     k = len(ids)
+    row_of = np.zeros(len(lut), np.intp)
+    row_of[present] = row_of_present
+    inverse = row_of[fg]
+    voxels = np.bincount(row_of_present, weights=per_local[present], minlength=k).astype(np.int64)
+    coords = np.unravel_index(where, local.shape)
     sums = np.empty((k, ndim), np.float64)
-    starts = np.empty((k, ndim), np.int64)
-    stops = np.empty((k, ndim), np.int64)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(voxels)[:-1]])
     for axis in range(ndim):
-        c = coords[axis].astype(np.int64)
-        sums[:, axis] = np.bincount(inverse, weights=c, minlength=k) + voxels * origin[axis]
-        sorted_c = c[order]
-        starts[:, axis] = np.minimum.reduceat(sorted_c, bounds) + origin[axis]
-        stops[:, axis] = np.maximum.reduceat(sorted_c, bounds) + origin[axis] + 1
-    return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels.astype(np.int64),
-                          sums, starts, stops)
+        sums[:, axis] = np.bincount(inverse, weights=coords[axis], minlength=k) + \
+            voxels * origin[axis]
+    del coords  # the intensities' temporaries come next
+    starts, stops = _boxes(local, present, row_of_present, k)
+    intensity = None
+    if intensities is not None:
+        intensity = tile_intensity(
+            [channel.ravel()[where] for channel in intensities], inverse, voxels,
+            ids.astype(np.uint64), request or IntensityRequest(None), spanning, int(tile_index))
+    return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels, sums,
+                          starts + origin, stops + origin, intensity)
+
+
+def _dense(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` as local labels ``0..n`` (0 = background) and the table back to them."""
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    ids, inverse = np.unique(flat[where], return_inverse=True)
+    local = np.zeros(labels.shape, np.min_scalar_type(len(ids)))
+    local.flat[where] = inverse + 1
+    return local, np.concatenate([[0], ids])
+
+
+def _boxes(local: np.ndarray, present: np.ndarray, rows: np.ndarray, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding boxes (start, exclusive stop; tile coordinates) of the ``k`` objects, each the
+    union of the boxes of its ``present`` local labels (object ``rows``)."""
+    from scipy import ndimage
+
+    found = ndimage.find_objects(local, max_label=int(present[-1]))
+    local_boxes = np.array([[(s.start, s.stop) for s in found[i - 1]] for i in present],
+                           np.int64)  # (present, ndim, 2)
+    starts = np.full((k, local.ndim), np.iinfo(np.int64).max)
+    stops = np.zeros((k, local.ndim), np.int64)
+    np.minimum.at(starts, rows, local_boxes[:, :, 0])
+    np.maximum.at(stops, rows, local_boxes[:, :, 1])
+    return starts, stops
 
 
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
             axes: Sequence[str] | None = None, units: Sequence[str | None] | None = None,
-            translation: Sequence[float] | None = None, ndim: int | None = None):
+            translation: Sequence[float] | None = None, ndim: int | None = None,
+            percentiles: Sequence[float] = (), channels: int | None = None):
     """Merge the tiles' partial statistics into one table (a :class:`pandas.DataFrame`).
 
     ``scale`` (and ``translation``) per axis, physical, add physical centroids and volumes;
     ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
-    ``"micrometer"``) name the physical columns.
+    ``"micrometer"``) name the physical columns. Partials with intensities add the intensity
+    columns (``percentiles``: those the tiles measured; ``channels``: the intensity image's,
+    which name the columns of a table without objects).
     """
     import pandas as pd
 
@@ -148,6 +200,14 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
         power = {1: "", 2: "2", 3: "3"}.get(len(spatial), "")
         columns[f"volume_{suffix}{power if suffix != 'physical' else ''}"] = (
             total * float(np.prod([scale[i] for i in spatial])))
+    measured = [p.intensity for p in nonempty if p.intensity is not None]
+    if measured:
+        if len(measured) != len(nonempty):
+            raise InvalidParameterError("some tiles' statistics have intensities, others not.")
+        columns.update(combine_intensity(measured, inverse, order, bounds, voxels, total, ids,
+                                         tuple(percentiles)))
+    elif channels and not nonempty:
+        columns.update({name: np.zeros(0) for name in intensity_columns(channels, percentiles)})
     tile_lists = [[] for _ in range(k)]
     sorted_tiles = tiles[order]
     sorted_ids = inverse[order]

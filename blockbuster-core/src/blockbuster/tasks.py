@@ -20,6 +20,7 @@ from blockbuster.errors import BlockbusterError, ImageReadError, TileFunctionErr
 from blockbuster.faults import read_failure, retrying, write_failure
 from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
 from blockbuster.image import ImageView
+from blockbuster.intensity import IntensityRequest
 from blockbuster.merge import tile_edges
 from blockbuster.pixelmaps import split_label
 from blockbuster.read_cache import BlockCache
@@ -48,6 +49,7 @@ class Job:
     output: str = ""  # where the writer writes, for error messages
     iou_threshold: float | None = None  # merge="iou" only
     blocks: BlockCache | None = None  # decoded input blocks, per process (None: read directly)
+    intensity: IntensityRequest | None = None  # table with intensity columns
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The input at the spatial ``region``, through the block cache when there is one."""
@@ -267,7 +269,7 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
 
     Staged labels are small and quick to read, so they are read here; the output writes go to
     the background. Returns each tile's object statistics (``None`` unless a table was asked
-    for).
+    for), with intensities when the job measures an image (its tile core read here, once).
     """
     found = []
     with Background() as io:
@@ -276,9 +278,24 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
             statistics = None
             if table.count:
                 local = job.stage.read_local(tile, table.count)
-                labels = np.take(table.lookup().astype(dtype), local)
-                io.write(_write_output, job, tile, labels)
+                lut = table.lookup().astype(dtype)
+                io.write(_write_output, job, tile, np.take(lut, local))
                 if job.table:
-                    statistics = tile_statistics(labels, tuple(s.start for s in tile.core), index)
+                    intensities = _read_intensities(job, tile) if job.intensity else None
+                    statistics = tile_statistics(local, tuple(s.start for s in tile.core), index,
+                                                 intensities, request=job.intensity,
+                                                 spanning=table.spanning, lut=lut)
             found.append(statistics)
     return found
+
+
+def _read_intensities(job: Job, tile: Tile) -> np.ndarray:
+    """The tile core of the image to measure (channels first), tried like an input read."""
+    try:
+        return retrying(partial(job.intensity.read, tile.core), job.segmenter.retries)
+    except Exception as error:
+        failure = read_failure(error, job.intensity.image.source,
+                               f"tile {tile.index} at {tile.bounds()} (intensity image)",
+                               job.segmenter.retries + 1,
+                               job.intensity.image.unreadable_chunks(tile.core))
+        raise failure from error
