@@ -3,6 +3,7 @@
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from blockbuster.background import Background
@@ -66,3 +67,101 @@ def test_writes_wait_for_the_disk_rather_than_queue_a_whole_run():
                 most = max(most, len(queued))
             io.write(slow_write, value)
     assert not queued and most <= 3  # the one being written, MAX_PENDING_WRITES queued
+
+
+def test_a_write_runs_while_a_slow_read_is_under_way():
+    """Reads and writes have a thread each: staging a finished tile never waits for the next
+    tile's read (with one shared thread the write would queue behind the read, which waits for
+    it, and the read would time out)."""
+    written = threading.Event()
+
+    def read(item):
+        if item == 1:
+            assert written.wait(timeout=5), "the write waited for the read"
+        return item
+
+    seen = []
+    with Background() as io:
+        for value in io.read_ahead([0, 1], read):  # read 1 starts as soon as 0 is handed out
+            if value == 0:
+                io.write(written.set)
+            seen.append(value)
+    assert seen == [0, 1]
+
+
+def test_pending_writes_are_bounded_by_the_given_number():
+    queued = []
+    lock = threading.Lock()
+
+    def slow_write(value):
+        time.sleep(0.01)
+        with lock:
+            queued.remove(value)
+
+    most = 0
+    with Background(pending=5) as io:
+        for value in range(20):
+            with lock:
+                queued.append(value)
+                most = max(most, len(queued))
+            io.write(slow_write, value)
+    assert not queued and 3 < most <= 6  # more than the default allows, never more than 5 + 1
+
+
+class TimedBatches:
+    """A batch segmenter (a threshold mask, 2 tiles per call) recording when each call starts/ends."""
+
+    batch_size = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, tile):
+        return self.segment_batch([tile])[0]
+
+    def segment_batch(self, tiles):
+        started = time.perf_counter()
+        labels = [(t > 0.5).astype(np.int32) for t in tiles]
+        self.calls.append((started, time.perf_counter()))
+        return labels
+
+
+def test_fn_goes_on_with_the_next_batch_while_the_last_one_is_staged(monkeypatch):
+    """Labelling and staging a segmented tile runs behind ``fn`` (in the write-behind thread):
+    with staging slowed to 0.1 s a tile, ``fn``'s next call does not wait for it."""
+    from blockbuster import tile_process
+    from blockbuster.staging import Stage
+
+    write_tile = Stage.write_tile
+
+    def slow_write_tile(self, *args):
+        time.sleep(0.1)
+        write_tile(self, *args)
+
+    monkeypatch.setattr(Stage, "write_tile", slow_write_tile)
+    fn = TimedBatches()
+    image = np.random.default_rng(0).random((64, 64))
+    labels = tile_process(image, fn, tile_shape=(32, 32), overlap=0, executor="threads",
+                          workers=1, output="mask", compute=True)
+    assert labels.max() > 0 and len(fn.calls) == 2  # 4 tiles, 2 per call
+    (_, first_end), (second_start, _) = fn.calls
+    assert second_start - first_end < 0.1  # staging the first batch takes 0.2 s
+
+
+@pytest.mark.parametrize("tiles, batch, workers, length", [
+    (64, 16, 1, 64),   # a GPU model alone: one task reading ahead through 4 batches
+    (64, 16, 2, 32),   # two workers: a task of 2 batches each
+    (64, 16, 4, 16),   # one batch each rather than idle workers
+    (200, 16, 1, 64),  # at most RUN_BATCHES batches a task
+    (64, 1, 1, 16),    # one tile a call: MAX_RUN tiles, four tasks per worker
+    (64, 1, 4, 4),
+])
+def test_tasks_hold_several_batches_of_a_batch_fn(tiles, batch, workers, length):
+    from types import SimpleNamespace
+
+    from blockbuster.pipeline import _runs
+
+    job = SimpleNamespace(segmenter=SimpleNamespace(batch_size=batch))
+    runs = _runs(list(range(tiles)), job, workers)
+    assert [len(r) for r in runs[:-1]] == [length] * (len(runs) - 1)
+    assert sum(runs, []) == list(range(tiles))

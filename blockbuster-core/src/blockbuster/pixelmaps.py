@@ -91,11 +91,30 @@ class PixelMap:
 
     def label(self, classes: np.ndarray) -> np.ndarray:
         """Connected components of each class of ``classes`` (0 stays background)."""
-        from skimage.measure import label
+        return self.components(classes)[0]
 
+    def components(self, classes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Connected components of each class of ``classes`` numbered ``1..n`` (0 stays
+        background), and ``n``: already the consecutive local labels a tile stages, so no
+        renumbering pass is needed.
+
+        A foreground map (mask or probability: one class) is labelled by
+        ``scipy.ndimage.label``, about twice as fast as ``skimage.measure.label``, which
+        labels the regions of each class of a semantic map.
+        """
         if classes.size == 0:
-            return np.zeros(classes.shape, np.int32)
-        return label(classes, background=0, connectivity=min(self.connectivity, classes.ndim))
+            return np.zeros(classes.shape, np.int32), 0
+        connectivity = min(self.connectivity, classes.ndim)
+        if self.kind == "semantic":
+            from skimage.measure import label
+
+            return label(classes, background=0, connectivity=connectivity, return_num=True)
+        from scipy import ndimage
+
+        structure = ndimage.generate_binary_structure(classes.ndim, connectivity)
+        labels = np.empty(classes.shape, np.int32)
+        count = ndimage.label(classes, structure, output=labels)
+        return labels, int(count)
 
 
 def label_map(values, output: str, *, probability_threshold: float | None = None,
