@@ -27,6 +27,9 @@ events there, NVML only). Figures:
 - ``gpu_busy_events``    union of the intervals between CUDA events recorded before and after
                          every forward pass of the network, over the wall time (the network
                          only: Cellpose's flow dynamics on the GPU count as idle);
+- ``gpu_busy_segment``   the same busy time over the segment stage only (reading, ``fn``,
+                         staging: the part of the run that feeds the GPU), without the
+                         run's set-up, merge and relabel, which no GPU work can overlap;
 - ``gpu_busy_nvml``      mean NVML utilisation sampled every 20 ms during the run;
 - ``breakdown_s``        (default run) seconds per step, summed over the tiles: reading
                          (reader thread), preparing and launching passes and waiting for
@@ -299,6 +302,8 @@ def tiled_run(fn, source, halo: int, tile: int, workers, out: Path, module, cuda
         "fn_s_per_worker": round(stats.seconds_in_fn / used, 3),
         "outside_fn": round(1 - stats.seconds_in_fn / used / wall, 3),
         "gpu_busy_events": round(events.busy_seconds() / wall, 3) if events else None,
+        "gpu_busy_segment": round(events.busy_seconds() / stats.stage_seconds["segment"], 3)
+        if events else None,
         "gpu_busy_nvml": round(sampler.mean(), 3) if sampler and sampler.mean() is not None
         else None,
     }
@@ -476,8 +481,9 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    columns = ("case", "executor", "workers", "tiles_per_s", "wall_s", "outside_fn", "gpu_busy_events",
-               "gpu_busy_nvml", "forward_batch", "whole_side", "whole_s", "tiled_vs_whole")
+    columns = ("case", "executor", "workers", "tiles_per_s", "wall_s", "outside_fn",
+               "gpu_busy_events", "gpu_busy_segment", "gpu_busy_nvml", "forward_batch",
+               "whole_side", "whole_s", "tiled_vs_whole")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
