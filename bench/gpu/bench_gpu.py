@@ -278,6 +278,10 @@ def tiled_run(fn, source, halo: int, tile: int, workers, out: Path, module, cuda
     from blockbuster.worker import usable_cores
 
     in_process = executor != "processes"  # the parent sees the forward passes
+    if cuda and not in_process:
+        import torch
+
+        torch.cuda.empty_cache()  # the worker processes need what the parent's cache holds
     events = ForwardEvents(module) if cuda and in_process else None
     sampler = _nvml(cuda)
     steps = Breakdown() if breakdown and in_process else _Nothing()
@@ -420,8 +424,15 @@ def run_case(name: str, args, image: np.ndarray, source: Path, folder: Path) -> 
     runs = [(None, "threads"), *[(w, "threads") for w in args.workers if w],
             *[(w, "processes") for w in args.process_workers if w]]
     for workers, executor in runs:
-        row, labels = tiled_run(fn, source, halo, args.tile, workers, folder / "labels.zarr",
-                                module, cuda, executor, breakdown=workers is None)
+        try:
+            row, labels = tiled_run(fn, source, halo, args.tile, workers,
+                                    folder / "labels.zarr", module, cuda, executor,
+                                    breakdown=workers is None)
+        except Exception as error:  # keep this case's other runs and its whole-image figures
+            if workers is None:
+                raise
+            row = {"executor": executor, "workers": workers, "workers_default": False,
+                   "error": f"{type(error).__name__}: {error}"[:300]}
         rows.append({**common, **row})
         print(json.dumps(rows[-1]), flush=True)
     whole, whole_labels = whole_run(fn, image, cuda, WHOLE_MAX_SIDE[name] if cuda else None)
@@ -431,7 +442,7 @@ def run_case(name: str, args, image: np.ndarray, source: Path, folder: Path) -> 
         whole["labels_match_whole"] = _same_partition(whole_labels, tiled)
     for row in rows:
         row.update(whole)
-        if "whole_s" in whole:
+        if "whole_s" in whole and "wall_s" in row:
             per_pixel = whole["whole_s"] / whole["whole_side"] ** 2
             row["tiled_vs_whole"] = round(row["wall_s"] / (per_pixel * image.size), 2)
     print(json.dumps(whole), flush=True)
@@ -486,7 +497,10 @@ def markdown(report: dict) -> str:
                "whole_side", "whole_s", "tiled_vs_whole")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in report["rows"]:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+        cells = [str(row.get(c, "")) for c in columns]
+        if "error" in row:
+            cells[3] = f"failed: {row['error'][:120]}"
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "", "| case | target | value | status |", "|---|---|---|---|"]
     lines += [f"| {t['case']} | {t['target']} | {t['value']} | {t['status']} |"
               for t in report["targets"]]
