@@ -41,3 +41,15 @@ def test_gpu_bench_tiny_reports_every_case_and_tiles_equal_the_whole_image(tmp_p
     assert statuses <= {"met", "missed", "not measured"}
     assert {t["case"] for t in report["targets"]} == {"unet", "cpnet", "cellpose"}
     assert (tmp_path / "gpu.md").read_text().startswith("| case | executor | workers |")
+
+
+@pytest.mark.slow
+def test_gpu_standin_bench_runs_one_worker_that_sleeps_as_a_gpu(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "standin.py"),
+                           "--size", "512", "--tile", "128", "--gpu-ms", "5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "standin.json").read_text())["rows"]
+    assert row["n_tiles"] == 16 and row["n_objects"] > 100
+    # one worker: the stand-in sleeps 16 x 5 ms inside fn, so fn takes at least that long
+    assert 0 < row["busy"] <= 1 and 0 <= row["outside_fn"] <= 1 - row["busy"] + 0.002  # rounding
