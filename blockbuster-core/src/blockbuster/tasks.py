@@ -145,19 +145,37 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
+    behind = job.segmenter.batch_size > 1  # a batch fn (a GPU model) goes on at once
     for tile, raw in zip(tiles, labels):
-        io.write(_stage_tile, job, tile, raw, result)
+        if behind:
+            io.write(_stage_tile, job, tile, raw, result)
+        else:  # one tile a call: staging here keeps one thread's allocations, as fn's
+            local, record = _stage_contents_of(job, tile, raw, result)
+            io.write(_write_staged, job, tile, local, record, result)
 
 
 def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult) -> None:
     """Label, renumber and stage one segmented tile with its faces and record.
 
-    Runs behind ``fn``, in the task's write-behind thread, so that ``fn`` (and the GPU it
-    feeds) goes on with the next batch while this tile's objects are counted and staged.
+    For a ``fn`` that takes batches (a GPU model) this runs behind ``fn``, in the task's
+    write-behind thread, so that ``fn`` (and the GPU it feeds) goes on with the next batch while
+    this batch's objects are counted and staged. A ``fn`` of one tile a call stages on the
+    worker's own thread, whose memory it already uses (a second thread allocating tile-sized
+    arrays keeps a malloc arena of its own, 10-25 MiB per worker).
     """
+    local, record = _stage_contents_of(job, tile, raw, result)
+    _write_staged(job, tile, local, record, result)
+
+
+def _stage_contents_of(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult
+                       ) -> tuple[np.ndarray, TileRecord]:
     if result.hint is None and job.segmenter.pixel_map is None:
         result.hint = _pixel_map_hint(tile, raw)
-    local, record = _stage_contents(job, tile, raw)
+    return _stage_contents(job, tile, raw)
+
+
+def _write_staged(job: Job, tile: Tile, local: np.ndarray, record: TileRecord,
+                  result: SegmentResult) -> None:
     job.stage.write_tile(tile, local, record)
     result.counts.append((tile.index, record.count))
 
