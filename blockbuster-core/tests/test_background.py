@@ -111,26 +111,42 @@ class TimedBatches:
         return labels
 
 
-def test_fn_goes_on_with_the_next_batch_while_the_last_one_is_staged(monkeypatch):
-    """Labelling and staging a segmented tile runs behind ``fn`` (in the write-behind thread):
-    with staging slowed to 0.1 s a tile, ``fn``'s next call does not wait for it."""
-    from blockbuster import tile_process
-    from blockbuster.staging import Stage
+class TimedTiles(TimedBatches):
+    """One tile a call, asking for one worker (as a GPU model does on one GPU)."""
 
-    write_tile = Stage.write_tile
+    batch_size = 1
+    segment_batch = None
 
-    def slow_write_tile(self, *args):
-        time.sleep(0.1)
-        write_tile(self, *args)
+    def __call__(self, tile):
+        return TimedBatches.segment_batch(self, [tile])[0]
 
-    monkeypatch.setattr(Stage, "write_tile", slow_write_tile)
-    fn = TimedBatches()
-    image = np.random.default_rng(0).random((64, 64))
-    labels = tile_process(image, fn, tile_shape=(32, 32), overlap=0, executor="threads",
+    def blockbuster_needs(self):
+        from blockbuster import Needs
+
+        return Needs(workers=1)
+
+
+@pytest.mark.parametrize("segmenter", [TimedBatches, TimedTiles])
+def test_fn_goes_on_with_the_next_batch_while_the_last_one_is_staged(monkeypatch, segmenter):
+    """For a GPU model (a fn taking batches, or asking for its own worker count) labelling and
+    staging a segmented tile runs behind ``fn`` (in the write-behind thread): with staging
+    slowed to 0.3 s for the first tile, ``fn``'s next call does not wait for it."""
+    from blockbuster import tasks, tile_process
+
+    stage_contents = tasks._stage_contents
+
+    def slow_stage_contents(job, tile, raw):  # labelling, renumbering, face layers
+        time.sleep(0.3 if tile.index == 0 else 0)
+        return stage_contents(job, tile, raw)
+
+    monkeypatch.setattr(tasks, "_stage_contents", slow_stage_contents)
+    fn = segmenter()
+    image = np.random.default_rng(0).random((128, 128))  # 64 tiles: 16 a task
+    labels = tile_process(image, fn, tile_shape=(16, 16), overlap=0, executor="threads",
                           workers=1, output="mask", compute=True)
-    assert labels.max() > 0 and len(fn.calls) == 2  # 4 tiles, 2 per call
-    (_, first_end), (second_start, _) = fn.calls
-    assert second_start - first_end < 0.1  # staging the first batch takes 0.2 s
+    assert labels.max() > 0 and len(fn.calls) == 64 // fn.batch_size
+    (_, first_end), (second_start, _) = fn.calls[:2]
+    assert second_start - first_end < 0.3  # staging the first tile takes 0.3 s
 
 
 @pytest.mark.parametrize("tiles, batch, workers, length", [

@@ -145,24 +145,31 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
-    behind = job.segmenter.batch_size > 1  # a batch fn (a GPU model) goes on at once
+    behind = _stages_behind(job)
     for tile, raw in zip(tiles, labels):
         if behind:
             io.write(_stage_tile, job, tile, raw, result)
-        else:  # one tile a call: staging here keeps one thread's allocations, as fn's
+        else:
             local, record = _stage_contents_of(job, tile, raw, result)
             io.write(_write_staged, job, tile, local, record, result)
 
 
-def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult) -> None:
-    """Label, renumber and stage one segmented tile with its faces and record.
+def _stages_behind(job: Job) -> bool:
+    """Whether segmented tiles are staged behind ``fn`` (:func:`_stage_tile`).
 
-    For a ``fn`` that takes batches (a GPU model) this runs behind ``fn``, in the task's
-    write-behind thread, so that ``fn`` (and the GPU it feeds) goes on with the next batch while
-    this batch's objects are counted and staged. A ``fn`` of one tile a call stages on the
-    worker's own thread, whose memory it already uses (a second thread allocating tile-sized
-    arrays keeps a malloc arena of its own, 10-25 MiB per worker).
+    Yes for a GPU model: a ``fn`` that takes batches, or that asks for its own number of
+    workers (one per GPU, its CPU-side work overlapped inside the worker), so that ``fn`` and
+    the GPU it feeds go on with the next tiles while these are counted and staged. A plain
+    ``fn`` runs one worker per core and stages on the worker's own thread, whose memory it
+    already uses (a second thread allocating tile-sized arrays keeps a malloc arena of its own,
+    10-25 MiB per worker).
     """
+    return job.segmenter.batch_size > 1 or job.segmenter.needs.workers is not None
+
+
+def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult) -> None:
+    """Label, renumber and stage one segmented tile with its faces and record, in the task's
+    write-behind thread (see :func:`_stages_behind`)."""
     local, record = _stage_contents_of(job, tile, raw, result)
     _write_staged(job, tile, local, record, result)
 
