@@ -1,8 +1,9 @@
 """Overlap a task's I/O with its compute: read the next tile ahead, write finished tiles behind.
 
 A task handles a run of consecutive tiles. One background thread per task reads batch ``k + 1``
-while ``fn`` works on batch ``k``, and a second one stages and writes finished tiles while the
-next batch is computed. Decompression, compression and file I/O release the GIL, so even a
+while ``fn`` works on batch ``k``, and a second one writes finished tiles (for a GPU model it
+labels and stages them too, see :func:`blockbuster.tasks._stages_behind`) while the next batch
+is computed. Decompression, compression and file I/O release the GIL, so even a
 single worker keeps other cores busy with its I/O — and a GPU model waits neither for the disk
 nor for the labelling and staging of the tiles it has already segmented.
 
