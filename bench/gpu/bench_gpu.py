@@ -11,17 +11,30 @@ Cases (random weights: speed does not depend on them):
                 through ``torch_fn``: its cell-probability channel, thresholded, connected
                 components; halo 64 (two 30 px diameters, rounded to the network's 16);
 - ``cellpose``  the whole Cellpose 3 pipeline (``cellpose_fn(gpu=True)``: 224 px patches,
-                flow dynamics, masks) with stock-width random weights.
+                flow dynamics, masks) with stock-width random weights;
+- ``cpsam``     the whole Cellpose-SAM pipeline (Cellpose 4: ViT-L on 256 px patches, every
+                layer computed) with the blob-finding weights of the Cellpose 4 tests
+                (``blockbuster-cellpose/tests/_local_cpsam.py``): needs cellpose 4 installed,
+                so it is not among the default cases.
 
 Each runs ``tile_process`` from a zarr (1024² chunks) into a zarr with 1024² tiles, once with
-the default workers (one per GPU) and once with ``--workers`` threads sharing the GPU. Figures:
+the default workers (one per GPU), once with each of ``--workers`` threads sharing the GPU and
+once with each of ``--process-workers`` worker processes (each its own CUDA context; no CUDA
+events there, NVML only). Figures:
 
 - ``tiles_per_s``        tiles / wall time of the whole run (segment, merge, relabel);
 - ``outside_fn``         ``1 - (seconds in fn / workers) / wall``;
 - ``gpu_busy_events``    union of the intervals between CUDA events recorded before and after
                          every forward pass of the network, over the wall time (the network
                          only: Cellpose's flow dynamics on the GPU count as idle);
+- ``gpu_busy_segment``   the same busy time over the segment stage only (reading, ``fn``,
+                         staging: the part of the run that feeds the GPU), without the
+                         run's set-up, merge and relabel, which no GPU work can overlap;
 - ``gpu_busy_nvml``      mean NVML utilisation sampled every 20 ms during the run;
+- ``breakdown_s``        (default run) seconds per step, summed over the tiles: reading
+                         (reader thread), preparing and launching passes and waiting for
+                         their results (the worker's thread, inside ``fn``), and labelling and
+                         staging (writer thread, behind ``fn``);
 - ``whole_s``            the same segmenter on the whole image (on a GPU a crop: see
                          ``WHOLE_MAX_SIDE``), and ``tiled_vs_whole``: tiled wall time over the
                          whole-image time scaled to the image's pixels.
@@ -144,12 +157,28 @@ def build_case(name: str, tiny: bool, device: str, folder: Path, image: np.ndarr
         # random flows fail Cellpose's flow check: flow_threshold=0 keeps their masks
         fn = cellpose_fn(str(weights), gpu=device != "cpu", diameter=30, flow_threshold=0.0)
         return fn, fn.blockbuster_needs().halo
-    raise SystemExit(f"unknown case {name!r}; choose from unet, cpnet, cellpose")
+    if name == "cpsam":
+        return cpsam_case(device, folder)
+    raise SystemExit(f"unknown case {name!r}; choose from unet, cpnet, cellpose, cpsam")
+
+
+def cpsam_case(device: str, folder: Path):
+    """Cellpose-SAM (cellpose 4) with weights that find blobs (the full ViT-L still runs)."""
+    import torch
+    from blockbuster.plugins.cellpose import cellpose_fn
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blockbuster-cellpose" / "tests"))
+    from _local_cpsam import blob_cpsam_state
+
+    weights = folder / "blob_cpsam"
+    torch.save(blob_cpsam_state(), weights)
+    fn = cellpose_fn(str(weights), gpu=device != "cpu", diameter=30, flow_threshold=0.0)
+    return fn, fn.blockbuster_needs().halo
 
 
 def timed_module(name: str, fn):
     """The network whose forward passes are timed with CUDA events (loaded by a warm-up)."""
-    if name == "cellpose":
+    if name in ("cellpose", "cpsam"):
         return fn.load_model().net
     return fn._model()[0]
 
@@ -243,23 +272,30 @@ def _nvml(cuda: bool):
 
 
 # -- runs -------------------------------------------------------------------------------------
-def tiled_run(fn, source, halo: int, tile: int, workers, out: Path, module,
-              cuda: bool) -> tuple[dict, object]:
+def tiled_run(fn, source, halo: int, tile: int, workers, out: Path, module, cuda: bool,
+              executor: str = "threads", breakdown: bool = False) -> tuple[dict, object]:
     from blockbuster import tile_process
     from blockbuster.worker import usable_cores
 
-    events = ForwardEvents(module) if cuda else None
+    in_process = executor != "processes"  # the parent sees the forward passes
+    if cuda and not in_process:
+        import torch
+
+        torch.cuda.empty_cache()  # the worker processes need what the parent's cache holds
+    events = ForwardEvents(module) if cuda and in_process else None
     sampler = _nvml(cuda)
+    steps = Breakdown() if breakdown and in_process else _Nothing()
     if events:
         events.start()
     started = time.perf_counter()
-    with sampler or _Nothing():
+    with sampler or _Nothing(), steps:
         labels, stats = tile_process(source, fn, tile_shape=(tile, tile), overlap=halo,
-                                     workers=workers, write_to=out, overwrite=True,
-                                     return_stats=True)
+                                     workers=workers, executor=executor, write_to=out,
+                                     overwrite=True, return_stats=True)
     wall = time.perf_counter() - started
     used = workers or fn.blockbuster_needs().workers or usable_cores()
     row = {
+        "executor": executor,
         "workers": used,
         "workers_default": workers is None,
         "n_tiles": stats.n_tiles,
@@ -270,12 +306,61 @@ def tiled_run(fn, source, halo: int, tile: int, workers, out: Path, module,
         "fn_s_per_worker": round(stats.seconds_in_fn / used, 3),
         "outside_fn": round(1 - stats.seconds_in_fn / used / wall, 3),
         "gpu_busy_events": round(events.busy_seconds() / wall, 3) if events else None,
+        "gpu_busy_segment": round(events.busy_seconds() / stats.stage_seconds["segment"], 3)
+        if events else None,
         "gpu_busy_nvml": round(sampler.mean(), 3) if sampler and sampler.mean() is not None
         else None,
     }
+    if isinstance(steps, Breakdown):
+        row["breakdown_s"] = steps.seconds()
     if events:
         events.close()
     return row, labels
+
+
+class Breakdown:
+    """Seconds spent in the steps of a run (any thread), summed over calls, while active.
+
+    ``read`` (reader thread) and ``stage`` (labelling, face layers and the staged write, in
+    the writer thread) are the core's per-tile work around ``fn``; ``prepare`` (normalise and
+    pad), ``launch`` (upload and queue a forward pass) and ``wait`` (for a pass's result) are
+    the torch backend's steps inside ``fn``.
+    """
+
+    def __init__(self) -> None:
+        import blockbuster.tasks as tasks
+        from blockbuster.plugins.torch import _gpu
+        from blockbuster.plugins.torch._segmenter import TorchSegmenter
+
+        self.targets = {"read": (tasks, "_read_tiles"), "stage": (tasks, "_stage_tile"),
+                        "prepare": (TorchSegmenter, "_prepare"),
+                        "launch": (TorchSegmenter, "_launch"), "wait": (_gpu.Download, "result")}
+        self.totals = dict.fromkeys(self.targets, 0.0)
+        self.lock = threading.Lock()
+
+    def _timed(self, step: str, original):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.totals[step] += time.perf_counter() - started
+        return timed
+
+    def __enter__(self):
+        self.originals = {step: getattr(owner, name) for step, (owner, name)
+                          in self.targets.items()}
+        for step, (owner, name) in self.targets.items():
+            setattr(owner, name, self._timed(step, self.originals[step]))
+        return self
+
+    def __exit__(self, *exc):
+        for step, (owner, name) in self.targets.items():
+            setattr(owner, name, self.originals[step])
+
+    def seconds(self) -> dict:
+        return {step: round(total, 3) for step, total in self.totals.items()}
 
 
 class _Nothing:
@@ -288,8 +373,8 @@ class _Nothing:
 
 #: Largest whole-image side per case on a GPU: 32 channels x 8192² is 2^31 elements, past the
 #: 32-bit indexing of some CUDA kernels, so the networks run on a 5792² crop (half the pixels);
-#: the Cellpose pipeline on a 4096² crop (a quarter) to fit the time of one device call.
-WHOLE_MAX_SIDE = {"unet": 5792, "cpnet": 5792, "cellpose": 4096}
+#: the Cellpose pipelines on a 4096² (Cellpose-SAM: 2048²) crop to fit the time of one device call.
+WHOLE_MAX_SIDE = {"unet": 5792, "cpnet": 5792, "cellpose": 4096, "cpsam": 2048}
 
 
 def whole_run(fn, image: np.ndarray, cuda: bool,
@@ -331,14 +416,23 @@ def run_case(name: str, args, image: np.ndarray, source: Path, folder: Path) -> 
     module = timed_module(name, fn)
     common = {"case": name, "image": list(image.shape), "tile": args.tile, "halo": halo,
               "warm_up_s": round(warm, 2)}
-    if name != "cellpose" and cuda:
+    if name in ("unet", "cpnet") and cuda:
         padded = (1, args.tile + 2 * halo, args.tile + 2 * halo)
         common["forward_batch"] = fn._forward_batch(fn._model()[1], padded)
         common["tiles_per_call"] = fn.batch_size
     rows = []
-    for workers in [None, *[w for w in args.workers if w]]:
-        row, labels = tiled_run(fn, source, halo, args.tile, workers, folder / "labels.zarr",
-                                module, cuda)
+    runs = [(None, "threads"), *[(w, "threads") for w in args.workers if w],
+            *[(w, "processes") for w in args.process_workers if w]]
+    for workers, executor in runs:
+        try:
+            row, labels = tiled_run(fn, source, halo, args.tile, workers,
+                                    folder / "labels.zarr", module, cuda, executor,
+                                    breakdown=workers is None)
+        except Exception as error:  # keep this case's other runs and its whole-image figures
+            if workers is None:
+                raise
+            row = {"executor": executor, "workers": workers, "workers_default": False,
+                   "error": f"{type(error).__name__}: {error}"[:300]}
         rows.append({**common, **row})
         print(json.dumps(rows[-1]), flush=True)
     whole, whole_labels = whole_run(fn, image, cuda, WHOLE_MAX_SIDE[name] if cuda else None)
@@ -348,7 +442,7 @@ def run_case(name: str, args, image: np.ndarray, source: Path, folder: Path) -> 
         whole["labels_match_whole"] = _same_partition(whole_labels, tiled)
     for row in rows:
         row.update(whole)
-        if "whole_s" in whole:
+        if "whole_s" in whole and "wall_s" in row:
             per_pixel = whole["whole_s"] / whole["whole_side"] ** 2
             row["tiled_vs_whole"] = round(row["wall_s"] / (per_pixel * image.size), 2)
     print(json.dumps(whole), flush=True)
@@ -398,11 +492,15 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    columns = ("case", "workers", "tiles_per_s", "wall_s", "outside_fn", "gpu_busy_events",
-               "gpu_busy_nvml", "forward_batch", "whole_side", "whole_s", "tiled_vs_whole")
+    columns = ("case", "executor", "workers", "tiles_per_s", "wall_s", "outside_fn",
+               "gpu_busy_events", "gpu_busy_segment", "gpu_busy_nvml", "forward_batch",
+               "whole_side", "whole_s", "tiled_vs_whole")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in report["rows"]:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+        cells = [str(row.get(c, "")) for c in columns]
+        if "error" in row:
+            cells[3] = f"failed: {row['error'][:120]}"
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "", "| case | target | value | status |", "|---|---|---|---|"]
     lines += [f"| {t['case']} | {t['target']} | {t['value']} | {t['status']} |"
               for t in report["targets"]]
@@ -417,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="unet,cpnet,cellpose")
     parser.add_argument("--workers", default="4",
                         help="extra worker counts to run besides the default (comma separated)")
+    parser.add_argument("--process-workers", default="",
+                        help="worker-process counts to run too (comma separated)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu"))
     args = parser.parse_args(argv)
@@ -426,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.tile, args.device = 256, 64, "cpu"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    args.process_workers = [int(w) for w in args.process_workers.split(",") if w.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     report = {"environment": environment(args.device), "tiny": args.tiny, "rows": []}

@@ -3,6 +3,7 @@
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from blockbuster.background import Background
@@ -49,20 +50,119 @@ def test_a_failed_write_is_raised_when_the_block_ends():
     assert threading.active_count() < 50  # the I/O thread was shut down, not leaked
 
 
-def test_writes_wait_for_the_disk_rather_than_queue_a_whole_run():
+@pytest.mark.parametrize("pending, fewest, most", [
+    (None, 1, 3),  # the one being written, MAX_PENDING_WRITES queued
+    (5, 4, 6),  # more than the default allows, never more than 5 + 1
+])
+def test_writes_wait_for_the_disk_rather_than_queue_a_whole_run(pending, fewest, most):
     queued = []
     lock = threading.Lock()
 
     def slow_write(value):
-        time.sleep(0.02)
+        time.sleep(0.01)
         with lock:
             queued.remove(value)
 
-    most = 0
-    with Background() as io:
-        for value in range(10):
+    seen = 0
+    with (Background() if pending is None else Background(pending=pending)) as io:
+        for value in range(20):
             with lock:
                 queued.append(value)
-                most = max(most, len(queued))
+                seen = max(seen, len(queued))
             io.write(slow_write, value)
-    assert not queued and most <= 3  # the one being written, MAX_PENDING_WRITES queued
+    assert not queued and fewest <= seen <= most
+
+
+def test_a_write_runs_while_a_slow_read_is_under_way():
+    """Reads and writes have a thread each: staging a finished tile never waits for the next
+    tile's read (with one shared thread the write would queue behind the read, which waits for
+    it, and the read would time out)."""
+    written = threading.Event()
+
+    def read(item):
+        if item == 1:
+            assert written.wait(timeout=5), "the write waited for the read"
+        return item
+
+    seen = []
+    with Background() as io:
+        for value in io.read_ahead([0, 1], read):  # read 1 starts as soon as 0 is handed out
+            if value == 0:
+                io.write(written.set)
+            seen.append(value)
+    assert seen == [0, 1]
+
+
+class TimedBatches:
+    """A batch segmenter (a threshold mask, 2 tiles per call) recording when each call starts/ends."""
+
+    batch_size = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, tile):
+        return self.segment_batch([tile])[0]
+
+    def segment_batch(self, tiles):
+        started = time.perf_counter()
+        labels = [(t > 0.5).astype(np.int32) for t in tiles]
+        self.calls.append((started, time.perf_counter()))
+        return labels
+
+
+class TimedTiles(TimedBatches):
+    """One tile a call, asking for one worker (as a GPU model does on one GPU)."""
+
+    batch_size = 1
+    segment_batch = None
+
+    def __call__(self, tile):
+        return TimedBatches.segment_batch(self, [tile])[0]
+
+    def blockbuster_needs(self):
+        from blockbuster import Needs
+
+        return Needs(workers=1)
+
+
+@pytest.mark.parametrize("segmenter", [TimedBatches, TimedTiles])
+def test_fn_goes_on_with_the_next_batch_while_the_last_one_is_staged(monkeypatch, segmenter):
+    """For a GPU model (a fn taking batches, or asking for its own worker count) labelling and
+    staging a segmented tile runs behind ``fn`` (in the write-behind thread): with staging
+    slowed to 0.3 s for the first tile, ``fn``'s next call does not wait for it."""
+    from blockbuster import tasks, tile_process
+
+    stage_contents = tasks._stage_contents
+
+    def slow_stage_contents(job, tile, raw):  # labelling, renumbering, face layers
+        time.sleep(0.3 if tile.index == 0 else 0)
+        return stage_contents(job, tile, raw)
+
+    monkeypatch.setattr(tasks, "_stage_contents", slow_stage_contents)
+    fn = segmenter()
+    image = np.random.default_rng(0).random((128, 128))  # 64 tiles: 16 a task
+    labels = tile_process(image, fn, tile_shape=(16, 16), overlap=0, executor="threads",
+                          workers=1, output="mask", compute=True)
+    assert labels.max() > 0 and len(fn.calls) == 64 // fn.batch_size
+    (_, first_end), (second_start, _) = fn.calls[:2]
+    assert second_start - first_end < 0.3  # staging the first tile takes 0.3 s
+
+
+@pytest.mark.parametrize("tiles, batch, workers, length", [
+    (64, 16, 1, 64),   # a GPU model alone: one task reading ahead through 4 batches
+    (64, 16, 2, 32),   # two workers: a task of 2 batches each
+    (64, 16, 4, 16),   # one batch each rather than idle workers
+    (200, 16, 1, 64),  # at most RUN_BATCHES batches a task
+    (64, 1, 1, 16),    # one tile a call: MAX_RUN tiles, four tasks per worker
+    (64, 1, 4, 4),
+])
+def test_tasks_hold_several_batches_of_a_batch_fn(tiles, batch, workers, length):
+    from types import SimpleNamespace
+
+    from blockbuster.pipeline import _runs
+
+    job = SimpleNamespace(segmenter=SimpleNamespace(batch_size=batch))
+    runs = _runs(list(range(tiles)), job, workers)
+    assert [len(r) for r in runs[:-1]] == [length] * (len(runs) - 1)
+    assert sum(runs, []) == list(range(tiles))

@@ -215,3 +215,20 @@ def test_output_goes_to_a_named_segmenter_that_has_that_option(blockbuster_regis
     result = tile_process(image, "map", output="mask", tile_shape=(24, 24), registry=registry,
                           compute=True)
     assert_same_labels(label(blurred(image) > 0.5, connectivity=1), result)
+
+
+@pytest.mark.parametrize("kind", ["mask", "probability", "semantic"])
+@pytest.mark.parametrize("shape", [(40, 50), (9, 12, 14)])
+def test_components_are_numbered_one_to_n_as_a_tile_stages_them(kind, shape):
+    """The staged local labels come straight from the labelling, without a renumbering pass:
+    every label 1..n present, n returned, and the partition skimage's labelling gives."""
+    from blockbuster.pixelmaps import PixelMap
+
+    values = np.random.default_rng(3).choice(3, shape, p=[0.92, 0.04, 0.04])  # small pieces
+    for connectivity in range(1, len(shape) + 1):
+        pixel_map = PixelMap(kind, threshold=0.5, connectivity=connectivity)
+        classes = pixel_map.classes(values if kind == "semantic" else values.astype(np.float32))
+        labels, count = pixel_map.components(classes)
+        assert count > 3
+        assert np.array_equal(np.unique(labels), np.arange(count + 1))
+        assert_same_labels(label(classes, background=0, connectivity=connectivity), labels)

@@ -54,3 +54,42 @@ def test_pipelined_passes_equal_one_tile_at_a_time_on_the_cpu():
     for alone, together in zip([single(t) for t in tiles], batched.segment_batch(tiles),
                                strict=True):
         assert alone.max() > 0 and np.array_equal(alone, together)
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Halve, but a pass of more than ``fits`` tiles raises torch's out-of-memory error."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        self.fits, self.batches = fits, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 22.00 GiB.")
+        return x * 0.5
+
+
+def test_a_pass_out_of_memory_is_retried_with_half_the_tiles_and_gives_the_same_labels():
+    tiles = [np.random.default_rng(k).random((32, 32), dtype=np.float32) for k in range(8)]
+    fn = torch_fn(RunsOutOfMemory(fits=3), device="cpu", output="probability", threshold=0.2,
+                  pad_multiple=8, batch_size=8)
+    net = fn._model()[0]  # the worker's copy
+    got = fn.segment_batch(tiles)
+    alone = torch_fn(Halve(), device="cpu", output="probability", threshold=0.2,
+                     pad_multiple=8, batch_size=1)
+    assert all(np.array_equal(alone(t), g) for t, g in zip(tiles, got, strict=True))
+    assert net.batches[:3] == [8, 4, 2] and set(net.batches[2:]) == {2}  # 8 -> 4 -> 2 fit
+    net.batches.clear()
+    fn.segment_batch(tiles)  # the worker remembers what fits
+    assert net.batches == [2, 2, 2, 2]
+
+
+def test_one_tile_out_of_memory_says_what_to_do():
+    from blockbuster.errors import TileFunctionError
+
+    fn = torch_fn(RunsOutOfMemory(fits=0), device="cpu", output="probability", pad_multiple=8,
+                  batch_size=2)
+    with pytest.raises(TileFunctionError, match=r"(?s)does not fit in the memory of cpu.*smaller "
+                                                r"tiles.*fewer workers"):
+        fn.segment_batch([np.zeros((16, 16), np.float32)] * 2)

@@ -1,15 +1,18 @@
 """Overlap a task's I/O with its compute: read the next tile ahead, write finished tiles behind.
 
-A task handles a run of consecutive tiles. One background thread per task reads tile ``k + 1``
-while ``fn`` works on tile ``k`` and writes finished tiles while the next one is computed.
-Decompression, compression and file I/O release the GIL, so even a single worker keeps a
-second core busy with its I/O — and a GPU model is not left waiting for the disk.
+A task handles a run of consecutive tiles. One background thread per task reads batch ``k + 1``
+while ``fn`` works on batch ``k``, and a second one writes finished tiles (for a GPU model it
+labels and stages them too, see :func:`blockbuster.tasks._stages_behind`) while the next batch
+is computed. Decompression, compression and file I/O release the GIL, so even a
+single worker keeps other cores busy with its I/O — and a GPU model waits neither for the disk
+nor for the labelling and staging of the tiles it has already segmented.
 
 The task leaves its ``with Background()`` block only once every write has finished, so when
 a task reports a tile done, the tile is on disk (resume's done-markers stay truthful). Memory
-stays bounded: a worker holds at most two tiles' input (the one in hand and the one read
-ahead) and ``MAX_PENDING_WRITES`` tiles waiting to be written — a task whose compute outpaces
-the disk waits for it rather than queueing every tile of its run.
+stays bounded: a worker holds at most two batches' input (the one in hand and the one read
+ahead) and ``pending`` tiles waiting to be written (``MAX_PENDING_WRITES`` by default; a
+segment task allows one batch more, so ``fn`` never waits for its own batch's staging) — a
+task whose compute outpaces the disk waits for it rather than queueing every tile of its run.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ R = TypeVar("R")
 
 
 class Background:
-    """A one-thread helper for a task's reads and writes (use as a context manager)."""
+    """A task's reader and writer threads (use as a context manager); at most ``pending``
+    writes are queued at once."""
+
+    def __init__(self, pending: int = MAX_PENDING_WRITES) -> None:
+        self.pending = max(1, int(pending))
 
     def __enter__(self) -> Background:
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockbuster-io")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockbuster-read")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockbuster-write")
         self._writes: deque[Future] = deque()
         return self
 
@@ -38,11 +46,11 @@ class Background:
         """Yield ``read(item)`` for each item, the next read already under way."""
         items = iter(items)
         pending: deque[Future] = deque(
-            self._thread.submit(read, item) for item in itertools.islice(items, 1)
+            self._reader.submit(read, item) for item in itertools.islice(items, 1)
         )
         while pending:
             current = pending.popleft()
-            pending.extend(self._thread.submit(read, item) for item in itertools.islice(items, 1))
+            pending.extend(self._reader.submit(read, item) for item in itertools.islice(items, 1))
             yield current.result()
 
     def write(self, write: Callable[..., Any], *args: Any) -> None:
@@ -50,12 +58,13 @@ class Background:
 
         A failed write raises here (when waited for) or when the block ends.
         """
-        while len(self._writes) >= MAX_PENDING_WRITES:
+        while len(self._writes) >= self.pending:
             self._writes.popleft().result()
-        self._writes.append(self._thread.submit(write, *args))
+        self._writes.append(self._writer.submit(write, *args))
 
     def __exit__(self, kind, error, trace) -> None:
-        self._thread.shutdown(wait=True)  # every write finishes, even when the task failed
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)  # every write finishes, even when the task failed
         if kind is None:
             for future in self._writes:
                 future.result()

@@ -52,13 +52,18 @@ def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarr
     local, remap = fastremap.renumber(np.ascontiguousarray(core_raw), preserve_zero=True,
                                       in_place=False)
     remap.pop(0, None)
-    if len(remap) > MAX_LOCAL_LABELS:
-        raise TooManyLabelsError(
-            f"tile {tile.index} at {tile.bounds()} has {len(remap)} labels, more than its "
-            f"provisional ID budget of {MAX_LOCAL_LABELS}; use smaller tiles."
-        )
+    check_label_budget(len(remap), tile)
     present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
     return local, present  # fastremap picks the smallest unsigned dtype that holds n
+
+
+def check_label_budget(count: int, tile: Tile) -> None:
+    """Raise :class:`TooManyLabelsError` when a tile holds more labels than its IDs can carry."""
+    if count > MAX_LOCAL_LABELS:
+        raise TooManyLabelsError(
+            f"tile {tile.index} at {tile.bounds()} has {count} labels, more than its "
+            f"provisional ID budget of {MAX_LOCAL_LABELS}; use smaller tiles."
+        )
 
 
 def to_local(raw: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -458,7 +458,8 @@ def add_progress(error: OutputWriteError | RunCancelledError, stage: Stage,
                   f"{then}.",)
 
 
-MAX_RUN = 16  # tiles per task at most
+MAX_RUN = 16  # tiles per task at most (for a fn taking one tile at a time)
+RUN_BATCHES = 4  # batches per task at most, for a fn taking batches
 
 
 def _block_reads(image: ImageView, grid, executor: Executor, memory_budget: int | None
@@ -591,10 +592,15 @@ def _runs(items: list, job: Job, workers: int) -> list[list]:
 
     A task reads ahead and writes behind within its run (:mod:`blockbuster.background`), so
     longer runs hide more I/O; at most ``MAX_RUN`` tiles, and at least four tasks per worker
-    where there are enough tiles, keep the load balanced and the progress bar moving.
+    where there are enough tiles, keep the load balanced and the progress bar moving. A ``fn``
+    that takes batches (a GPU model: 16 tiles a call) gets up to ``RUN_BATCHES`` of them per
+    task, fewer only where the workers would otherwise go without: a task of one batch could
+    neither read the next batch nor stage the last one while ``fn`` works.
     """
     batch = job.segmenter.batch_size
     length = max(1, min(MAX_RUN, len(items) // (4 * workers)))
+    if batch > 1:  # several batches each: the next is read and the last staged while fn works
+        length = max(length, min(RUN_BATCHES * batch, -(-len(items) // workers)))
     length = -(-length // batch) * batch
     return batches(items, length)
 

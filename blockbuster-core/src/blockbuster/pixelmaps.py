@@ -120,13 +120,34 @@ class PixelMap:
         """Connected components of each class of ``classes`` (0 stays background), or with
         ``instances="watershed"`` the foreground split by :func:`watershed_split` (``origin``:
         where ``classes`` starts in the image)."""
-        from skimage.measure import label
-
-        if classes.size == 0:
-            return np.zeros(classes.shape, np.int32)
         if self.splits:
+            if classes.size == 0:
+                return np.zeros(classes.shape, np.int32)
             return watershed_split(classes != 0, self.min_distance, self.connectivity, origin)
-        return label(classes, background=0, connectivity=min(self.connectivity, classes.ndim))
+        return self.components(classes)[0]
+
+    def components(self, classes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Connected components of each class of ``classes`` numbered ``1..n`` (0 stays
+        background), and ``n``: already the consecutive local labels a tile stages, so no
+        renumbering pass is needed.
+
+        A foreground map (mask or probability: one class) is labelled by
+        ``scipy.ndimage.label``, about twice as fast as ``skimage.measure.label``, which
+        labels the regions of each class of a semantic map.
+        """
+        if classes.size == 0:
+            return np.zeros(classes.shape, np.int32), 0
+        connectivity = min(self.connectivity, classes.ndim)
+        if self.kind == "semantic":
+            from skimage.measure import label
+
+            return label(classes, background=0, connectivity=connectivity, return_num=True)
+        from scipy import ndimage
+
+        structure = ndimage.generate_binary_structure(classes.ndim, connectivity)
+        labels = np.empty(classes.shape, np.int32)
+        count = ndimage.label(classes, structure, output=labels)
+        return labels, int(count)
 
     def describe(self) -> list:
         """What identifies these settings in a job fingerprint (the splitting only if used,

@@ -15,10 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.background import Background
+from blockbuster.background import MAX_PENDING_WRITES, Background
 from blockbuster.errors import BlockbusterError, ImageReadError, TileFunctionError
 from blockbuster.faults import read_failure, retrying, write_failure
-from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
+from blockbuster.faces import (
+    check_label_budget,
+    class_faces,
+    inner_faces,
+    local_labels,
+    outer_faces,
+)
 from blockbuster.image import ImageView
 from blockbuster.intensity import IntensityRequest
 from blockbuster.merge import tile_edges
@@ -80,11 +86,12 @@ def segment_task(job: Job, indices: list[int]) -> SegmentResult:
     """Read, segment and stage a run of tiles, retrying reads and ``fn`` on failure.
 
     A tile that cannot be read or segmented stops the task, or with ``keep_going`` is listed
-    in the result while the others go on. The next batch is read while ``fn`` works on this one, and staged tiles are written in the
-    background; the task returns once they are all on disk.
+    in the result while the others go on. The next batch is read while ``fn`` works on this one,
+    and segmented tiles are labelled, staged and written behind it (:func:`_stage_tile`); the
+    task returns once they are all on disk.
     """
     result = SegmentResult()
-    with Background() as io:
+    with Background(pending=job.segmenter.batch_size + MAX_PENDING_WRITES) as io:
         runs = batches(indices, job.segmenter.batch_size)
         for tiles, images in io.read_ahead(runs, partial(_read_tiles, job)):
             busy = [(t, image) for t, image in zip(tiles, images)
@@ -148,12 +155,46 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
         result.failed.extend(f"tile {t.index} at {t.bounds()}: {reason}" for t in tiles)
         return
     result.seconds += seconds
+    behind = _stages_behind(job)
     for tile, raw in zip(tiles, labels):
-        if result.hint is None and job.segmenter.pixel_map is None:
-            result.hint = _pixel_map_hint(tile, raw)
-        local, record = _stage_contents(job, tile, raw)
-        io.write(job.stage.write_tile, tile, local, record)
-        result.counts.append((tile.index, record.count))
+        if behind:
+            io.write(_stage_tile, job, tile, raw, result)
+        else:
+            local, record = _stage_contents_of(job, tile, raw, result)
+            io.write(_write_staged, job, tile, local, record, result)
+
+
+def _stages_behind(job: Job) -> bool:
+    """Whether segmented tiles are staged behind ``fn`` (:func:`_stage_tile`).
+
+    Yes for a GPU model: a ``fn`` that takes batches, or that asks for its own number of
+    workers (one per GPU, its CPU-side work overlapped inside the worker), so that ``fn`` and
+    the GPU it feeds go on with the next tiles while these are counted and staged. A plain
+    ``fn`` runs one worker per core and stages on the worker's own thread, whose memory it
+    already uses (a second thread allocating tile-sized arrays keeps a malloc arena of its own,
+    10-25 MiB per worker).
+    """
+    return job.segmenter.batch_size > 1 or job.segmenter.needs.workers is not None
+
+
+def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult) -> None:
+    """Label, renumber and stage one segmented tile with its faces and record, in the task's
+    write-behind thread (see :func:`_stages_behind`)."""
+    local, record = _stage_contents_of(job, tile, raw, result)
+    _write_staged(job, tile, local, record, result)
+
+
+def _stage_contents_of(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult
+                       ) -> tuple[np.ndarray, TileRecord]:
+    if result.hint is None and job.segmenter.pixel_map is None:
+        result.hint = _pixel_map_hint(tile, raw)
+    return _stage_contents(job, tile, raw)
+
+
+def _write_staged(job: Job, tile: Tile, local: np.ndarray, record: TileRecord,
+                  result: SegmentResult) -> None:
+    job.stage.write_tile(tile, local, record)
+    result.counts.append((tile.index, record.count))
 
 
 def _peak_rss_mb() -> float:
@@ -175,11 +216,12 @@ def _stage_contents(job: Job, tile: Tile, raw: np.ndarray) -> tuple[np.ndarray, 
         raw = _split_window(pixel_map, tile, job.grid, raw)
     elif pixel_map is not None:
         classes = pixel_map.classes(raw[tile.core_in_padded])
-        local, present = local_labels(pixel_map.label(classes), tile)
+        local, count = pixel_map.components(classes)  # already numbered 1..count
+        check_label_budget(count, tile)
         faces = inner_faces(local, tile, job.grid)
         if pixel_map.kind == "semantic":
             faces.update(class_faces(classes, tile, job.grid))
-        return local, TileRecord(len(present), faces)
+        return local, TileRecord(count, faces)
     local, present = local_labels(raw[tile.core_in_padded], tile)
     faces = inner_faces(local, tile, job.grid)
     if job.merge in ("overlap", "iou"):

@@ -109,6 +109,7 @@ class TorchSegmenter:
         self.halo = _check_halo(o.halo)
         self.bytes_per_voxel = o.bytes_per_voxel
         self.num_threads = o.num_threads
+        self._batch_caps: dict[str, int] = {}  # device -> forward batch that fitted after OOM
 
     def __repr__(self) -> str:
         return (
@@ -195,6 +196,13 @@ class TorchSegmenter:
         if not tiles:
             return []
         model, device = self._model()
+        while True:
+            try:
+                return self._segment_passes(model, device, tiles)
+            except _PassTooLarge as too_large:
+                self._halve_forward_batch(device, too_large)
+
+    def _segment_passes(self, model: Any, device: str, tiles: list[np.ndarray]) -> list:
         shapes = [network_shape(tile, self.channels, self.pad_multiple) for tile in tiles]
         results: list[np.ndarray | None] = [None] * len(tiles)
         pending = None
@@ -228,16 +236,37 @@ class TorchSegmenter:
 
     def _forward_batch(self, device: str, shape: tuple[int, ...]) -> int:
         """Tiles per forward pass: the given ``batch_size``, else as many as fit in the
-        GPU's free memory (shared with the other workers on it), else 1."""
+        GPU's free memory (shared with the other workers on it), else 1; never more than a
+        pass that ran out of memory on this device left (:meth:`_halve_forward_batch`)."""
+        cap = self._batch_caps.get(device, np.inf)
         if self.given_batch_size is not None:
-            return self.given_batch_size
+            return int(min(self.given_batch_size, cap))
         if not device.startswith("cuda"):
             return 1
         import torch
 
         per_voxel = self.bytes_per_voxel or FEATURE_BYTES_PER_VOXEL
         sharing = -(-current_worker().count // max(1, torch.cuda.device_count()))
-        return batch_from_free_memory(device, int(np.prod(shape)), per_voxel, sharing)
+        return int(min(batch_from_free_memory(device, int(np.prod(shape)), per_voxel, sharing),
+                       cap))
+
+    def _halve_forward_batch(self, device: str, too_large: _PassTooLarge) -> None:
+        """After a pass of ``n`` tiles ran out of device memory, passes on ``device`` take at
+        most ``n // 2`` (results do not depend on the batch); one tile that does not fit
+        raises :class:`TileFunctionError`. The estimate from free memory is a guess (networks
+        differ in their activations per voxel, and other processes on the GPU grow), so the
+        backend learns what fits instead of failing the run."""
+        if too_large.batch <= 1:
+            raise TileFunctionError(
+                f"one tile of shape {too_large.shape} (N, C, *spatial) does not fit in the memory "
+                f"of {device}: {too_large.error}. Use smaller tiles (tile_shape=), or fewer "
+                "workers on this GPU."
+            ) from too_large.error
+        self._batch_caps[device] = too_large.batch // 2
+        import torch
+
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def _launch(self, model: Any, device: str, prepared: list[PreparedTile]) -> Any:
         """Queue one forward pass and the copy of its reduced output to the host."""
@@ -249,6 +278,8 @@ class TorchSegmenter:
         try:
             with torch.inference_mode(), self._autocast(device):
                 result = model(inputs)
+        except torch.OutOfMemoryError as exc:
+            raise _PassTooLarge(len(arrays), shape, exc) from exc
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise TileFunctionError(
                 f"the model failed on a batch of shape {shape} (N, C, *spatial) on "
@@ -289,6 +320,15 @@ class TorchSegmenter:
             threshold=self.threshold,
             min_distance=self.min_distance,
         )
+
+
+class _PassTooLarge(Exception):
+    """A forward pass of ``batch`` tiles ran out of device memory (caught by
+    :meth:`TorchSegmenter.segment_batch`, which retries with smaller passes)."""
+
+    def __init__(self, batch: int, shape: tuple[int, ...], error: BaseException) -> None:
+        super().__init__(f"a pass of {batch} tiles ran out of memory")
+        self.batch, self.shape, self.error = batch, shape, error
 
 
 _RESULT_OPTIONS = tuple(
