@@ -332,10 +332,13 @@ class Breakdown:
         from blockbuster.plugins.torch import _gpu
         from blockbuster.plugins.torch._segmenter import TorchSegmenter
 
-        self.targets = {"read": (tasks, "_read_tiles"), "stage": (tasks, "_stage_tile"),
-                        "prepare": (TorchSegmenter, "_prepare"),
-                        "launch": (TorchSegmenter, "_launch"), "wait": (_gpu.Download, "result")}
-        self.totals = dict.fromkeys(self.targets, 0.0)
+        # staging is labelling plus the staged write, on the writer thread (a GPU model) or
+        # the worker's own (a plain fn): both parts are timed, wherever they run
+        self.targets = {("read", tasks, "_read_tiles"), ("stage", tasks, "_stage_contents_of"),
+                        ("stage", tasks, "_write_staged"),
+                        ("prepare", TorchSegmenter, "_prepare"),
+                        ("launch", TorchSegmenter, "_launch"), ("wait", _gpu.Download, "result")}
+        self.totals = dict.fromkeys((step for step, _, _ in self.targets), 0.0)
         self.lock = threading.Lock()
 
     def _timed(self, step: str, original):
@@ -349,15 +352,15 @@ class Breakdown:
         return timed
 
     def __enter__(self):
-        self.originals = {step: getattr(owner, name) for step, (owner, name)
-                          in self.targets.items()}
-        for step, (owner, name) in self.targets.items():
-            setattr(owner, name, self._timed(step, self.originals[step]))
+        self.originals = {(owner, name): getattr(owner, name)
+                          for _, owner, name in self.targets}
+        for step, owner, name in self.targets:
+            setattr(owner, name, self._timed(step, self.originals[owner, name]))
         return self
 
     def __exit__(self, *exc):
-        for step, (owner, name) in self.targets.items():
-            setattr(owner, name, self.originals[step])
+        for (owner, name), original in self.originals.items():
+            setattr(owner, name, original)
 
     def seconds(self) -> dict:
         return {step: round(total, 3) for step, total in self.totals.items()}
