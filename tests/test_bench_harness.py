@@ -33,8 +33,8 @@ def test_peers_harness_runs_on_a_tiny_case(tmp_path):
     for row in (r for r in cc if r["peer"] == "blockbuster" and r["case"] in with_dask_image):
         dask_image = next(r for r in measured if (r["case"], r["peer"]) == (row["case"],
                                                                            "dask-image"))
-        status = next(t["status"] for t in report["targets"]
-                      if t["target"].startswith(f"{row['case']}: blockbuster faster"))
+        speed = f"{row['case']}: blockbuster faster than dask-image"
+        status = next(t["status"] for t in report["targets"] if t["target"].startswith(speed))
         assert status == ("met" if dask_image["wall_s"] > row["wall_s"] else "missed")
     markdown = (tmp_path / "peers.md").read_text()
     assert markdown.startswith("| case | peer |") and "## Targets" in markdown
