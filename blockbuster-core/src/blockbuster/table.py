@@ -1,9 +1,9 @@
 """Per-object table: one row per final object, computed tile by tile, never from the whole image.
 
-The relabel pass calls :func:`tile_statistics` on each tile core once it holds final IDs; the
-parent gathers the small partial results (O(objects in the tile) each) and :func:`combine`
-merges them: voxel counts and coordinate sums add up, bounding boxes take the min of starts and
-the max of stops, the tiles an object spans are collected. :func:`write_table` saves CSV or
+:func:`tile_statistics` measures each tile core (its runs of equal labels, one pass over the
+tile: :mod:`blockbuster.runs`); the parent gathers the small partial results (O(objects in the
+tile) each) and :func:`combine` merges them: voxel counts and coordinate sums add up, bounding
+boxes take the min of starts and the max of stops, the tiles an object spans are collected. :func:`write_table` saves CSV or
 Parquet from the suffix.
 
 Columns of the table (axes ``z, y, x`` for 3D, ``y, x`` for 2D; ``axis<i>`` beyond 5 axes):
@@ -29,10 +29,12 @@ from blockbuster.errors import InvalidParameterError
 from blockbuster.intensity import (
     IntensityRequest,
     TileIntensity,
+    add_percentiles,
     combine_intensity,
     intensity_columns,
     tile_intensity,
 )
+from blockbuster.runs import LabelRuns
 from blockbuster.stores import Location
 
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
@@ -66,76 +68,59 @@ def tile_statistics(labels_core: np.ndarray, origin: Sequence[int], tile_index: 
                     lut: np.ndarray | None = None) -> TileStatistics:
     """Voxel counts, coordinate sums and bounding boxes of the objects in one tile core.
 
-    ``labels_core`` holds final IDs (0 = background), or, with ``lut``, local labels
-    ``0..len(lut) - 1`` whose final IDs are ``lut[local]`` (as the relabel pass has them: then
-    nothing is sorted, every figure is one pass of ``bincount``). ``origin`` is the global
-    position of its first voxel. With ``intensities`` (the core's values, channels first) also
-    the intensity parts of each object (:func:`blockbuster.intensity.tile_intensity`;
-    ``request`` says which percentiles, ``spanning`` which final IDs span other tiles). The
-    result is O(objects in the tile), small enough to send to the parent.
+    ``labels_core`` holds final IDs (0 = background), or, with ``lut``, local labels whose
+    final IDs are ``lut[local]``: then there is one row per local label, and two rows of a tile
+    may name the same object (:func:`combine` adds them up). ``origin`` is the global position
+    of its first voxel. With ``intensities`` (the core's values, channels first) also the
+    intensity parts of each object (:func:`blockbuster.intensity.tile_intensity`; ``request``
+    says which percentiles, ``spanning`` which final IDs span other tiles). One pass over the
+    tile cuts it into runs of equal labels (:mod:`blockbuster.runs`); every figure is reduced
+    from those. The result is O(objects in the tile), small enough to send to the parent.
     """
     labels_core = np.asarray(labels_core)
     ndim = labels_core.ndim
     origin = tuple(int(o) for o in origin)
     if len(origin) != ndim:
         raise InvalidParameterError(f"origin {origin} does not match a {ndim}-D tile.")
-    local, lut = (labels_core, np.asarray(lut)) if lut is not None else _dense(labels_core)
-    flat = local.ravel()
-    where = np.flatnonzero(flat)
-    if where.size == 0:
+    runs = LabelRuns.of(labels_core)
+    if not len(runs):
         empty = np.zeros((0, ndim))
         return TileStatistics(int(tile_index), np.zeros(0, np.uint64), np.zeros(0, np.int64),
                               empty.astype(np.float64), empty.astype(np.int64),
                               empty.astype(np.int64))
-    fg = flat[where]
-    per_local = np.bincount(fg, minlength=len(lut))
-    present = np.flatnonzero(per_local)
-    ids, row_of_present = np.unique(lut[present], return_inverse=True)  # locals may share an ID
-    k = len(ids)
-    row_of = np.zeros(len(lut), np.intp)
-    row_of[present] = row_of_present
-    inverse = row_of[fg]
-    voxels = np.bincount(row_of_present, weights=per_local[present], minlength=k).astype(np.int64)
-    coords = np.unravel_index(where, local.shape)
-    sums = np.empty((k, ndim), np.float64)
-    for axis in range(ndim):
-        sums[:, axis] = np.bincount(inverse, weights=coords[axis], minlength=k) + \
-            voxels * origin[axis]
-    del coords  # the intensities' temporaries come next
-    starts, stops = _boxes(local, present, row_of_present, k)
+    voxels, sums, starts, stops = _geometry(runs)
+    ids = (runs.ids if lut is None else np.asarray(lut)[runs.ids]).astype(np.uint64)
     intensity = None
     if intensities is not None:
-        intensity = tile_intensity(
-            [channel.ravel()[where] for channel in intensities], inverse, voxels,
-            ids.astype(np.uint64), request or IntensityRequest(None), spanning, int(tile_index))
-    return TileStatistics(int(tile_index), ids.astype(np.uint64), voxels, sums,
+        intensity = tile_intensity(runs, intensities, voxels)
+        if request is not None and request.percentiles:
+            add_percentiles(intensity, labels_core, runs, ids, intensities, request, spanning,
+                            int(tile_index))
+    origin = np.array(origin, np.int64)
+    return TileStatistics(int(tile_index), ids, voxels, sums + voxels[:, None] * origin,
                           starts + origin, stops + origin, intensity)
 
 
-def _dense(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``labels`` as local labels ``0..n`` (0 = background) and the table back to them."""
-    flat = labels.ravel()
-    where = np.flatnonzero(flat)
-    ids, inverse = np.unique(flat[where], return_inverse=True)
-    local = np.zeros(labels.shape, np.min_scalar_type(len(ids)))
-    local.flat[where] = inverse + 1
-    return local, np.concatenate([[0], ids])
-
-
-def _boxes(local: np.ndarray, present: np.ndarray, rows: np.ndarray, k: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding boxes (start, exclusive stop; tile coordinates) of the ``k`` objects, each the
-    union of the boxes of its ``present`` local labels (object ``rows``)."""
-    from scipy import ndimage
-
-    found = ndimage.find_objects(local, max_label=int(present[-1]))
-    local_boxes = np.array([[(s.start, s.stop) for s in found[i - 1]] for i in present],
-                           np.int64)  # (present, ndim, 2)
-    starts = np.full((k, local.ndim), np.iinfo(np.int64).max)
-    stops = np.zeros((k, local.ndim), np.int64)
-    np.minimum.at(starts, rows, local_boxes[:, :, 0])
-    np.maximum.at(stops, rows, local_boxes[:, :, 1])
-    return starts, stops
+def _geometry(runs: LabelRuns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per object of ``runs``: voxels, coordinate sums, bounding box start and exclusive stop
+    (tile coordinates), each from the runs' starts and lengths."""
+    k, ndim = len(runs), len(runs.shape)
+    lead, along = runs.positions()
+    n = runs.lengths
+    voxels = runs.total(n)
+    sums = np.empty((k, ndim))
+    starts = np.empty((k, ndim), np.int64)
+    stops = np.empty((k, ndim), np.int64)
+    for axis, coordinate in enumerate(lead):
+        coordinate = coordinate.astype(np.int64)
+        sums[:, axis] = runs.total(n * coordinate)
+        starts[:, axis] = runs.least(coordinate)
+        stops[:, axis] = runs.greatest(coordinate) + 1
+    along = along.astype(np.int64)
+    sums[:, -1] = runs.total(n * along + n * (n - 1) // 2)  # along + (along + 1) + ...
+    starts[:, -1] = runs.least(along)
+    stops[:, -1] = runs.greatest(along + n)
+    return voxels, sums, starts, stops
 
 
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
