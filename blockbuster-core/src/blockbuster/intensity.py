@@ -1,15 +1,17 @@
 """Per-object intensity statistics, tile by tile, merged exactly across tiles.
 
-The relabel pass reads each tile core of the intensity image once, next to its final labels,
-and :func:`tile_intensity` reduces it to O(objects in the tile) numbers per channel: voxel
-count, sum, sum of squared deviations from its mean (``m2``), min and max.
+:func:`tile_intensity` reduces each tile core to O(objects in the tile) numbers per channel:
+voxel count, sum, sum of squared deviations from its mean (``m2``), min and max. The input
+image is measured in the segment pass, from the read that fed ``fn`` (a copy of the core taken
+before ``fn`` ran), and staged with the tile; another intensity image is read in the relabel
+pass, next to the tile's final labels (:mod:`blockbuster.tasks`).
 :func:`combine_intensity` merges the tiles' parts of each object exactly: sums add, min/max
 take the min/max, and the standard deviation uses Chan et al.'s parallel update
 ``m2 = Σ m2_i + Σ n_i (mean_i - mean)²`` (numerically stable: deviations, never raw sums of
 squares).
 
 Percentiles need every value of an object. An object that lies in one tile (most do) gets its
-percentiles in that tile's task; the tiles write the values of each object that spans several
+percentiles in that tile's relabel task (which reads the tile again); the tiles write the values of each object that spans several
 tiles (known from the merge, before the relabel pass) to a spill file in the run's staging
 area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects a
 batch of labels at a time (about :data:`SPILL_BATCH_BYTES` each). Exact; the parent holds one

@@ -280,8 +280,12 @@ def _write_csv(table, target) -> None:
         table.to_csv(target, index=False)
         return
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    pa_csv.write_csv(arrow, str(target) if isinstance(target, Path) else target,
-                     pa_csv.WriteOptions(quoting_style="needed"))
+    options = pa_csv.WriteOptions(quoting_style="needed")
+    if not isinstance(target, str | os.PathLike):
+        pa_csv.write_csv(arrow, target, options)
+        return
+    with open(target, "wb") as handle:  # Python's file: its errors are Python's (errno kept)
+        pa_csv.write_csv(arrow, handle, options)
 
 
 def read_table(path: str | os.PathLike, *, storage_options: dict | None = None):
