@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_core import TILE, THRESHOLD, build_image, in_child, warm_imports  # noqa: E402
+from bench_core import TILE, THRESHOLD, in_child, warm_imports  # noqa: E402
+from reporting import synthetic_nuclei  # noqa: E402
 
 CASES = {"no table": {}, "table": {"table": True},
          "intensities": {"table": True, "intensity_image": True}}
@@ -74,6 +75,9 @@ def cpu_seconds() -> float:
 def run_case(image: str, options: dict) -> dict:
     """In a child process: one run, its wall and CPU time, stages and peak RSS."""
     warm_imports()
+    if options.get("table"):  # what writing the table imports, once per process
+        import pandas  # noqa: F401
+        import pyarrow.csv  # noqa: F401
     from blockbuster import tile_process
     from blockbuster.memory import peak_rss_mb
 
@@ -98,10 +102,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="where to keep the synthetic images")
     args = parser.parse_args()
     side = 4096 if args.quick else 16384
-    data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
-    data.mkdir(parents=True, exist_ok=True)
-    nuclei = data / f"nuclei-{side}.zarr"
-    build_image(nuclei, side)
+    data, nuclei = synthetic_nuclei(args.data, side)
     image = data / f"two-channels-{side}.zarr"
     build_two_channels(image, nuclei)
     runs = {name: [] for name in CASES}

@@ -36,7 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import THRESHOLD, TILE, build_image  # noqa: E402
+from bench_core import THRESHOLD, TILE  # noqa: E402
+from reporting import synthetic_nuclei  # noqa: E402
 
 SLEEP_S = 0.05
 CC_OVERLAP = 16
@@ -177,10 +178,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="where to keep the synthetic image")
     args = parser.parse_args()
     side = 4096 if args.quick else 8192
-    data = Path(args.data or tempfile.gettempdir()) / "blockbuster-bench"
-    data.mkdir(parents=True, exist_ok=True)
-    image = data / f"nuclei-{side}.zarr"
-    build_image(image, side)
+    image = synthetic_nuclei(args.data, side)[1]
     rows = []
     for name in args.functions:
         rows.append(measure(str(image), name, args.repeats))

@@ -1,15 +1,17 @@
 """Per-object intensity statistics, tile by tile, merged exactly across tiles.
 
-The relabel pass reads each tile core of the intensity image once, next to its final labels,
-and :func:`tile_intensity` reduces it to O(objects in the tile) numbers per channel: voxel
-count, sum, sum of squared deviations from its mean (``m2``), min and max.
+:func:`tile_intensity` reduces each tile core to O(objects in the tile) numbers per channel:
+voxel count, sum, sum of squared deviations from its mean (``m2``), min and max. The input
+image is measured in the segment pass, from the read that fed ``fn`` (a copy of the core taken
+before ``fn`` ran), and staged with the tile; another intensity image is read in the relabel
+pass, next to the tile's final labels (:mod:`blockbuster.tasks`).
 :func:`combine_intensity` merges the tiles' parts of each object exactly: sums add, min/max
 take the min/max, and the standard deviation uses Chan et al.'s parallel update
 ``m2 = Σ m2_i + Σ n_i (mean_i - mean)²`` (numerically stable: deviations, never raw sums of
 squares).
 
 Percentiles need every value of an object. An object that lies in one tile (most do) gets its
-percentiles in that tile's task; the tiles write the values of each object that spans several
+percentiles in that tile's relabel task (which reads the tile again); the tiles write the values of each object that spans several
 tiles (known from the merge, before the relabel pass) to a spill file in the run's staging
 area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects a
 batch of labels at a time (about :data:`SPILL_BATCH_BYTES` each). Exact; the parent holds one
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import IntensityImageError, InvalidParameterError
+from blockbuster.runs import LabelRuns
 
 STATISTICS = ("mean", "min", "max", "sum", "std")
 
@@ -105,46 +108,73 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
         "axis named 'c' or as the first or last axis (e.g. (2, *labels.shape)).")
 
 
-def tile_intensity(values: list[np.ndarray], inverse: np.ndarray, voxels: np.ndarray,
-                   ids: np.ndarray, request: IntensityRequest, spanning: np.ndarray | None,
-                   tile_index: int) -> TileIntensity:
-    """The parts of one tile's objects: ``values`` (per channel, the foreground voxels'
-    values) and ``inverse`` (the object row of each voxel, rows of ``ids`` with ``voxels``
-    each), one pass of ``bincount`` per figure. Objects in ``spanning`` (final IDs) have
-    their values spilled for percentiles."""
-    k, channels = len(ids), len(values)
+def tile_intensity(runs: LabelRuns, intensities, voxels: np.ndarray) -> TileIntensity:
+    """The parts of one tile's objects (the rows of ``runs``, ``voxels`` each) in each channel
+    of ``intensities`` (channels first, each of the tile's shape): sum, ``m2``, min and max,
+    each one ``reduceat`` pass over the tile (:class:`~blockbuster.runs.LabelRuns`). The
+    percentiles are left empty (:func:`add_percentiles`)."""
+    k, channels = len(runs), len(intensities)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
-    for c, native in enumerate(values):
-        v = native.astype(np.float64)  # exact for integers below 2**53
-        out["min"][:, c], out["max"][:, c] = _extremes(v, inverse, k)
-        total = np.bincount(inverse, weights=v, minlength=k)
-        out["sum"][:, c] = total
-        v -= (total / voxels)[inverse]
-        out["m2"][:, c] = np.bincount(inverse, weights=np.square(v, out=v), minlength=k)
+    for c, values in enumerate(intensities):
+        values = np.ascontiguousarray(values)
+        out["sum"][:, c], out["m2"][:, c] = _moments(runs, values, voxels)
+        out["min"][:, c] = runs.least(runs.reduce(np.minimum, values))
+        out["max"][:, c] = runs.greatest(runs.reduce(np.maximum, values))
+    return TileIntensity(percentiles=np.full((k, 0, channels), np.nan), **out)
+
+
+def _moments(runs: LabelRuns, values: np.ndarray, voxels: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per object, the sum of ``values`` and the sum of squared deviations from its mean.
+
+    Integers of up to 16 bits are summed, squares too, exactly in int64, and ``m2`` follows
+    from the exact ``n * sum(v**2) - sum(v)**2``; other values take a second pass over their
+    deviations from each object's mean (never a raw sum of squares of floats)."""
+    if values.dtype.kind in "iub" and values.dtype.itemsize <= 2:
+        if values.dtype.kind == "b":
+            values = values.view(np.uint8)
+        total = runs.total(runs.reduce(np.add, values, dtype=np.int64))
+        squares = runs.total(runs.reduce(np.add, np.square(values, dtype=np.int64)))
+        return total.astype(np.float64), _exact_m2(voxels, total, squares)
+    total = runs.total(runs.reduce(np.add, values, dtype=np.float64))
+    deviation = values.reshape(-1).astype(np.float64)
+    deviation -= runs.spread(total / voxels)
+    return total, runs.total(runs.reduce(np.add, np.square(deviation, out=deviation)))
+
+
+def _exact_m2(n: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """``sum((v - mean)**2) = (n * sum(v**2) - sum(v)**2) / n`` from exact integer sums: in
+    int64 while the products fit, else in Python integers."""
+    bound = float(np.max(n.astype(np.float64) * squares.astype(np.float64), initial=0))
+    if bound < 2.0**62:
+        return (n * squares - total * total) / n
+    exact = n.astype(object) * squares.astype(object) - total.astype(object) ** 2
+    return (exact / n.astype(object)).astype(np.float64)
+
+
+def add_percentiles(intensity: TileIntensity, labels: np.ndarray, runs: LabelRuns,
+                    ids: np.ndarray, intensities, request: IntensityRequest,
+                    spanning: np.ndarray | None, tile_index: int) -> None:
+    """Fill ``intensity.percentiles`` (rows of ``runs``, final IDs ``ids``, which may repeat)
+    for the objects that lie in this tile alone; spill the values of those in ``spanning``
+    (final IDs that span tiles) to ``request.spill``."""
     qs = request.percentiles
-    percentiles = np.full((k, len(qs), channels), np.nan)
-    spilled = None
-    if qs:
-        crossing = np.isin(ids, spanning) if spanning is not None and len(spanning) else \
-            np.zeros(k, bool)
-        runs = [value_runs(inverse, channel, ids) for channel in values]
-        inside = ~crossing
-        for c, (labels, vals, counts) in enumerate(runs):
-            keep = ~np.isin(labels, ids[crossing])
-            percentiles[inside, :, c] = percentiles_of_runs(labels[keep], vals[keep],
-                                                            counts[keep], qs)[1]
-        if crossing.any():
-            spilled = spill_runs(request.spill, tile_index, ids[crossing], runs)
-    return TileIntensity(percentiles=percentiles, spilled=spilled, **out)
-
-
-def _extremes(values: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the least and the greatest of ``values`` (float64: ``ufunc.at``'s fast path,
-    ten times faster than on 16-bit integers)."""
-    low, high = np.full(k, np.inf), np.full(k, -np.inf)
-    np.minimum.at(low, rows, values)
-    np.maximum.at(high, rows, values)
-    return low, high
+    final, row_final = np.unique(ids, return_inverse=True)
+    row_final = row_final.reshape(-1)
+    inverse = row_final[runs.per_voxel_rows()]
+    foreground = labels.reshape(-1) != 0
+    crossing = np.isin(final, spanning) if spanning is not None and len(spanning) else \
+        np.zeros(len(final), bool)
+    found = [value_runs(inverse, np.ascontiguousarray(channel).reshape(-1)[foreground], final)
+             for channel in intensities]
+    percentiles = np.full((len(final), len(qs), len(found)), np.nan)
+    for c, (run_labels, values, counts) in enumerate(found):
+        keep = ~np.isin(run_labels, final[crossing])
+        percentiles[~crossing, :, c] = percentiles_of_runs(run_labels[keep], values[keep],
+                                                           counts[keep], qs)[1]
+    intensity.percentiles = percentiles[row_final]
+    if crossing.any():
+        intensity.spilled = spill_runs(request.spill, tile_index, final[crossing], found)
 
 
 def value_runs(inverse: np.ndarray, values: np.ndarray, ids: np.ndarray

@@ -400,6 +400,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         table = combine(partials, **job.image.table_metadata(),
                         percentiles=measured.percentiles if measured else (),
                         channels=measured.image.channels if measured else None)
+        partials.clear()  # the table holds all the write needs
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:

@@ -4,6 +4,8 @@ Layout of ``<stage>/``::
 
     tiles/<i>.labels   tile i's local labels (its core), blosc-lz4 compressed, in the smallest
                        unsigned dtype that holds its label count
+    tiles/<i>.stats    with a table: tile i's rows of it, per local label (measured as the
+                       tile is staged, while its input is in memory; :mod:`blockbuster.table`)
     tiles/<i>.pickle   tile i's record: label count and face layers; written last, atomically,
                        so its presence marks the tile as done
     job.json           the job fingerprint; a rerun of the same job resumes from the records
@@ -104,12 +106,20 @@ class Stage:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- per tile -------------------------------------------------------------------------
-    def write_tile(self, tile: Tile, local: np.ndarray | None, record: TileRecord) -> None:
-        """Write the tile's core labels, then its record (the done-marker)."""
+    def write_tile(self, tile: Tile, local: np.ndarray | None, record: TileRecord,
+                   statistics: object | None = None) -> None:
+        """Write the tile's core labels and its table rows (``statistics``, when measured),
+        then its record (the done-marker)."""
         try:
             if record.count:
                 labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
                 _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
+            rows = self._path(tile.index, ".stats")
+            if statistics is None:
+                rows.unlink(missing_ok=True)  # an earlier try's rows would not match these labels
+            else:
+                _write_atomically(rows, pickle.dumps(statistics,
+                                                     protocol=pickle.HIGHEST_PROTOCOL))
             _write_atomically(self._path(tile.index, ".pickle"),
                               pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as error:
@@ -132,6 +142,15 @@ class Stage:
             if len(self._records) > RECORD_CACHE:
                 self._records.popitem(last=False)
         return record
+
+    def read_statistics(self, index: int) -> object | None:
+        """The table rows staged with a tile, or ``None`` if it was staged without them."""
+        try:
+            return pickle.loads(self._path(index, ".stats").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, pickle.UnpicklingError, EOFError) as error:
+            raise damaged_stage(self.root, index, error) from error
 
     def read_local(self, tile: Tile, count: int) -> np.ndarray:
         """The staged local labels of a tile with ``count`` labels (``count`` > 0)."""

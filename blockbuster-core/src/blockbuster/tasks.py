@@ -9,7 +9,7 @@ reads and writes with ``fn`` (:mod:`blockbuster.background`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -26,14 +26,15 @@ from blockbuster.faces import (
     outer_faces,
 )
 from blockbuster.image import ImageView
-from blockbuster.intensity import IntensityRequest
+from blockbuster.intensity import IntensityRequest, add_percentiles, channels_first
 from blockbuster.merge import tile_edges
 from blockbuster.pixelmaps import split_label
 from blockbuster.read_cache import BlockCache
 from blockbuster.relabel import TileTable
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, TileRecord
-from blockbuster.table import tile_statistics
+from blockbuster.runs import LabelRuns
+from blockbuster.table import TileStatistics, tile_statistics
 from blockbuster.tiling import Tile, TileGrid, span
 from blockbuster.writers import Writer
 
@@ -145,6 +146,7 @@ def _skipped_as_empty(job: Job, tile: Tile, image, result: SegmentResult, io: Ba
 
 def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) -> None:
     tiles, images = [t for t, _ in busy], [image for _, image in busy]
+    measured = [_measured_values(job, t, image) for t, image in busy]  # before fn sees them
     try:
         labels, seconds = job.segmenter.segment(images, tiles)
     except TileFunctionError as error:
@@ -156,12 +158,13 @@ def _segment_batch(job: Job, busy: list, result: SegmentResult, io: Background) 
         return
     result.seconds += seconds
     behind = _stages_behind(job)
-    for tile, raw in zip(tiles, labels):
+    for tile, raw, values in zip(tiles, labels, measured):
         if behind:
-            io.write(_stage_tile, job, tile, raw, result)
+            io.write(_stage_tile, job, tile, raw, values, result)
         else:
             local, record = _stage_contents_of(job, tile, raw, result)
-            io.write(_write_staged, job, tile, local, record, result)
+            rows = _table_rows_of(job, tile, local, record, values)
+            io.write(_write_staged, job, tile, local, record, result, rows)
 
 
 def _stages_behind(job: Job) -> bool:
@@ -177,11 +180,13 @@ def _stages_behind(job: Job) -> bool:
     return job.segmenter.batch_size > 1 or job.segmenter.needs.workers is not None
 
 
-def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult) -> None:
-    """Label, renumber and stage one segmented tile with its faces and record, in the task's
-    write-behind thread (see :func:`_stages_behind`)."""
+def _stage_tile(job: Job, tile: Tile, raw: np.ndarray, values: np.ndarray | None,
+                result: SegmentResult) -> None:
+    """Label, renumber and stage one segmented tile with its faces, record and table rows, in
+    the task's write-behind thread (see :func:`_stages_behind`)."""
     local, record = _stage_contents_of(job, tile, raw, result)
-    _write_staged(job, tile, local, record, result)
+    _write_staged(job, tile, local, record, result,
+                  _table_rows_of(job, tile, local, record, values))
 
 
 def _stage_contents_of(job: Job, tile: Tile, raw: np.ndarray, result: SegmentResult
@@ -192,9 +197,33 @@ def _stage_contents_of(job: Job, tile: Tile, raw: np.ndarray, result: SegmentRes
 
 
 def _write_staged(job: Job, tile: Tile, local: np.ndarray, record: TileRecord,
-                  result: SegmentResult) -> None:
-    job.stage.write_tile(tile, local, record)
+                  result: SegmentResult, rows: TileStatistics | None = None) -> None:
+    job.stage.write_tile(tile, local, record, rows)
     result.counts.append((tile.index, record.count))
+
+
+# The table's rows are measured as each tile is staged, while its input is in memory (the
+# relabel pass then only gives them their final IDs), unless the table measures another image
+# than the input: then the relabel pass reads that image and measures there.
+def _stages_table_rows(job: Job) -> bool:
+    return job.table and (job.intensity is None or job.intensity.image is job.image)
+
+
+def _measured_values(job: Job, tile: Tile, image: np.ndarray) -> np.ndarray | None:
+    """A copy of the tile core's input, channels first, when the table measures the input
+    (``fn`` may change its input in place)."""
+    if not _stages_table_rows(job) or job.intensity is None:
+        return None
+    return np.array(channels_first(image, job.image.channel_axis)[(slice(None),
+                                                                    *tile.core_in_padded)])
+
+
+def _table_rows_of(job: Job, tile: Tile, local: np.ndarray, record: TileRecord,
+                   values: np.ndarray | None) -> TileStatistics | None:
+    """The table rows to stage with a tile: per local label, with the input's intensities."""
+    if not record.count or not _stages_table_rows(job):
+        return None
+    return tile_statistics(local, tuple(s.start for s in tile.core), tile.index, values)
 
 
 def _peak_rss_mb() -> float:
@@ -323,12 +352,28 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
                 lut = table.lookup().astype(dtype)
                 io.write(_write_output, job, tile, np.take(lut, local))
                 if job.table:
-                    intensities = _read_intensities(job, tile) if job.intensity else None
-                    statistics = tile_statistics(local, tuple(s.start for s in tile.core), index,
-                                                 intensities, request=job.intensity,
-                                                 spanning=table.spanning, lut=lut)
+                    statistics = _table_rows(job, tile, local, lut, table.spanning)
             found.append(statistics)
     return found
+
+
+def _table_rows(job: Job, tile: Tile, local: np.ndarray, lut: np.ndarray,
+                spanning: np.ndarray | None) -> TileStatistics:
+    """A tile's rows of the table with their final IDs: those staged with the tile, or, where
+    it was staged without them (another intensity image; a stage begun by a run without a
+    table), measured now. Percentiles need the objects that span tiles, known only now: they
+    read the image again."""
+    staged = job.stage.read_statistics(tile.index) if _stages_table_rows(job) else None
+    if staged is None or (job.intensity is not None and staged.intensity is None):
+        intensities = _read_intensities(job, tile) if job.intensity else None
+        return tile_statistics(local, tuple(s.start for s in tile.core), tile.index,
+                               intensities, request=job.intensity, spanning=spanning, lut=lut)
+    rows = replace(staged, labels=lut[staged.labels].astype(np.uint64),
+                   intensity=staged.intensity if job.intensity else None)
+    if job.intensity is not None and job.intensity.percentiles:
+        add_percentiles(rows.intensity, local, LabelRuns.of(local), rows.labels,
+                        _read_intensities(job, tile), job.intensity, spanning, tile.index)
+    return rows
 
 
 def _read_intensities(job: Job, tile: Tile) -> np.ndarray:
