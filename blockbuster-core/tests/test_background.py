@@ -166,3 +166,15 @@ def test_tasks_hold_several_batches_of_a_batch_fn(tiles, batch, workers, length)
     runs = _runs(list(range(tiles)), job, workers)
     assert [len(r) for r in runs[:-1]] == [length] * (len(runs) - 1)
     assert sum(runs, []) == list(range(tiles))
+
+
+def test_the_relabel_pass_cuts_its_runs_for_its_workers_not_for_fn_batches():
+    """Relabelling calls no fn: a GPU model's 16-tile batches must not make one task of every
+    tile, which would leave all but one relabel thread idle."""
+    from types import SimpleNamespace
+
+    from blockbuster.pipeline import _runs
+
+    job = SimpleNamespace(segmenter=SimpleNamespace(batch_size=16))
+    assert [len(r) for r in _runs(list(range(64)), job, 2, batch=1)] == [8] * 8
+    assert [len(r) for r in _runs(list(range(64)), job, 2)] == [32] * 2

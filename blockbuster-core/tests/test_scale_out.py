@@ -140,3 +140,60 @@ def test_needs_workers_sets_the_default_worker_count_and_workers_overrides_it():
     same = tile_process(IMAGE, given, tile_shape=(64, 64), overlap=40, workers=1, compute=True)
     assert given.seen == {1}
     assert np.array_equal(labels, same)
+
+
+def record_threads(monkeypatch, task_name):
+    """Wrap ``blockbuster.pipeline.<task_name>`` to record the threads its tasks ran on (each
+    task held a moment, so that a pool of several threads really spreads them)."""
+    import threading
+    import time
+
+    import blockbuster.pipeline as pipeline
+
+    seen = set()
+    task = getattr(pipeline, task_name)
+
+    def recorded(job, item):
+        seen.add(threading.get_ident())
+        time.sleep(0.02)
+        return task(job, item)
+
+    monkeypatch.setattr(pipeline, task_name, recorded)
+    return seen
+
+
+def test_passes_after_a_one_worker_segmenter_use_a_thread_per_core(monkeypatch, tmp_path):
+    """A GPU model runs one worker; its merge and relabel passes get every core (here 3), and
+    write the same bytes as a run kept to one worker throughout."""
+    import blockbuster.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 3)
+    outputs = {}
+    for workers in (None, 1):
+        segmented = record_threads(monkeypatch, "segment_task")
+        merged = record_threads(monkeypatch, "merge_task")
+        relabelled = record_threads(monkeypatch, "relabel_task")
+        tile_process(IMAGE, AsksForWorkers(1), tile_shape=(32, 32), overlap=12, workers=workers,
+                     write_to=tmp_path / f"{workers}.zarr", table=True)
+        outputs[workers] = zarr.open_array(str(tmp_path / f"{workers}.zarr"), mode="r")[...]
+        assert len(segmented) == 1  # one worker, as the segmenter asked
+        spread = 1 if workers == 1 else 3  # workers=1 given: every pass keeps to it
+        assert len(merged) == spread and len(relabelled) == spread
+        monkeypatch.undo()
+        monkeypatch.setattr(pipeline, "usable_cores", lambda: 3)
+    assert outputs[None].dtype == outputs[1].dtype
+    assert np.array_equal(outputs[None], outputs[1])
+    assert (tmp_path / "None.zarr.objects.csv").read_bytes() == \
+        (tmp_path / "1.zarr.objects.csv").read_bytes()
+
+
+def test_only_a_segmenter_chosen_thread_count_widens_the_passes_after_it(monkeypatch):
+    import blockbuster.pipeline as pipeline
+    from blockbuster.builtin.executors import ProcessExecutor, SerialExecutor, ThreadExecutor
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 4)
+    assert pipeline._post_segment_workers(ThreadExecutor(1), None) == 4
+    assert pipeline._post_segment_workers(ThreadExecutor(6), None) == 6
+    assert pipeline._post_segment_workers(ThreadExecutor(1), 1) == 1  # the caller's choice
+    assert pipeline._post_segment_workers(SerialExecutor(), None) == 1
+    assert pipeline._post_segment_workers(ProcessExecutor(1), None) == 1

@@ -49,12 +49,23 @@ def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarr
     """
     import fastremap
 
-    local, remap = fastremap.renumber(np.ascontiguousarray(core_raw), preserve_zero=True,
-                                      in_place=False)
+    local, remap = fastremap.renumber(_row_major(core_raw), preserve_zero=True, in_place=False)
     remap.pop(0, None)
     check_label_budget(len(remap), tile)
     present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
     return local, present  # fastremap picks the smallest unsigned dtype that holds n
+
+
+def _row_major(array: np.ndarray) -> np.ndarray:
+    """``array``, or a C-ordered copy when it is laid out column-major.
+
+    fastremap numbers labels in the order it walks the memory, row-major for every array
+    except a Fortran-contiguous one. A core cut out of a padded tile is not contiguous, and
+    fastremap copies it (row-major) itself: copying it here first cost a second tile-sized
+    copy for every tile with a halo."""
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        return np.ascontiguousarray(array)
+    return array
 
 
 def check_label_budget(count: int, tile: Tile) -> None:

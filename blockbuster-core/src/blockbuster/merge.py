@@ -129,6 +129,7 @@ def _face_pairs(
         dirty_p, dirty_q = _dirty_pixels(
             p_layer, q_layer, axis, mine_inner, mine_outer, their_inner, their_outer
         )
+    everywhere_seen = asks_halo and _halo_on_every_axis(grid)
     pairs = []
     for offset in _offsets(grid.ndim, axis, connectivity or grid.ndim):
         q_box = _intersect(q_layer, _shift(p_layer, offset))
@@ -142,10 +143,13 @@ def _face_pairs(
             keep &= classes[0].take(p_box) == classes[1].take(q_box)
         clean = np.ones(a.shape, bool)
         if asks_halo:
-            both = _seen_by_both(tile, other, p_box, q_box)
             agreed = (mine_outer.take(q_box) == a) & (their_outer.take(p_box) == b)
-            keep &= agreed | ~both
-            clean = ~both | (~dirty_p.take(p_box) & ~dirty_q.take(q_box))
+            clean = ~(dirty_p.take(p_box) | dirty_q.take(q_box))
+            if not everywhere_seen:
+                both = _seen_by_both(tile, other, p_box, q_box)
+                agreed |= ~both
+                clean |= ~both
+            keep &= agreed
         if keep.any():
             pairs.append(np.stack([
                 encode(tile.index, a[keep]),
@@ -247,6 +251,13 @@ def _offsets(ndim: int, axis: int, connectivity: int):
     most ``connectivity`` non-zero entries."""
     ranges = [(1,) if a == axis else (-1, 0, 1) for a in range(ndim)]
     return [o for o in itertools.product(*ranges) if sum(map(bool, o)) <= connectivity]
+
+
+def _halo_on_every_axis(grid: TileGrid) -> bool:
+    """Whether each tile's window reaches one pixel past its core wherever another tile
+    lies: then every neighbour pair across a face is seen by both tiles, and
+    :func:`_seen_by_both` need not be asked."""
+    return all(o > 0 or g == 1 for o, g in zip(grid.overlap, grid.grid_shape))
 
 
 def _seen_by_both(tile: Tile, other: Tile, p_box: tuple[slice, ...],

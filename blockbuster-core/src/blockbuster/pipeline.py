@@ -67,6 +67,7 @@ from blockbuster.table import combine, write_table
 from blockbuster.tiling import Tile
 from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
+from blockbuster.worker import usable_cores
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
     VerifyReport,
@@ -316,6 +317,7 @@ def tile_process(
             stats = RunStats(n_tiles=len(grid))
             try:
                 n_objects = _run(job, executor, fingerprint, lock, stats, reads.order,
+                                 post_workers=_post_segment_workers(executor, workers),
                                  resume=resume,
                                  overwrite=overwrite, progress=progress, table_path=table_path,
                                  log_path=log_path,
@@ -367,12 +369,13 @@ def _verify(image: ImageView, labels, segmenter: Segmenter, grid, windows: int,
 
 
 def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats: RunStats,
-         order: list[int], *,
+         order: list[int], *, post_workers: int,
          resume: bool, overwrite: bool, progress: bool | Listener, table_path: Path | str | None,
          log_path: Path | str | None = None, table_options: dict | None = None) -> int:
     """Segment, merge and relabel the job (resuming its stage), write the table and the merge
-    log (URLs with ``table_options``): the run proper, under the output's lock. Returns the
-    number of objects."""
+    log (URLs with ``table_options``): the run proper, under the output's lock. The passes
+    after the segment stage run on ``post_workers`` (:func:`_post_segment_workers`). Returns
+    the number of objects."""
     done = job.stage.open(fingerprint, resume=resume, replace_other=overwrite)
     stats.tiles_resumed = len(done)
     out = job.writer
@@ -381,17 +384,18 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats, order)
         _warn_of_pixel_map(stats.hint)
-        candidates, joined = _merge_all(pool, job, bar, stats)
-        edges = candidates[0][joined]
-        planes = None
-        if job.merge == "iou":
-            planes = _stitch_planes(pool, job, edges, bar, stats)
-            edges = np.concatenate([edges, planes.edges])
-        relabeling = Relabeling(counts, edges)
-        lock.check()
-        writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
-                                                       relabeling.dtype, fingerprint)
-        partials = _relabel_all(pool, job, executor.workers, relabeling, bar, stats)
+        with _post_segment_pool(pool, executor, job, post_workers) as post:
+            candidates, joined = _merge_all(post, job, bar, stats)
+            edges = candidates[0][joined]
+            planes = None
+            if job.merge == "iou":
+                planes = _stitch_planes(post, job, edges, bar, stats)
+                edges = np.concatenate([edges, planes.edges])
+            relabeling = Relabeling(counts, edges)
+            lock.check()
+            writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
+                                                           relabeling.dtype, fingerprint)
+            partials = _relabel_all(post, job, post_workers, relabeling, bar, stats)
     lock.check()
     writing(out.finish, job.output, "the output's completion mark")(
         n_objects=relabeling.n_objects, version=__version__)
@@ -409,6 +413,33 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(write_table, log_path, "the merge log")(log, log_path,
                                                         storage_options=table_options)
     return relabeling.n_objects
+
+
+def _post_segment_workers(executor: Executor, workers: int | None) -> int:
+    """Workers of the passes after the segment stage (merge, stitch, relabel).
+
+    The executor's own, except where the *segmenter* chose how many (``Needs.workers``: one
+    per GPU) for an in-process thread pool: its passes after ``fn`` are CPU work (reading
+    staged labels, the lookup, compressing and writing the output) that one worker per GPU
+    would do alone while the other cores idle, so they get a thread per usable core. A
+    ``workers=`` the caller passed holds for every pass.
+    """
+    if workers is not None or executor.name != "threads":
+        return executor.workers
+    return max(executor.workers, usable_cores())
+
+
+@contextmanager
+def _post_segment_pool(pool, executor: Executor, job: Job, workers: int) -> Iterator:
+    """``pool`` itself, or a thread pool of ``workers`` for the passes after the segment
+    stage when that is more than the executor's (:func:`_post_segment_workers`)."""
+    if workers <= executor.workers:
+        yield pool
+        return
+    from blockbuster.builtin.executors import ThreadExecutor
+
+    with ThreadExecutor(workers).start(job) as threads:
+        yield threads
 
 
 def _intensity_view(intensity_image, percentiles, table_path, image: ImageView, registry,
@@ -588,7 +619,7 @@ def _tile_number(line: str) -> int:
     return int(line.split()[1])
 
 
-def _runs(items: list, job: Job, workers: int) -> list[list]:
+def _runs(items: list, job: Job, workers: int, batch: int | None = None) -> list[list]:
     """Consecutive tiles grouped into tasks, each a whole number of ``fn``'s batches.
 
     A task reads ahead and writes behind within its run (:mod:`blockbuster.background`), so
@@ -596,9 +627,10 @@ def _runs(items: list, job: Job, workers: int) -> list[list]:
     where there are enough tiles, keep the load balanced and the progress bar moving. A ``fn``
     that takes batches (a GPU model: 16 tiles a call) gets up to ``RUN_BATCHES`` of them per
     task, fewer only where the workers would otherwise go without: a task of one batch could
-    neither read the next batch nor stage the last one while ``fn`` works.
+    neither read the next batch nor stage the last one while ``fn`` works. The relabel pass
+    calls no ``fn`` and passes ``batch=1``.
     """
-    batch = job.segmenter.batch_size
+    batch = job.segmenter.batch_size if batch is None else batch
     length = max(1, min(MAX_RUN, len(items) // (4 * workers)))
     if batch > 1:  # several batches each: the next is read and the last staged while fn works
         length = max(length, min(RUN_BATCHES * batch, -(-len(items) // workers)))
@@ -642,7 +674,7 @@ def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Prog
     bar.stage("relabel")
     t0 = time.perf_counter()
     dtype = relabeling.dtype
-    runs = _runs(list(range(len(job.grid))), job, workers)
+    runs = _runs(list(range(len(job.grid))), job, workers, batch=1)
     partials = []
     spanning = bool(job.intensity and job.intensity.percentiles)  # for the spill
     tables = (  # made as sent
