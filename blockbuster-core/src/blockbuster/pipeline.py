@@ -62,7 +62,7 @@ from blockbuster.progress import Listener, Progress
 from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
-from blockbuster.shared_blocks import SharedBlockCache
+from blockbuster.shared_blocks import SharedBlockCache, in_lanes
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
@@ -381,6 +381,8 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
         "segment", "merge", "relabel")
     runs = _runs([i for i in order if i not in done], job, executor.workers)
+    if isinstance(job.blocks, SharedBlockCache):
+        runs = in_lanes(runs, executor.workers)
     with _sharing_blocks(job, runs), Progress(progress, len(job.grid), stages) as bar, \
             executor.start(job) as pool:
         counts = _segment_all(pool, job, done, bar, stats, runs)

@@ -49,6 +49,7 @@ class SharedBlockCache(BlockCache):
         self.folder = folder
         self.task_of = task_of
         self._reading = threading.local()
+        self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
         self._blocks_of: dict[int, list[tuple[int, ...]]] = {}
 
@@ -74,15 +75,17 @@ class SharedBlockCache(BlockCache):
                     self._blocks_of.setdefault(task, []).append(position)
 
     def finished(self, tiles: list[int]) -> None:
-        """The task holding ``tiles`` has finished: delete the blocks no task reads any more."""
+        """The task holding ``tiles`` has finished: delete what was published for it, and the
+        claims of the blocks no task reads any more."""
         if self.folder is None or not tiles:
             return
-        for position in self._blocks_of.pop(int(self.task_of[tiles[0]]), []):
+        task = int(self.task_of[tiles[0]])
+        for position in self._blocks_of.pop(task, []):
+            self._published(position, task).unlink(missing_ok=True)
             self._users[position] -= 1
             if self._users[position] <= 0:
                 del self._users[position]
-                for path in self._paths(position):
-                    path.unlink(missing_ok=True)
+                self._claim(position).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Delete the folder and everything in it (the end of the run, whatever its end)."""
@@ -97,42 +100,57 @@ class SharedBlockCache(BlockCache):
 
     def _load(self, image: ImageView, position: tuple[int, ...],
               inside: tuple[slice, ...]) -> _Part:
-        others = self._wanted_by_others(position, image.shape)
-        if others is None:
+        tile = getattr(self._reading, "tile", None)
+        others = self._read_by_others(position, image.shape, tile)
+        if not others:
             return super()._load(image, position, inside)
-        published, claim = self._paths(position)
+        mine, claim = self._published(position, self.task_of[tile]), self._claim(position)
         deadline = time.monotonic() + CLAIM_WAIT_S
         pause = 0.001
         while time.monotonic() < deadline:
-            part = _load_published(published)
+            part = _load_published(mine)
             if part is not None:
                 if part.holds(inside):
                     return part
-                break  # published for the other tasks' tiles, not for this one
-            if _claimed(claim):  # first: decode it and hand it on
+                break
+            if _claimed(claim):  # the first to need it: decode it and hand it on
+                self._claimed_here.add(position)
                 try:
                     part = super()._load(image, position, inside)
                 except BaseException:
                     claim.unlink(missing_ok=True)  # the waiting workers try for themselves
                     raise
-                _publish(published, claim, part.cropped(others, image))
+                self._publish(position, claim, part, others, image)
                 return part
+            if position in self._claimed_here:  # this process decoded it, for another task
+                break
             time.sleep(pause)  # another worker is decoding it
             pause = min(2 * pause, 0.02)
         return super()._load(image, position, inside)
 
-    def _wanted_by_others(self, position: tuple[int, ...],
-                          shape: tuple[int, ...]) -> tuple[slice, ...] | None:
-        """The part of the block at ``position`` that tasks other than the reading tile's read
-        (their padded tiles' hull), or ``None`` when no other task reads it."""
-        tile = getattr(self._reading, "tile", None)
+    def _read_by_others(self, position: tuple[int, ...], shape: tuple[int, ...],
+                        tile: int | None) -> dict[int, tuple[slice, ...]]:
+        """What each task other than ``tile``'s reads of the block at ``position``: the hull of
+        its padded tiles there, by task (none without a plan or a reading tile)."""
         if self.folder is None or tile is None:
-            return None
-        mine = self.task_of[tile]
+            return {}
         bounds = self._bounds(position, shape)
-        regions = [self.grid.tile(i).padded for i in self._tiles_reading(bounds)
-                   if self.task_of[i] not in (-1, mine)]
-        return _hull(regions, bounds) if regions else None
+        regions: dict[int, list[tuple[slice, ...]]] = {}
+        for index in self._tiles_reading(bounds):
+            task = int(self.task_of[index])
+            if task not in (-1, self.task_of[tile]):
+                regions.setdefault(task, []).append(self.grid.tile(index).padded)
+        return {task: _hull(found, bounds) for task, found in regions.items()}
+
+    def _publish(self, position: tuple[int, ...], claim: Path, part: _Part,
+                 others: dict[int, tuple[slice, ...]], image: ImageView) -> None:
+        """Write for each other task the part of the block it reads; if that fails, give the
+        claim up so that the workers still waiting decode the block themselves."""
+        try:
+            for task, box in others.items():
+                _write_atomically(self._published(position, task), part.cropped(box, image))
+        except OSError:
+            claim.unlink(missing_ok=True)
 
     def _tiles_reading(self, bounds: tuple[slice, ...]) -> list[int]:
         """The tiles whose padded window meets ``bounds``."""
@@ -141,9 +159,11 @@ class SharedBlockCache(BlockCache):
                   for b, o, t, g in zip(bounds, grid.overlap, grid.tile_shape, grid.grid_shape)]
         return [grid.index(p) for p in itertools.product(*ranges)]
 
-    def _paths(self, position: tuple[int, ...]) -> tuple[Path, Path]:
-        name = "_".join(map(str, position))
-        return self.folder / f"{name}.npy", self.folder / f"{name}.claim"
+    def _published(self, position: tuple[int, ...], task: int) -> Path:
+        return self.folder / f"{'_'.join(map(str, position))}.{task}.npy"
+
+    def _claim(self, position: tuple[int, ...]) -> Path:
+        return self.folder / f"{'_'.join(map(str, position))}.claim"
 
     def __getstate__(self):
         return {**super().__getstate__(), "grid": self.grid, "folder": self.folder,
@@ -163,9 +183,8 @@ def _claimed(claim: Path) -> bool:
         return False
 
 
-def _publish(path: Path, claim: Path, part: _Part) -> None:
-    """Write ``part`` to ``path`` atomically; if that fails, give the claim up so that the
-    waiting workers decode the block themselves."""
+def _write_atomically(path: Path, part: _Part) -> None:
+    """``part`` (its box, then its data) at ``path``, whole or not at all."""
     temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -174,7 +193,7 @@ def _publish(path: Path, claim: Path, part: _Part) -> None:
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)
-        claim.unlink(missing_ok=True)
+        raise
 
 
 def _load_published(path: Path) -> _Part | None:
@@ -186,3 +205,14 @@ def _load_published(path: Path) -> _Part | None:
     except (OSError, ValueError, EOFError):
         return None
     return _Part(tuple(slice(int(a), int(b)) for a, b in box), data)
+
+
+def in_lanes(runs: list[list[int]], workers: int) -> list[list[int]]:
+    """``runs`` (tasks in reading order) cut into ``workers`` lanes of consecutive runs and
+    taken from the lanes in turn, so that the tasks running at the same time lie apart and
+    their workers seldom wait for the same block; each lane still walks its tiles in order."""
+    if workers < 2 or len(runs) < 2 * workers:
+        return runs
+    size = -(-len(runs) // workers)
+    lanes = [runs[start:start + size] for start in range(0, len(runs), size)]
+    return [run for turn in itertools.zip_longest(*lanes) for run in turn if run is not None]
