@@ -7,6 +7,7 @@ logs every chunk zarr fetches (and so decodes).
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from blockbuster import tile_process
 from blockbuster.errors import TileFunctionError
 from blockbuster.image import ImageView
 from blockbuster.read_cache import BlockCache, plan_block_reads
+from blockbuster.shared_blocks import SharedBlockCache
 from blockbuster.builtin.arrays import ArrayReader
 from blockbuster.synthetic import nuclei
 from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
@@ -221,3 +223,38 @@ def test_a_failed_block_read_is_raised_and_read_again_next_time():
     with pytest.raises(OSError, match="connection reset"):
         cache.read(view, (slice(0, 40), slice(0, 40)))
     assert np.array_equal(cache.read(view, (slice(0, 40), slice(0, 40))), data[:40, :40])
+
+
+def test_a_block_two_tasks_read_is_decoded_by_the_first_and_loaded_by_the_other(tmp_path):
+    """Two worker processes' caches (two objects here) share one folder: the second task's
+    read loads the first one's block from it, equal to a direct read; each task's files go
+    when it finishes, and a block whose claimant failed is read by the next who needs it."""
+    data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    reader = CountingReader(data, (16, 16))
+    view = ImageView.open(reader)
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    runs = [list(range(k, k + 4)) for k in range(0, 16, 4)]  # one row of tiles each
+    parent = SharedBlockCache((16, 16), 2**20, grid)
+    parent.share(tmp_path / "blocks", runs)
+    first, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
+    for i in runs[0]:
+        assert np.array_equal(first.read(view, grid.tile(i).padded, i), data[grid.tile(i).padded])
+    decoded = len(reader.reads)
+    assert decoded == 8  # its own row of blocks and the next
+    for i in runs[1]:
+        assert np.array_equal(second.read(view, grid.tile(i).padded, i),
+                              data[grid.tile(i).padded])
+    assert len(reader.reads) == decoded + 4  # row 1 loaded from the folder; row 2 decoded
+    parent.finished(runs[1])
+    assert not list((tmp_path / "blocks").glob("*.1.npy"))
+    failing = SharedBlockCache.__new__(SharedBlockCache)
+    failing.__setstate__(parent.__getstate__())
+    broken = CountingReader(data, (16, 16))
+    broken.read = lambda region: (_ for _ in ()).throw(OSError("connection reset"))
+    with pytest.raises(OSError, match="connection reset"):
+        failing.read(ImageView.open(broken), grid.tile(12).padded, 12)
+    assert not list((tmp_path / "blocks").glob("3_*.claim"))  # given up for the next reader
+    assert np.array_equal(second.read(view, grid.tile(12).padded, 12),
+                          data[grid.tile(12).padded])  # not left waiting on the failed claim
+    parent.close()
+    assert not (tmp_path / "blocks").exists()
