@@ -97,7 +97,8 @@ def run_case(image: str, name: str, executor: str, workers: int) -> dict:
         wall = time.perf_counter() - t0
         after = os.times()
         time.sleep(0.2)  # the fork server reaps its finished workers
-        cpu = sum(after[i] - before[i] for i in range(4)) + fork_server_cpu_seconds() - workers_before
+        workers_cpu = fork_server_cpu_seconds() - workers_before  # processes: the workers'
+        cpu = sum(after[i] - before[i] for i in range(4)) + workers_cpu
     return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn,
             "stages_s": stats.stage_seconds, "tiles": stats.n_tiles,
             "objects": stats.n_objects}

@@ -24,7 +24,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import TILE as CHUNK, build_image, fork_server_cpu_seconds, in_child, warm_imports  # noqa: E402,E501
+from bench_core import (  # noqa: E402
+    TILE as CHUNK,
+    build_image,
+    fork_server_cpu_seconds,
+    in_child,
+    warm_imports,
+)
 from reporting import save  # noqa: E402
 
 THRESHOLD = 0.4  # the float nuclei are ~0.6-0.8, the background ~0.05

@@ -576,7 +576,7 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress, stats: Run
     failed = []
     with _results(pool, segment_task, runs) as results:
         for result in results:
-            if between_processes:  # free the blocks handed between processes that no task reads now
+            if between_processes:  # free the blocks handed on that no task reads any more
                 job.blocks.finished([i for i, _ in result.counts]
                                     + [_tile_number(line) for line in result.failed])
             for index, count in result.counts:

@@ -8,12 +8,13 @@ hands such chunks on through a run-scoped folder next to the staging area:
 - the parent tells it which task reads each tile (:meth:`SharedBlockCache.share`) before the
   run's job is sent to the workers; a block is *shared* when tiles of more than one task read it;
 - the first worker to need a shared block claims it (an exclusive create), decodes it and
-  publishes the part that the *other* tasks read (often just their halo strips) with an atomic
-  write and rename; a worker that needs a block claimed by another waits for it (about one
-  decode) and loads it, a copy instead of a decode or a GET;
-- the parent deletes a published block once every task reading it has finished
+  publishes for each other task the part of it that task reads (one file each, often just a
+  halo strip) with an atomic write and rename; a worker that needs a block claimed by another
+  waits for its file (about one decode) and loads it, a copy instead of a decode or a GET;
+- the parent deletes a task's files when the task has finished
   (:meth:`SharedBlockCache.finished`), and the whole folder at the end of the run, failed or
-  cancelled runs included (:meth:`SharedBlockCache.close`).
+  cancelled runs included (:meth:`SharedBlockCache.close`); tasks are handed out from lanes
+  far apart (:func:`in_lanes`), so workers seldom wait for each other.
 
 A claimant that fails removes its claim, and a waiter gives up after :data:`CLAIM_WAIT_S` and
 decodes the block itself: a missing or damaged file costs a decode, never a wrong tile.
@@ -28,12 +29,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blockbuster.image import ImageView
+from blockbuster.faults import write_failure
 from blockbuster.read_cache import BlockCache, _hull, _Part
-from blockbuster.tiling import TileGrid
+
+if TYPE_CHECKING:
+    from blockbuster.image import ImageView
+    from blockbuster.tiling import TileGrid
 
 CLAIM_WAIT_S = 60.0  # a claimed block not published by then is decoded by the waiter itself
 
@@ -58,9 +63,12 @@ class SharedBlockCache(BlockCache):
         """Share the blocks that tiles of more than one of ``runs`` (the tasks) read, through
         ``folder`` (emptied first: a crashed run may have left one)."""
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise write_failure(error, folder, "the staging area") from error
         self.folder = Path(folder)
-        self.task_of = np.full(len(self.grid), -1, np.int64)
+        self.task_of = np.full(len(self.grid), -1, np.int32)
         for task, run in enumerate(runs):
             self.task_of[run] = task
         readers: dict[tuple[int, ...], set[int]] = {}
@@ -175,12 +183,15 @@ class SharedBlockCache(BlockCache):
 
 
 def _claimed(claim: Path) -> bool:
-    """Claim the block whose claim file is ``claim``; ``False`` if another worker has."""
+    """Claim the block whose claim file is ``claim``: ``False`` if another worker has; ``True``
+    also when no claim can be made (the folder is gone), as the block is then decoded here."""
     try:
         os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
     except FileExistsError:
         return False
+    except OSError:
+        pass
+    return True
 
 
 def _write_atomically(path: Path, part: _Part) -> None:
