@@ -181,8 +181,9 @@ class BlockCache:
             mine = pending is None
             if mine:
                 pending = self._loading[position] = Future()
-        if not mine:  # another thread is reading it: share its read
-            return pending.result()
+        if not mine:  # another thread is reading it: share its read (if it holds this one)
+            part = pending.result()
+            return part if part.holds(inside) else self._part(image, position, inside)
         try:
             part = self._load(image, position, inside)
         except BaseException as error:
