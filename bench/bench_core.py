@@ -118,6 +118,22 @@ def import_floor() -> dict:
     return {"peak_rss_mb": peak_rss_mb()}
 
 
+def fork_server_cpu_seconds() -> float:
+    """CPU time of the running fork server and its reaped children (the processes executor's
+    workers), read from ``/proc``; 0 when none runs."""
+    import os
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # u, s, cu, cs
+
+
 def in_child(function: str, *args, module: str = "bench_core") -> dict:
     """Run ``module.function(*args)`` in a fresh Python process (so peak RSS is its own)."""
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "

@@ -6,14 +6,19 @@ logs every chunk zarr fetches (and so decodes).
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
 import pytest
 import zarr
 from scipy import ndimage
 
 from blockbuster import tile_process
+from blockbuster.errors import TileFunctionError
 from blockbuster.image import ImageView
 from blockbuster.read_cache import BlockCache, plan_block_reads
+from blockbuster.shared_blocks import SharedBlockCache
 from blockbuster.builtin.arrays import ArrayReader
 from blockbuster.synthetic import nuclei
 from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
@@ -80,14 +85,57 @@ def test_a_stack_segmented_slice_by_slice_decodes_each_chunk_once(tmp_path, monk
     assert np.array_equal(labels, direct)  # the same labels as read straight from the array
 
 
-def test_worker_processes_each_keep_their_own_blocks(counted, image):
-    """Processes do not share a cache: a chunk at the edge of two workers' tiles is decoded by
-    both, but never once per tile that touches it."""
+@pytest.mark.parametrize("overlap", [4, 20])
+def test_worker_processes_hand_on_the_chunks_they_share(counted, image, tmp_path, overlap):
+    """Tasks (rows of tiles) alternate between two worker processes, and each row's halo
+    reads the chunks of the rows next to it: those are decoded by one process and loaded by
+    the other, so each chunk is still decoded about once; the labels are the serial run's,
+    and the folder that carried the blocks is gone."""
     array, log = counted
-    labels = tile_process(array, components, tile_shape=(CHUNK, CHUNK), overlap=4,
-                          executor="processes", workers=2, compute=True)
-    assert log.per_chunk(N_CHUNKS) <= 2.5
-    assert_same_labels(components(image), labels)
+    run = dict(tile_shape=(CHUNK, CHUNK), overlap=overlap, compute=True)
+    serial = tile_process(array, components, executor="serial", **run)
+    log.clear()
+    labels = tile_process(array, components, executor="processes", workers=2,
+                          write_to=tmp_path / "labels.zarr", **run)
+    assert log.per_chunk(N_CHUNKS) <= 1.2, f"{log.per_chunk(N_CHUNKS):.2f} decodes per chunk"
+    assert np.array_equal(labels, serial)
+    assert not (tmp_path / "labels.zarr.stage").exists()
+
+
+def test_a_failed_processes_run_leaves_no_shared_blocks_and_resumes_the_same(
+        counted, image, tmp_path):
+    """A tile failing mid-run stops it: the finished tiles stay staged, the blocks handed
+    between processes do not, and the rerun resumes to the serial run's labels."""
+    array, _ = counted
+    out, stage, broken = tmp_path / "labels.zarr", tmp_path / "labels.zarr.stage", tmp_path / "x"
+    broken.write_text("")
+    fn = FailsOnTheLastTile(str(broken))
+    run = dict(tile_shape=(CHUNK, CHUNK), overlap=4, executor="processes", workers=2,
+               write_to=out)
+    with pytest.raises(TileFunctionError, match="fails on purpose"):
+        tile_process(array, fn, retries=0, **run)
+    assert list((stage / "tiles").iterdir()) and not (stage / "shared-blocks").exists()
+    broken.unlink()  # the cause is fixed; the job is the same
+    labels, stats = tile_process(array, fn, compute=True, return_stats=True, **run)
+    assert stats.tiles_resumed > 0 and not stage.exists()
+    serial = tile_process(array, components, tile_shape=(CHUNK, CHUNK), overlap=4,
+                          executor="serial", compute=True)
+    assert np.array_equal(labels, serial)
+
+
+class FailsOnTheLastTile:
+    """``components``, but the bottom-right tile (with its halo of 4) raises while the file
+    ``broken`` exists."""
+
+    last = nuclei((SIDE, SIDE), seed=3)[-CHUNK - 4:, -CHUNK - 4:]
+
+    def __init__(self, broken: str):
+        self.broken = broken
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        if np.array_equal(tile, self.last) and os.path.exists(self.broken):
+            raise RuntimeError("fails on purpose")
+        return components(tile)
 
 
 def test_without_a_halo_tiles_are_read_directly(counted):
@@ -175,3 +223,38 @@ def test_a_failed_block_read_is_raised_and_read_again_next_time():
     with pytest.raises(OSError, match="connection reset"):
         cache.read(view, (slice(0, 40), slice(0, 40)))
     assert np.array_equal(cache.read(view, (slice(0, 40), slice(0, 40))), data[:40, :40])
+
+
+def test_a_block_two_tasks_read_is_decoded_by_the_first_and_loaded_by_the_other(tmp_path):
+    """Two worker processes' caches (two objects here) share one folder: the second task's
+    read loads the first one's block from it, equal to a direct read; each task's files go
+    when it finishes, and a block whose claimant failed is read by the next who needs it."""
+    data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    reader = CountingReader(data, (16, 16))
+    view = ImageView.open(reader)
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    runs = [list(range(k, k + 4)) for k in range(0, 16, 4)]  # one row of tiles each
+    parent = SharedBlockCache((16, 16), 2**20, grid)
+    parent.share(tmp_path / "blocks", runs)
+    first, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
+    for i in runs[0]:
+        assert np.array_equal(first.read(view, grid.tile(i).padded, i), data[grid.tile(i).padded])
+    decoded = len(reader.reads)
+    assert decoded == 8  # its own row of blocks and the next
+    for i in runs[1]:
+        assert np.array_equal(second.read(view, grid.tile(i).padded, i),
+                              data[grid.tile(i).padded])
+    assert len(reader.reads) == decoded + 4  # row 1 loaded from the folder; row 2 decoded
+    parent.finished(runs[1])
+    assert not list((tmp_path / "blocks").glob("*.1.npy"))
+    failing = SharedBlockCache.__new__(SharedBlockCache)
+    failing.__setstate__(parent.__getstate__())
+    broken = CountingReader(data, (16, 16))
+    broken.read = lambda region: (_ for _ in ()).throw(OSError("connection reset"))
+    with pytest.raises(OSError, match="connection reset"):
+        failing.read(ImageView.open(broken), grid.tile(12).padded, 12)
+    assert not list((tmp_path / "blocks").glob("3_*.claim"))  # given up for the next reader
+    assert np.array_equal(second.read(view, grid.tile(12).padded, 12),
+                          data[grid.tile(12).padded])  # not left waiting on the failed claim
+    parent.close()
+    assert not (tmp_path / "blocks").exists()

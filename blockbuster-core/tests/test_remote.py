@@ -329,3 +329,22 @@ def test_an_s3_output_is_locked_for_the_run_and_a_gone_holder_is_taken_over(tmp_
         labels = tile_process(data, "threshold", write_to=out, compute=True, **options)
     assert np.array_equal(labels, expected)
     assert not lock.exists()  # released at the end of the run
+
+
+def test_worker_processes_fetch_each_chunk_from_s3_about_once(tmp_path, s3, bucket):
+    """Two worker processes hand on the chunks both their tiles read (decoded, through the
+    local stage) instead of each fetching them: about one GET per chunk, the labels of a
+    local run, and nothing left in the stage."""
+    local, _ = ome_zarr_image(tmp_path / "local")
+    upload(s3, local, f"{bucket}/image.zarr")
+    options = dict(tile_shape=(32, 32), overlap=8, segmenter_options=THRESHOLD, compute=True)
+    expected = tile_process(local, "threshold", **options)
+    s3.requests.clear()
+    labels = tile_process(f"{bucket}/image.zarr", "threshold", executor="processes", workers=2,
+                          storage_options=s3.storage_options, write_to=tmp_path / "out.zarr",
+                          **options)
+    name = bucket.removeprefix("s3://")
+    chunk_gets = s3.count("GET", f"/{name}/image.zarr/0/c/")
+    assert chunk_gets <= 1.2 * 9, f"{chunk_gets} GETs of 9 chunks"
+    assert np.array_equal(labels, expected)
+    assert not (tmp_path / "out.zarr.stage").exists()

@@ -18,6 +18,7 @@ O(tiles + objects crossing faces).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -61,6 +62,7 @@ from blockbuster.progress import Listener, Progress
 from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
+from blockbuster.shared_blocks import SharedBlockCache, in_lanes
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
@@ -381,8 +383,12 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     out = job.writer
     stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
         "segment", "merge", "relabel")
-    with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
-        counts = _segment_all(pool, job, executor.workers, done, bar, stats, order)
+    runs = _runs([i for i in order if i not in done], job, executor.workers)
+    if isinstance(job.blocks, SharedBlockCache):
+        runs = in_lanes(runs, executor.workers)
+    with _sharing_blocks(job, runs), Progress(progress, len(job.grid), stages) as bar, \
+            executor.start(job) as pool:
+        counts = _segment_all(pool, job, done, bar, stats, runs)
         _warn_of_pixel_map(stats.hint)
         with _post_segment_pool(pool, executor, job, post_workers) as post:
             candidates, joined = _merge_all(post, job, bar, stats)
@@ -497,12 +503,32 @@ RUN_BATCHES = 4  # batches per task at most, for a fn taking batches
 def _block_reads(image: ImageView, grid, executor: Executor, memory_budget: int | None
                  ) -> BlockReads:
     """The run's block cache and tile order (:mod:`blockbuster.read_cache`): threads share
-    one cache and walk the order together; each worker process has its own share."""
+    one cache and walk the order together; each worker process has its own share, and
+    worker processes on this machine hand on the blocks several tasks read
+    (:mod:`blockbuster.shared_blocks`)."""
     budget = block_cache_bytes(memory_budget)
     if executor.name in ("threads", "serial"):
         return plan_block_reads(image, grid, max_bytes=budget, shared=True,
                                 tiles_in_flight=(executor.workers - 1) * MAX_RUN)
-    return plan_block_reads(image, grid, max_bytes=budget // executor.workers, shared=False)
+    reads = plan_block_reads(image, grid, max_bytes=budget // executor.workers, shared=False)
+    if executor.name == "processes" and reads.cache is not None:
+        cache = SharedBlockCache(reads.cache.block_shape, reads.cache.max_bytes, grid)
+        return dataclasses.replace(reads, cache=cache)
+    return reads
+
+
+@contextmanager
+def _sharing_blocks(job: Job, runs: list[list[int]]) -> Iterator[None]:
+    """Worker processes hand on the blocks that several of ``runs`` read through a folder in
+    the stage, deleted when the run ends, whatever the end."""
+    if not isinstance(job.blocks, SharedBlockCache):
+        yield
+        return
+    job.blocks.share(job.stage.root / "shared-blocks", runs)
+    try:
+        yield
+    finally:
+        job.blocks.close()
 
 
 def with_storage_options(options: dict | None, where: Any, storage_options: dict | None) -> dict:
@@ -567,20 +593,24 @@ def _results(pool, task, items) -> Iterator[Iterator]:
             close()
 
 
-def _segment_all(pool, job: Job, workers: int, done: dict[int, int], bar: Progress,
-                 stats: RunStats, order: list[int]) -> np.ndarray:
+def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress, stats: RunStats,
+                 runs: list[list[int]]) -> np.ndarray:
+    """Segment the tiles not ``done``, one task per run of ``runs``; their label counts."""
     bar.stage("segment")
     t0 = time.perf_counter()
     counts = np.zeros(len(job.grid), np.int64)
     for index, count in done.items():
         counts[index] = count
     bar.advance(len(done))
-    todo = [i for i in order if i not in done]
-    if job.blocks is not None:  # threads: one cache, told every read (processes: LRU only)
-        job.blocks.expect(job.grid.tile(i).padded for i in todo)
+    between_processes = isinstance(job.blocks, SharedBlockCache)
+    if job.blocks is not None and not between_processes:  # threads: one cache, told every read
+        job.blocks.expect(job.grid.tile(i).padded for run in runs for i in run)
     failed = []
-    with _results(pool, segment_task, _runs(todo, job, workers)) as results:
+    with _results(pool, segment_task, runs) as results:
         for result in results:
+            if between_processes:  # free the blocks handed on that no task reads any more
+                job.blocks.finished([i for i, _ in result.counts]
+                                    + [_tile_number(line) for line in result.failed])
             for index, count in result.counts:
                 counts[index] = count
             stats.seconds_in_fn += result.seconds

@@ -130,8 +130,10 @@ class BlockCache:
                 for position in self._positions(region):
                     self._wanted.setdefault(position, []).append(tuple(region))
 
-    def read(self, image: ImageView, region: tuple[slice, ...]) -> np.ndarray:
-        """The tile at the spatial ``region``, as ``image.read(region)`` returns it."""
+    def read(self, image: ImageView, region: tuple[slice, ...],
+             tile: int | None = None) -> np.ndarray:
+        """The tile at the spatial ``region``, as ``image.read(region)`` returns it (``tile``:
+        the index of the tile read, for caches shared between tasks)."""
         region = tuple(region)
         out = None
         positions = self._positions(region)
@@ -179,11 +181,11 @@ class BlockCache:
             mine = pending is None
             if mine:
                 pending = self._loading[position] = Future()
-        if not mine:  # another thread is reading it: share its read
-            return pending.result()
-        box = self._bounds(position, image.shape)
+        if not mine:  # another thread is reading it: share its read (if it holds this one)
+            part = pending.result()
+            return part if part.holds(inside) else self._part(image, position, inside)
         try:
-            part = _Part(box, image.read(box))
+            part = self._load(image, position, inside)
         except BaseException as error:
             with self._lock:
                 del self._loading[position]
@@ -194,6 +196,12 @@ class BlockCache:
             self._keep(position, part)
         pending.set_result(part)
         return part
+
+    def _load(self, image: ImageView, position: tuple[int, ...],
+              inside: tuple[slice, ...]) -> _Part:
+        """The block at ``position`` read from the image (a decode), holding ``inside``."""
+        box = self._bounds(position, image.shape)
+        return _Part(box, image.read(box))
 
     def _keep(self, position: tuple[int, ...], part: _Part) -> None:
         old = self._blocks.pop(position, None)

@@ -58,11 +58,12 @@ class Job:
     blocks: BlockCache | None = None  # decoded input blocks, per process (None: read directly)
     intensity: IntensityRequest | None = None  # table with intensity columns
 
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The input at the spatial ``region``, through the block cache when there is one."""
+    def read(self, region: tuple[slice, ...], tile: int | None = None) -> np.ndarray:
+        """The input at the spatial ``region`` (of ``tile``), through the block cache when
+        there is one."""
         if self.blocks is None:
             return self.image.read(region)
-        return self.blocks.read(self.image, region)
+        return self.blocks.read(self.image, region, tile)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _read_tile(job: Job, tile: Tile) -> np.ndarray | ImageReadError:
     after the last try, the :class:`ImageReadError` saying where and why, returned so that the
     rest of the run goes on."""
     try:
-        return retrying(partial(job.read, tile.padded), job.segmenter.retries)
+        return retrying(partial(job.read, tile.padded, tile.index), job.segmenter.retries)
     except Exception as error:
         where = f"tile {tile.index} at {tile.bounds()}"
         if tile.padded != tile.core:
