@@ -98,3 +98,36 @@ def test_run_stats_report_the_workers_own_peak():
                             tile_shape=(128, 128), executor=spawned, compute=True,
                             return_stats=True)
     assert 0 < stats.worker_peak_rss_mb < 400
+
+
+NUMPY_RESULT_RUN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import zarr
+    from scipy import ndimage
+
+    from blockbuster import tile_process
+    from blockbuster.builtin.segmenters import Threshold
+    from blockbuster.testing import assert_same_labels
+
+    image = (np.random.default_rng(0).random((256, 256)) * 1000).astype(np.uint16)
+    zarr.create_array(store=sys.argv[1], shape=image.shape, chunks=(64, 64),
+                      dtype=image.dtype)[...] = image
+    labels = tile_process(sys.argv[1], Threshold(threshold=900, connectivity=2),
+                          tile_shape=(128, 128), overlap=16, executor="threads", workers=2,
+                          compute=True)
+    assert isinstance(labels, np.ndarray)
+    assert_same_labels(ndimage.label(image > 900, np.ones((3, 3)))[0], labels)
+    print(json.dumps(sorted(m for m in ("dask", "dask.array", "pandas", "pyarrow", "xarray")
+                            if m in sys.modules)))
+""")
+
+
+def test_a_numpy_result_never_imports_dask_or_pandas(tmp_path):
+    """``compute=True`` with threads reads the output with zarr alone: ``import dask.array``
+    pulls pandas, pyarrow and xarray where installed (~100 MB resident)."""
+    done = subprocess.run([sys.executable, "-c", NUMPY_RESULT_RUN, str(tmp_path / "in.zarr")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+

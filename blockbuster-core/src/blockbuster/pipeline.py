@@ -655,12 +655,13 @@ def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Prog
 
 
 def _result(out, compute: bool, temporary: Path | None):
-    labels = out.open()
-    if compute:
-        array = labels.compute()
+    if compute:  # read without dask where the writer can (see blockbuster.writers)
+        read_all = getattr(out, "read_all", None)
+        array = read_all() if read_all is not None else np.asarray(out.open().compute())
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         return array
+    labels = out.open()
     if temporary is not None:
         weakref.finalize(labels, shutil.rmtree, temporary, True)
     return labels
