@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from blockbuster.memory import peak_rss_bytes, rss_bytes
+from blockbuster.memory import _malloc_trim, peak_rss_bytes, rss_bytes
 
 MiB = 2**20
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -131,3 +131,25 @@ def test_a_numpy_result_never_imports_dask_or_pandas(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
+
+FREED_BUT_KEPT = textwrap.dedent("""
+    import json
+    from blockbuster.memory import release_free_memory, rss_bytes
+
+    blocks = [b"x" * 65536 for _ in range(1600)]  # 100 MiB in the heap, below the mmap threshold
+    del blocks[:-1]  # the last one stays: the heap's top cannot shrink past it by itself
+    before = rss_bytes()
+    released = release_free_memory()
+    print(json.dumps({"released": released, "freed": before - rss_bytes()}))
+""")
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="glibc's malloc_trim only")
+def test_release_hands_memory_freed_inside_the_heap_back():
+    """Freed memory the allocator keeps (glibc does not shrink a heap past a live block) goes
+    back to the system: RSS drops by about what was freed."""
+    done = subprocess.run([sys.executable, "-c", FREED_BUT_KEPT], capture_output=True,
+                          text=True, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["released"]
+    assert found["freed"] >= 80 * MiB

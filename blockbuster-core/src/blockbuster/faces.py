@@ -49,8 +49,10 @@ def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarr
     """
     import fastremap
 
-    local, remap = fastremap.renumber(np.ascontiguousarray(core_raw), preserve_zero=True,
-                                      in_place=False)
+    core = np.ascontiguousarray(core_raw)
+    # a copy (the core of a padded tile) is renumbered in place: one tile-sized array less
+    local, remap = fastremap.renumber(core, preserve_zero=True,
+                                      in_place=not np.may_share_memory(core, core_raw))
     remap.pop(0, None)
     check_label_budget(len(remap), tile)
     present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)

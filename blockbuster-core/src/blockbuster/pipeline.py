@@ -47,6 +47,7 @@ from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
 from blockbuster.intensity import IntensityRequest, check_percentiles, intensity_view
 from blockbuster.lock import OutputLock, holding, lock_output
+from blockbuster.memory import release_free_memory
 from blockbuster.merge import kept_pairs, no_edges
 from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
 from blockbuster.planning import (
@@ -380,6 +381,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         "segment", "merge", "relabel")
     with Progress(progress, len(job.grid), stages) as bar, executor.start(job) as pool:
         counts = _segment_all(pool, job, executor.workers, done, bar, stats, order)
+        release_free_memory()  # what the segment stage freed: the later stages need little
         _warn_of_pixel_map(stats.hint)
         candidates, joined = _merge_all(pool, job, bar, stats)
         edges = candidates[0][joined]
@@ -392,6 +394,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
                                                        relabeling.dtype, fingerprint)
         partials = _relabel_all(pool, job, executor.workers, relabeling, bar, stats)
+    release_free_memory()
     lock.check()
     writing(out.finish, job.output, "the output's completion mark")(
         n_objects=relabeling.n_objects, version=__version__)
