@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from blockbuster.memory import peak_rss_bytes, rss_bytes
+from blockbuster.memory import _malloc_trim, peak_rss_bytes, rss_bytes
 
 MiB = 2**20
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -98,3 +98,58 @@ def test_run_stats_report_the_workers_own_peak():
                             tile_shape=(128, 128), executor=spawned, compute=True,
                             return_stats=True)
     assert 0 < stats.worker_peak_rss_mb < 400
+
+
+NUMPY_RESULT_RUN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import zarr
+    from scipy import ndimage
+
+    from blockbuster import tile_process
+    from blockbuster.builtin.segmenters import Threshold
+    from blockbuster.testing import assert_same_labels
+
+    image = (np.random.default_rng(0).random((256, 256)) * 1000).astype(np.uint16)
+    zarr.create_array(store=sys.argv[1], shape=image.shape, chunks=(64, 64),
+                      dtype=image.dtype)[...] = image
+    labels = tile_process(sys.argv[1], Threshold(threshold=900, connectivity=2),
+                          tile_shape=(128, 128), overlap=16, executor="threads", workers=2,
+                          compute=True)
+    assert isinstance(labels, np.ndarray)
+    assert_same_labels(ndimage.label(image > 900, np.ones((3, 3)))[0], labels)
+    print(json.dumps(sorted(m for m in ("dask", "dask.array", "pandas", "pyarrow", "xarray")
+                            if m in sys.modules)))
+""")
+
+
+def test_a_numpy_result_never_imports_dask_or_pandas(tmp_path):
+    """``compute=True`` with threads reads the output with zarr alone: ``import dask.array``
+    pulls pandas, pyarrow and xarray where installed (~100 MB resident)."""
+    done = subprocess.run([sys.executable, "-c", NUMPY_RESULT_RUN, str(tmp_path / "in.zarr")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+FREED_BUT_KEPT = textwrap.dedent("""
+    import json
+    from blockbuster.memory import release_free_memory, rss_bytes
+
+    blocks = [b"x" * 65536 for _ in range(1600)]  # 100 MiB in the heap, below the mmap threshold
+    del blocks[:-1]  # the last one stays: the heap's top cannot shrink past it by itself
+    before = rss_bytes()
+    released = release_free_memory()
+    print(json.dumps({"released": released, "freed": before - rss_bytes()}))
+""")
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="glibc's malloc_trim only")
+def test_release_hands_memory_freed_inside_the_heap_back():
+    """Freed memory the allocator keeps (glibc does not shrink a heap past a live block) goes
+    back to the system: RSS drops by about what was freed."""
+    done = subprocess.run([sys.executable, "-c", FREED_BUT_KEPT], capture_output=True,
+                          text=True, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["released"]
+    assert found["freed"] >= 80 * MiB

@@ -15,6 +15,8 @@ To measure how much some work raises the peak, run it in a fresh process and cal
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import resource
 import sys
 from pathlib import Path
@@ -80,3 +82,28 @@ def _status_kib(field: str) -> int | None:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return None
+
+
+def release_free_memory() -> bool:
+    """Hand the memory that the C allocator holds free back to the system (glibc's
+    ``malloc_trim``); True when some was released, False otherwise or where there is no glibc.
+
+    glibc keeps what a thread frees in that thread's arena for reuse, and a run's reader,
+    writer, zarr and worker threads each have one: after a stage that allocated tile after tile,
+    tens of MiB stay resident though nothing uses them (~45 MiB after a 2-worker run on an
+    8192² image). The pipeline calls this between stages and when a run ends.
+    """
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # this process's C library (absent in musl)
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim

@@ -48,6 +48,7 @@ from blockbuster.fingerprint import job_fingerprint
 from blockbuster.image import ImageView
 from blockbuster.intensity import IntensityRequest, check_percentiles, intensity_view
 from blockbuster.lock import OutputLock, holding, lock_output
+from blockbuster.memory import release_free_memory
 from blockbuster.merge import kept_pairs, no_edges
 from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
 from blockbuster.planning import (
@@ -389,6 +390,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     with _sharing_blocks(job, runs), Progress(progress, len(job.grid), stages) as bar, \
             executor.start(job) as pool:
         counts = _segment_all(pool, job, done, bar, stats, runs)
+        release_free_memory()  # what the segment stage freed: the later stages need little
         _warn_of_pixel_map(stats.hint)
         with _post_segment_pool(pool, executor, job, post_workers) as post:
             candidates, joined = _merge_all(post, job, bar, stats)
@@ -402,6 +404,7 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
             writing(out.create, job.output, "the output")(job.grid.shape, job.grid.chunks,
                                                            relabeling.dtype, fingerprint)
             partials = _relabel_all(post, job, post_workers, relabeling, bar, stats)
+    release_free_memory()
     lock.check()
     writing(out.finish, job.output, "the output's completion mark")(
         n_objects=relabeling.n_objects, version=__version__)
@@ -718,12 +721,13 @@ def _relabel_all(pool, job: Job, workers: int, relabeling: Relabeling, bar: Prog
 
 
 def _result(out, compute: bool, temporary: Path | None):
-    labels = out.open()
-    if compute:
-        array = labels.compute()
+    if compute:  # read without dask where the writer can (see blockbuster.writers)
+        read_all = getattr(out, "read_all", None)
+        array = read_all() if read_all is not None else np.asarray(out.open().compute())
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         return array
+    labels = out.open()
     if temporary is not None:
         weakref.finalize(labels, shutil.rmtree, temporary, True)
     return labels

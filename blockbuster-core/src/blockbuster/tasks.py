@@ -344,7 +344,9 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
     for), with intensities when the job measures an image (its tile core read here, once).
     """
     found = []
-    with Background() as io:
+    # one write behind: a lookup is far quicker than a write, so a longer queue would only hold
+    # finished tiles in memory, not keep the writer any busier
+    with Background(pending=1) as io:
         for index, table, dtype in run:
             tile = job.grid.tile(index)
             statistics = None

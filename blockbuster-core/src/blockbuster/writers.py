@@ -11,7 +11,11 @@
 5. ``write(region, labels)`` from the workers, one tile core (one output chunk) per call, so
    the writer is pickled to each worker once;
 6. ``finish(n_objects=..., version=...)`` in the parent after every tile is written;
-7. ``open()``: the written labels as a lazy dask array.
+7. ``open()``: the written labels as a lazy dask array;
+8. ``read_all()`` (optional) for ``compute=True``: the written labels as a numpy array. The
+   default computes ``open()``; a writer that can read its output without dask overrides it, so
+   a run asked for a numpy result never imports dask (whose import pulls pandas, pyarrow and
+   xarray where they are installed: ~100 MB of resident memory).
 
 :class:`Writer` declares them; subclass it to get the default ``set_source`` (ignore the image).
 """
@@ -52,3 +56,7 @@ class Writer(ABC):
     @abstractmethod
     def open(self):
         """The written labels as a lazy dask array."""
+
+    def read_all(self) -> np.ndarray:
+        """The written labels in memory (``compute=True``); by default ``open()`` computed."""
+        return np.asarray(self.open().compute())

@@ -114,10 +114,17 @@ class ZarrLabelsWriter(Writer):
     def open(self):
         """The written labels as a lazy dask array."""
         import dask.array as da
+
+        return da.from_zarr(self._written())
+
+    def read_all(self) -> np.ndarray:
+        """The written labels in memory, read with zarr alone (no dask import)."""
+        return self._written()[...]
+
+    def _written(self):
         import zarr
 
-        return da.from_zarr(zarr.open_array(store=self.array_path.zarr_store(read_only=True),
-                                            mode="r"))
+        return zarr.open_array(store=self.array_path.zarr_store(read_only=True), mode="r")
 
     def __getstate__(self):
         state = dict(self.__dict__)
