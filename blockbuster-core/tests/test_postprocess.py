@@ -84,3 +84,31 @@ def test_paths_are_relative_to_the_config_and_urls_stay(image):
     assert plan.relations == "s3://bucket/r.parquet"
     assert load_config(image / "job.toml").get("postprocess", "relate") == \
         str(image / "cells.zarr")
+
+
+def test_postprocess_reads_the_labels_the_ome_zarr_writer_put_inside_the_image(tmp_path):
+    """Not the image at [output] path: its labels/<name>; physical spacing from its scale,
+    which the expanded plain zarr records, so its polygons have micrometres too."""
+    from blockbuster.synthetic import nuclei, write_image
+
+    write_image(tmp_path / "tissue.ome.zarr", nuclei((160, 140), density=0.002, seed=3),
+                axes="yx", scale=(0.5, 0.25), units={"y": "micrometer", "x": "micrometer"},
+                chunks=(64, 64))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "tissue.ome.zarr"\n[segmenter]\nname = "threshold"\n'
+        'threshold = 20000\n[output]\npath = "tissue.ome.zarr"\nwriter = "ome-zarr"\n'
+        'name = "nuclei"\n[postprocess]\nexpand = 1.5\nexpand_spacing = "physical"\n'
+        'relate = "tissue.ome.expanded.zarr"\n')
+    assert main(["run", str(tmp_path / "job.toml")]) == 0
+    nuclei_labels = zarr.open_array(tmp_path / "tissue.ome.zarr/labels/nuclei/0", mode="r")[:]
+    assert nuclei_labels.max() > 3
+    cells = zarr.open_array(tmp_path / "tissue.ome.expanded.zarr", mode="r")[:]
+    np.testing.assert_array_equal(cells, expand_whole(nuclei_labels, 1.5, spacing=(0.5, 0.25)))
+    relations = read_table(tmp_path / "tissue.ome.relations.csv")
+    assert relations["child"].tolist() == list(range(1, nuclei_labels.max() + 1))
+    assert (relations["parent"] == relations["child"]).all()
+    pytest.importorskip("geopandas")
+    from blockbuster.polygons import polygons
+
+    shapes = polygons(tmp_path / "tissue.ome.expanded.zarr")  # a plain zarr: scale recorded
+    assert shapes.attrs["scale"] == [0.5, 0.25] and "geometry_um" in shapes

@@ -349,6 +349,18 @@ def _polygon_paths(config: RunConfig, value: Any) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def written_labels(config: RunConfig) -> str:
+    """Where the run writes its labels: ``[output] path``, or its ``labels/<name>`` for the
+    ``ome-zarr`` writer (which puts them inside the image)."""
+    from blockbuster.builtin.ome_zarr import DEFAULT_LABELS_NAME
+
+    path = config.get("output", "path")
+    if config.get("output", "writer") != "ome-zarr":
+        return path
+    name = config.options("output").get("name", DEFAULT_LABELS_NAME)
+    return f"{path.removesuffix('/')}/labels/{name}"
+
+
 def postprocess_as_configured(config: RunConfig, registry) -> None:
     """``[postprocess]`` on the written labels: expand, then relate (so its parents may be the
     grown labels), then trace polygons with the object table's columns."""
@@ -359,20 +371,24 @@ def postprocess_as_configured(config: RunConfig, registry) -> None:
 
     plan = postprocessing(config)
     arguments = config.tile_process_arguments()
-    labels, storage = arguments["write_to"], config.get("output", "storage_options")
+    labels, storage = written_labels(config), config.get("output", "storage_options")
     if plan.expanded:
+        # a plain zarr of its own for labels the ome-zarr writer put inside an image
+        same_writer = labels == arguments["write_to"]
         expand_labels(labels, config.get("postprocess", "expand"), write_to=plan.expanded,
                       spacing=config.get("postprocess", "expand_spacing"),
                       overwrite=arguments["overwrite"], executor=arguments["executor"],
                       workers=arguments["workers"],
-                      executor_options=arguments["executor_options"], writer=arguments["writer"],
-                      writer_options=arguments["writer_options"], storage_options=storage,
-                      registry=registry)
+                      executor_options=arguments["executor_options"],
+                      writer=arguments["writer"] if same_writer else None,
+                      writer_options=arguments["writer_options"] if same_writer else None,
+                      storage_options=storage, registry=registry)
     if plan.relations:
         relate(labels, config.get("postprocess", "relate"), table=plan.relations,
                workers=arguments["workers"], storage_options=storage)
     if plan.polygons:
-        shapes = polygons(labels, table=resolve_table_path(arguments["table"], labels),
-                          workers=arguments["workers"], storage_options=storage)
+        table = resolve_table_path(arguments["table"], arguments["write_to"])
+        shapes = polygons(labels, table=table, workers=arguments["workers"],
+                          storage_options=storage)
         for path in plan.polygons:
             write_polygons(shapes, path, storage_options=storage)
