@@ -91,6 +91,15 @@ def test_cli_expand_and_config_postprocess(tmp_path, capsys):
                  "--distance", "6", "--tile-shape", "20,25", "--workers", "2"]) == 0
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "cells.zarr")[:],
                                   expand_whole(nuclei, 6))
+    assert main(["expand", str(tmp_path / "nuclei.zarr"), str(tmp_path / "flat.zarr"),
+                 "--distance", "4", "--spacing", "2,0.5"]) == 0
+    assert "grown by 4 (in the units of --spacing)" in capsys.readouterr().err
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "flat.zarr")[:],
+                                  expand_whole(nuclei, 4, spacing=(2, 0.5)))
+    with pytest.raises(SystemExit):
+        main(["expand", str(tmp_path / "nuclei.zarr"), str(tmp_path / "x.zarr"),
+              "--distance", "4", "--spacing", "2;0.5"])
+    assert "give the voxel size per axis separated by commas" in capsys.readouterr().err
 
 
 def test_config_expand_without_an_output_path_fails_before_the_run(tmp_path, capsys):
