@@ -16,6 +16,8 @@ import pytest
 
 import blockbuster.expand
 import blockbuster.pipeline
+import blockbuster.polygons
+import blockbuster.relations
 from blockbuster.cli import build_parser, main
 from blockbuster.config import SECTIONS
 
@@ -74,6 +76,10 @@ stage_dir = "stage"            # relative to the config file
 [postprocess]
 expand = 4
 expand_to = "cells.zarr"
+expand_spacing = [2.0, 0.5]
+relate = "cells.zarr"          # relative to the config file
+relate_to = "relations.parquet"
+polygons = ["shapes.geojson", "s3://bucket/shapes.parquet"]
 
 [verify]
 windows = 6
@@ -146,9 +152,22 @@ def calls(monkeypatch):
     def expand_spy(labels, distance, **kwargs):
         seen.expanded.append((labels, distance, kwargs))
 
-    seen.expanded = []
+    def relate_spy(children, parents, **kwargs):
+        seen.related.append((children, parents, kwargs))
+
+    def polygons_spy(labels, **kwargs):
+        seen.traced.append((labels, kwargs))
+        return "the shapes"
+
+    def write_spy(shapes, path, **kwargs):
+        seen.written.append((shapes, path, kwargs))
+
+    seen.expanded, seen.related, seen.traced, seen.written = [], [], [], []
     monkeypatch.setattr(blockbuster.pipeline, "tile_process", spy)
     monkeypatch.setattr(blockbuster.expand, "expand_labels", expand_spy)
+    monkeypatch.setattr(blockbuster.relations, "relate", relate_spy)
+    monkeypatch.setattr(blockbuster.polygons, "polygons", polygons_spy)
+    monkeypatch.setattr(blockbuster.polygons, "write_polygons", write_spy)
     return seen
 
 
@@ -176,6 +195,17 @@ def test_every_config_key_reaches_tile_process(tmp_path, calls):
                                                       str(tmp_path / "cells.zarr"))
     assert (options["executor"], options["workers"], options["overwrite"]) == (
         "processes", 3, True)
+    assert options["spacing"] == [2.0, 0.5]
+    store = {"endpoint_url": "http://127.0.0.1:9"}
+    ((children, parents, options),) = calls.related  # after expand: cells may be its output
+    assert (children, parents, options["table"], options["storage_options"]) == (
+        str(tmp_path / "out.zarr"), str(tmp_path / "cells.zarr"),
+        str(tmp_path / "relations.parquet"), store)
+    ((labels, options),) = calls.traced
+    assert (labels, options["table"]) == (str(tmp_path / "out.zarr"), tmp_path / "objects.csv")
+    assert [(shapes, path) for shapes, path, _ in calls.written] == [
+        ("the shapes", str(tmp_path / "shapes.geojson")),
+        ("the shapes", "s3://bucket/shapes.parquet")]
 
 
 def test_the_config_above_sets_every_core_and_documented_key():

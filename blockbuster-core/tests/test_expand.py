@@ -1,5 +1,10 @@
 """Out-of-core expand_labels == skimage.segmentation.expand_labels on the whole image."""
 
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import zarr
@@ -9,7 +14,8 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels as expand_whole
 
 from blockbuster import expand_labels
-from blockbuster.errors import InvalidParameterError, OutputExistsError
+from blockbuster.errors import InvalidParameterError, OutputExistsError, StageMismatchError
+from blockbuster.testing import store_digest
 
 
 @st.composite
@@ -23,17 +29,20 @@ def labels_and_tiling(draw):
     labels = (rng.random(shape) < density) * rng.integers(1, draw(st.integers(2, 9)), shape)
     tile_shape = tuple(draw(st.integers(1, s)) for s in shape)
     distance = draw(st.sampled_from([0, 1, 1.5, 2, 3, 4.7, 6]))
-    return labels.astype(np.uint16), tile_shape, distance
+    # isotropic pixels half the time; else voxels of different sizes per axis (z-stacks)
+    spacing = draw(st.one_of(st.none(), st.tuples(*[st.sampled_from([0.3, 0.5, 1, 1.7, 2.5, 4])
+                                                    for _ in shape])))
+    return labels.astype(np.uint16), tile_shape, distance, spacing
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(labels_and_tiling())
 def test_tiled_expansion_equals_skimage_on_the_whole_image(tmp_path, case):
-    labels, tile_shape, distance = case
-    grown = expand_labels(labels, distance, write_to=tmp_path / "cells.zarr", overwrite=True,
-                          tile_shape=tile_shape, executor="serial", compute=True)
-    expected = expand_whole(labels, distance)
+    labels, tile_shape, distance, spacing = case
+    grown = expand_labels(labels, distance, spacing=spacing, write_to=tmp_path / "cells.zarr",
+                          overwrite=True, tile_shape=tile_shape, executor="serial", compute=True)
+    expected = expand_whole(labels, distance, spacing=1 if spacing is None else spacing)
     assert grown.dtype == labels.dtype
     np.testing.assert_array_equal(grown, expected)
 
@@ -82,6 +91,15 @@ def test_cli_expand_and_config_postprocess(tmp_path, capsys):
                  "--distance", "6", "--tile-shape", "20,25", "--workers", "2"]) == 0
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "cells.zarr")[:],
                                   expand_whole(nuclei, 6))
+    assert main(["expand", str(tmp_path / "nuclei.zarr"), str(tmp_path / "flat.zarr"),
+                 "--distance", "4", "--spacing", "2,0.5"]) == 0
+    assert "grown by 4 (in the units of --spacing)" in capsys.readouterr().err
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "flat.zarr")[:],
+                                  expand_whole(nuclei, 4, spacing=(2, 0.5)))
+    with pytest.raises(SystemExit):
+        main(["expand", str(tmp_path / "nuclei.zarr"), str(tmp_path / "x.zarr"),
+              "--distance", "4", "--spacing", "2;0.5"])
+    assert "give the voxel size per axis separated by commas" in capsys.readouterr().err
 
 
 def test_config_expand_without_an_output_path_fails_before_the_run(tmp_path, capsys):
@@ -91,5 +109,92 @@ def test_config_expand_without_an_output_path_fails_before_the_run(tmp_path, cap
         '[input]\npath = "missing.zarr"\n[segmenter]\nname = "threshold"\n'
         '[postprocess]\nexpand = 3\n')
     assert main(["run", str(tmp_path / "job.toml")]) == 1
-    assert "[postprocess] expand grows the labels written to [output] path" in \
+    assert "[postprocess] expand works on the labels written to [output] path" in \
         capsys.readouterr().err
+
+
+def test_physical_spacing_reads_the_scale_of_an_ome_zarr(tmp_path):
+    from blockbuster.synthetic import write_image
+
+    rng = np.random.default_rng(2)
+    nuclei = ndimage.label(ndimage.gaussian_filter(rng.random((10, 60, 50)), 2) > 0.55)[0]
+    path = write_image(tmp_path / "nuclei.zarr", nuclei.astype(np.uint32), axes="zyx",
+                       scale=(2.0, 0.5, 0.5), chunks=(4, 24, 24))
+    cells = expand_labels(path, 3.0, spacing="physical", write_to=tmp_path / "cells.zarr",
+                          compute=True)  # 3 micrometres: 1 plane in z, 6 pixels in y and x
+    np.testing.assert_array_equal(cells, expand_whole(nuclei, 3.0, spacing=(2.0, 0.5, 0.5)))
+    assert not np.array_equal(cells, expand_whole(nuclei, 3.0))
+    stored = zarr.open_array(tmp_path / "cells.zarr", mode="r")
+    assert stored.attrs["blockbuster"]["spacing"] == [2.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("spacing, message", [
+    ((1.0,), r"one voxel size > 0 per axis of the labels \(2 axes"),
+    ((1.0, 0.0), "one voxel size > 0 per axis"),
+    ("microns", "give 'physical'"),
+    ("physical", "carry no physical scale"),
+])
+def test_bad_spacing_says_what_to_give(tmp_path, spacing, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        expand_labels(np.zeros((8, 8), np.uint8), 2, spacing=spacing,
+                      write_to=tmp_path / "c.zarr")
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from scipy import ndimage
+    import blockbuster.expand as expand
+
+    after, out = int(sys.argv[1]), sys.argv[2]
+    original, expanded = expand.expand_task, [0]
+
+    def counting(job, indices):  # dies once the tasks begun hold more than `after` tiles
+        expanded[0] += len(indices)
+        if 0 <= after < expanded[0]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(job, indices)
+
+    expand.expand_task = counting
+    rng = np.random.default_rng(4)
+    nuclei = ndimage.label(ndimage.gaussian_filter(rng.random((160, 150)), 3) > 0.56)[0]
+    expand.expand_labels(nuclei.astype(np.uint32), 4.5, spacing=(1.0, 0.7), write_to=out,
+                         tile_shape=(20, 30), executor="threads", workers=2)
+    print("expanded", expanded[0])
+""")
+
+
+def test_sigkill_then_resume_is_byte_identical(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+
+    def run(after, out):
+        return subprocess.run([sys.executable, str(script), str(after), str(out)],
+                              capture_output=True, text=True)
+
+    assert run(-1, tmp_path / "reference.zarr").stdout.split() == ["expanded", "40"]
+    out = tmp_path / "crashed.zarr"
+    assert run(16, out).returncode == -signal.SIGKILL
+    staged = len(list((tmp_path / "crashed.zarr.stage" / "tiles").glob("*.pickle")))
+    assert 1 <= staged <= 16
+    resumed = run(-1, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "took over the lock" in resumed.stderr
+    assert resumed.stdout.split() == ["expanded", str(40 - staged)]  # only the rest
+    assert store_digest(out) == store_digest(tmp_path / "reference.zarr")
+    assert not (tmp_path / "crashed.zarr.stage").exists()
+
+
+def test_resuming_a_different_expansion_is_refused(tmp_path):
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5, 5] = labels[30, 30] = 1
+    stage = tmp_path / "c.zarr.stage"
+    with pytest.raises(InvalidParameterError):  # stopped by a bad label in the 4th tile
+        expand_labels(np.where(np.arange(40)[:, None] > 35, -1, labels).astype(np.int16), 2,
+                      write_to=tmp_path / "c.zarr", tile_shape=(10, 40), executor="serial")
+    assert len(list((stage / "tiles").glob("*.pickle"))) == 3
+    with pytest.raises(StageMismatchError, match="differs in: expand, input"):
+        expand_labels(labels, 3, write_to=tmp_path / "c.zarr", tile_shape=(10, 40))
+    grown = expand_labels(labels, 3, write_to=tmp_path / "c.zarr", tile_shape=(10, 40),
+                          resume=False, compute=True)
+    np.testing.assert_array_equal(grown, expand_whole(labels, 3))

@@ -167,6 +167,29 @@ def test_physical_scale_from_a_parquet_table_when_the_labels_have_none(tmp_path)
     assert frame.attrs["scale"] == [0.5, 0.5] and frame.attrs["units"][-1] == "micrometer"
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_physical_units_survive_a_merge_with_another_table(tmp_path, side):
+    """pandas drops ``attrs`` in a merge; the ``geometry_um`` column goes through it."""
+    import pandas as pd
+
+    labels_path, table_path = run_with_table(tmp_path)
+    shapes = polygons(labels_path)
+    expected = np.asarray(shapes["geometry_um"].array, dtype=object)
+    np.testing.assert_allclose(shapes["geometry_um"].area, shapes.geometry.area * 0.25)
+    cells = pd.DataFrame({"label": shapes["label"], "cell": shapes["label"] * 10})
+    merged = shapes.merge(cells, on="label") if side == "left" else cells.merge(shapes,
+                                                                                 on="label")
+    assert merged.attrs == {}  # what pandas does
+    write_polygons(merged, tmp_path / "m.parquet")
+    write_polygons(merged, tmp_path / "m.geojson", physical=True)
+    back = gpd.read_parquet(tmp_path / "m.parquet", columns=["label", "cell", "geometry_um"])
+    assert all(a.equals(b) for a, b in zip(back["geometry_um"], expected))
+    features = json.loads((tmp_path / "m.geojson").read_text())["features"]
+    assert [f["properties"]["cell"] for f in features] == (shapes["label"] * 10).tolist()
+    assert all(shapely.from_geojson(json.dumps(f["geometry"])).equals(e)
+               for f, e in zip(features, expected))  # micrometres, not pixels
+
+
 def test_geojson_is_a_qupath_feature_collection_of_detections(tmp_path):
     labels_path, table_path = run_with_table(tmp_path)
     frame = polygons(labels_path, table=table_path)

@@ -348,3 +348,44 @@ def test_worker_processes_fetch_each_chunk_from_s3_about_once(tmp_path, s3, buck
     assert chunk_gets <= 1.2 * 9, f"{chunk_gets} GETs of 9 chunks"
     assert np.array_equal(labels, expected)
     assert not (tmp_path / "out.zarr.stage").exists()
+
+
+def test_relate_polygons_and_expand_on_s3_equal_local(tmp_path, s3, bucket):
+    """The measuring steps read their labels (and the table) from S3 and write back there,
+    with the same results as on local files."""
+    pytest.importorskip("geopandas")
+    from skimage.segmentation import expand_labels as expand_whole
+
+    from blockbuster import expand_labels
+    from blockbuster.polygons import polygons, write_polygons
+    from blockbuster.relations import relate
+
+    local, _ = ome_zarr_image(tmp_path / "local")
+    nuclei = tile_process(local, "threshold", segmenter_options=THRESHOLD, tile_shape=(32, 32),
+                          write_to=tmp_path / "nuclei.zarr", table=tmp_path / "nuclei.csv",
+                          compute=True)
+    expand_labels(tmp_path / "nuclei.zarr", 3, write_to=tmp_path / "cells.zarr")
+    for name in ("nuclei.zarr", "cells.zarr", "nuclei.csv"):
+        upload(s3, tmp_path / name, f"{bucket}/{name}")
+    remote = {"storage_options": s3.storage_options}
+
+    links = relate(f"{bucket}/nuclei.zarr", f"{bucket}/cells.zarr", tile_shape=(40, 30),
+                   table=f"{bucket}/links.parquet", **remote)
+    expected = relate(tmp_path / "nuclei.zarr", tmp_path / "cells.zarr")
+    assert links.equals(expected) and len(links) == nuclei.max() > 3
+    assert read_table(f"{bucket}/links.parquet", **remote).equals(expected)
+
+    shapes = polygons(f"{bucket}/nuclei.zarr", table=f"{bucket}/nuclei.csv", **remote)
+    local_shapes = polygons(tmp_path / "nuclei.zarr", table=tmp_path / "nuclei.csv")
+    assert shapes.equals(local_shapes) and shapes.attrs == local_shapes.attrs
+    assert shapes.attrs["scale"] == [0.5, 0.5]  # recorded with the labels, read from S3
+    write_polygons(shapes, f"{bucket}/nuclei.geojson", **remote)
+    write_polygons(local_shapes, tmp_path / "nuclei.geojson")
+    assert Location(f"{bucket}/nuclei.geojson", s3.storage_options).read_bytes() == \
+        (tmp_path / "nuclei.geojson").read_bytes()
+
+    grown = expand_labels(f"{bucket}/nuclei.zarr", 2.0, spacing="physical",
+                          write_to=f"{bucket}/cells-2um.zarr", stage_dir=tmp_path / "stage",
+                          compute=True, **remote)  # 2 um: 4 pixels
+    np.testing.assert_array_equal(grown, expand_whole(nuclei, 2.0, spacing=(0.5, 0.5)))
+    assert not any((tmp_path / "stage").iterdir())

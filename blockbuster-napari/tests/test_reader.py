@@ -4,6 +4,7 @@ widget added (labels at the input's scale, table as features, merge-log seams)."
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
 from blockbuster import tile_process
@@ -36,34 +37,34 @@ def same_layers(first, second) -> None:
             assert all(np.array_equal(p, q) for p, q in zip(x["data"], y["data"]))
 
 
-def test_opening_the_output_folder_gives_the_widgets_layers(run_and_wait, viewer,
-                                                             make_napari_viewer, ome_image,
-                                                             scale, tmp_path):
+@pytest.fixture
+def widget_run(run_and_wait, viewer, ome_image, tmp_path):
+    """The Run widget's run of the OME-Zarr image, with the merge log, into ``labels.zarr``
+    (its layers are in ``viewer``); returns that output folder."""
     widget = RunWidget(viewer)
     widget.path.value = str(ome_image)
     widget.merge_log.value = True
     widget.output.value = tmp_path / "labels.zarr"
     run_and_wait(widget)
+    return tmp_path / "labels.zarr"
+
+
+def test_opening_the_output_folder_gives_the_widgets_layers(widget_run, viewer,
+                                                             make_napari_viewer, scale):
     shown = list(viewer.layers)
     assert [type(layer).__name__ for layer in shown] == ["Labels", "Shapes"]
 
     other = make_napari_viewer()
-    opened = other.open(str(tmp_path / "labels.zarr"), plugin=PLUGIN)
+    opened = other.open(str(widget_run), plugin=PLUGIN)
     same_layers(shown, opened)
     assert tuple(opened[0].scale) == scale and len(opened[0].features) == opened[0].data.max()
 
 
-def test_seams_are_the_tile_faces_with_the_joins_across_them(run_and_wait, viewer, ome_image,
-                                                              scale, tmp_path):
+def test_seams_are_the_tile_faces_with_the_joins_across_them(widget_run, viewer, scale):
     import pandas as pd
 
-    widget = RunWidget(viewer)
-    widget.path.value = str(ome_image)
-    widget.merge_log.value = True
-    widget.output.value = tmp_path / "labels.zarr"
-    run_and_wait(widget)
     seams = viewer.layers["labels seams"]
-    log = pd.read_parquet(tmp_path / "labels.zarr.merges.parquet")
+    log = pd.read_parquet(f"{widget_run}.merges.parquet")
     # 4 x 3 tiles of 32 x 32: 4 x 2 faces across x and 3 x 3 across y
     assert len(seams.data) == 17
     assert seams.features["joined"].sum() == log["joined"].sum() - edge_joins(log)

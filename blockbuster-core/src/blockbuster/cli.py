@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "tile by tile, equal to skimage's expand_labels")
     expand.add_argument("labels", help="path or URL of the labels (e.g. a run's output zarr)")
     expand.add_argument("output", help="path or URL of the new labels zarr")
-    expand.add_argument("--distance", type=float, required=True, metavar="PIXELS",
-                        help="pixels to grow by")
+    expand.add_argument("--distance", type=float, required=True, metavar="DISTANCE",
+                        help="how far to grow: pixels, or the units of --spacing")
+    expand.add_argument("--spacing", type=parse_spacing, metavar="SIZES",
+                        help="voxel size per axis, e.g. 2,0.5,0.5 (then --distance is in those "
+                             "units), or 'physical' for the labels' scale (default: pixels)")
     expand.add_argument("--tile-shape", help="tile core per axis, e.g. 1024,1024 (default: "
                                              "the labels' chunks)")
     expand.add_argument("--executor", help="threads (default), processes, serial...")
@@ -176,16 +179,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     labels, report = result if isinstance(result, tuple) else (result, None)
     print(f"wrote {labels.shape} labels ({labels.dtype}) "
           f"to {labels_path(args)}", file=sys.stderr)
-    expanded = expanded_path_of(args)
-    if expanded is not None:
-        print(f"wrote the labels grown without overlap to {expanded}", file=sys.stderr)
+    for what, where in postprocessing_of(args).written():
+        print(f"wrote {what} to {where}", file=sys.stderr)
     return 0 if report is None else print_report(report)
 
 
-def expanded_path_of(args: argparse.Namespace) -> str | None:
-    from blockbuster.config import expanded_path, load_config
+def postprocessing_of(args: argparse.Namespace):
+    from blockbuster.config import load_config, postprocessing
 
-    return expanded_path(load_config(args.config, overrides_from(args)))
+    return postprocessing(load_config(args.config, overrides_from(args)))
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
@@ -194,11 +196,24 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
     tile_shape = [int(v) for v in args.tile_shape.split(",")] if args.tile_shape else None
     grown = expand_labels(args.labels, args.distance, write_to=args.output,
-                          tile_shape=tile_shape, executor=args.executor, workers=args.workers,
-                          overwrite=args.overwrite)
-    print(f"wrote {grown.shape} labels ({grown.dtype}) grown by {args.distance:g} px "
+                          spacing=args.spacing, tile_shape=tile_shape, executor=args.executor,
+                          workers=args.workers, overwrite=args.overwrite)
+    unit = "px" if args.spacing is None else "(in the units of --spacing)"
+    print(f"wrote {grown.shape} labels ({grown.dtype}) grown by {args.distance:g} {unit} "
           f"to {args.output}", file=sys.stderr)
     return 0
+
+
+def parse_spacing(text: str) -> str | list[float]:
+    """``--spacing``: ``physical`` or numbers separated by commas."""
+    if text == "physical":
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the voxel size per axis separated by commas, e.g. 2,0.5,0.5, or "
+            "'physical'") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

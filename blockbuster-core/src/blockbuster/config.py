@@ -38,9 +38,14 @@
     percentiles = [50, 95]       # with intensity_image: exact per-object percentiles
     storage_options = {endpoint_url = "http://localhost:9000"}  # optional, for a URL path
 
-    [postprocess]
+    [postprocess]                # after the run, on the labels written to [output] path
     expand = 5                   # grow every label by 5 px without overlap (cells from nuclei)
     expand_to = "cells.zarr"     # default: the output's name with .expanded.zarr
+    expand_spacing = [2.0, 0.5, 0.5]  # optional: voxel size per axis (or "physical"); then
+                                 # expand is in those units
+    relate = "cells.zarr"        # each object's parent in these labels (e.g. expand_to)
+    relate_to = "relations.csv"  # default: the output's name with .relations.csv
+    polygons = "objects.geojson" # or a list, e.g. ["objects.geojson", "objects.parquet"]
 
     [run]
     retries = 2                  # retries of a tile whose segmenter raises
@@ -63,6 +68,7 @@ Values are data only: nothing in a config is executed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +90,8 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "output": {"path": str, "writer": str, "overwrite": bool, "table": (str, bool),
                "merge_log": (str, bool), "storage_options": dict,
                "intensity_image": (str, bool), "percentiles": list},
-    "postprocess": {"expand": (int, float), "expand_to": str},
+    "postprocess": {"expand": (int, float), "expand_to": str, "expand_spacing": (list, str),
+                    "relate": str, "relate_to": str, "polygons": (str, list)},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool, "stage_dir": str},
     "verify": {"windows": int, "threshold": (int, float)},
@@ -220,14 +227,26 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     """
     for section, key in (("input", "path"), ("output", "path"), ("output", "table"),
                          ("output", "merge_log"), ("output", "image"), ("run", "stage_dir"),
-                         ("output", "intensity_image"), ("postprocess", "expand_to")):
-        value = local_if_file_url(config.sections.get(section, {}).get(key))
-        if isinstance(value, str) and not is_url(value) and not Path(value).is_absolute():
-            config.sections[section][key] = str(base / value)
+                         ("output", "intensity_image"), ("postprocess", "expand_to"),
+                         ("postprocess", "relate"), ("postprocess", "relate_to"),
+                         ("postprocess", "polygons")):
+        value = config.sections.get(section, {}).get(key)
+        if isinstance(value, list):
+            config.sections[section][key] = [_relative_to(base, v) for v in value]
+        elif value is not None:
+            config.sections[section][key] = _relative_to(base, value)
     for section in OPEN_SECTIONS - {"input", "output"}:
         for key, value in config.options(section).items():
             if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
                 config.sections[section][key] = str(base / value)
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    """A local relative path as relative to ``base``; anything else unchanged."""
+    value = local_if_file_url(value)
+    if isinstance(value, str) and not is_url(value) and not Path(value).is_absolute():
+        return str(base / value)
+    return value
 
 
 def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
@@ -239,42 +258,137 @@ def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     from blockbuster.registry import Registry
 
     config = load_config(path, overrides)
-    expanded_path(config)  # a bad [postprocess] fails before the run
+    postprocessing(config)  # a bad [postprocess] fails before the run
     registry = Registry(block=config.get("plugins", "block", []))
     progress = progress or bool(config.get("run", "progress", False))
     switch = offline_mode() if config.get("run", "offline", False) else contextlib.nullcontext()
     with switch:
         result = tile_process(**config.tile_process_arguments(), registry=registry,
                               progress=progress)
-    expand_as_configured(config, registry)
+    postprocess_as_configured(config, registry)
     return result
 
 
-def expanded_path(config: RunConfig) -> str | None:
-    """Where ``[postprocess] expand`` writes: ``expand_to``, else the output's name with
-    ``.expanded.zarr`` (``labels.zarr`` -> ``labels.expanded.zarr``); ``None`` without expand."""
-    if config.get("postprocess", "expand") is None:
-        return None
+@dataclass(frozen=True)
+class Postprocessing:
+    """What ``[postprocess]`` writes after the run, checked before it: the grown labels, the
+    relations table and the polygon files (``None`` / empty when not asked for)."""
+
+    expanded: str | None = None
+    relations: str | None = None
+    polygons: tuple[str, ...] = ()
+
+    def written(self) -> list[tuple[str, str]]:
+        """``(what, where)`` of every file it writes, in order."""
+        return ([("the labels grown without overlap", self.expanded)] if self.expanded else []) + \
+            ([("the relations table", self.relations)] if self.relations else []) + \
+            [("the polygons", path) for path in self.polygons]
+
+
+def postprocessing(config: RunConfig) -> Postprocessing:
+    """Check ``[postprocess]`` and say where it writes; :class:`ConfigError` names the key and
+    the fix. Outputs go beside ``[output] path`` by default (``labels.zarr`` ->
+    ``labels.expanded.zarr``, ``labels.relations.csv``)."""
+    get = functools.partial(config.get, "postprocess")
+    for key, base in (("expand_to", "expand"), ("expand_spacing", "expand"),
+                      ("relate_to", "relate")):
+        if get(key) is not None and get(base) is None:
+            raise ConfigError(f"{config.source}: [postprocess] {key} is set but {base} is not; "
+                              f"set {base} (or remove {key}).")
+    asked = [key for key in ("expand", "relate", "polygons") if get(key) is not None]
+    if not asked:
+        return Postprocessing()
     output = config.get("output", "path")
     if output is None:
-        raise ConfigError(f"{config.source}: [postprocess] expand grows the labels written to "
-                          "[output] path; set it (e.g. path = \"labels.zarr\").")
-    target = config.get("postprocess", "expand_to")
-    if target is not None:
-        return target
-    return output.removesuffix("/").removesuffix(".zarr") + ".expanded.zarr"
+        raise ConfigError(f"{config.source}: [postprocess] {asked[0]} works on the labels "
+                          "written to [output] path; set it (e.g. path = \"labels.zarr\").")
+    stem = output.removesuffix("/").removesuffix(".zarr")
+    if get("expand") is not None:
+        _check_spacing(config, get("expand_spacing"))
+    relations = None
+    if get("relate") is not None:
+        relations = _with_suffix(config, "relate_to", get("relate_to") or stem + ".relations.csv",
+                                 (".csv", ".parquet", ".pq"), "a .csv or .parquet table")
+    return Postprocessing(
+        expanded=(get("expand_to") or stem + ".expanded.zarr") if get("expand") is not None
+        else None,
+        relations=relations, polygons=_polygon_paths(config, get("polygons")))
 
 
-def expand_as_configured(config: RunConfig, registry) -> None:
-    """``[postprocess] expand``: grow the written labels into a new zarr, tile by tile."""
-    from blockbuster.expand import expand_labels
-
-    target = expanded_path(config)
-    if target is None:
+def _check_spacing(config: RunConfig, spacing: Any) -> None:
+    numbers = isinstance(spacing, list) and spacing and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in spacing)
+    if spacing is None or spacing == "physical" or numbers:
         return
+    raise ConfigError(f"{config.source}: [postprocess] expand_spacing = {spacing!r}: give the "
+                      "voxel size per axis, e.g. [2.0, 0.5, 0.5], or \"physical\" for the "
+                      "labels' own scale.")
+
+
+def _with_suffix(config: RunConfig, key: str, path: str, suffixes: tuple[str, ...],
+                 kinds: str) -> str:
+    if not path.lower().endswith(suffixes):
+        raise ConfigError(f"{config.source}: [postprocess] {key} = {path!r}: use {kinds}.")
+    return path
+
+
+def _polygon_paths(config: RunConfig, value: Any) -> tuple[str, ...]:
+    """The polygon files (GeoJSON / GeoParquet by suffix); checks shapely is installed."""
+    if value is None:
+        return ()
+    from blockbuster.polygons import GEOJSON_SUFFIXES, PARQUET_SUFFIXES, require_geo
+
+    paths = value if isinstance(value, list) else [value]
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise ConfigError(f"{config.source}: [postprocess] polygons = {value!r}: give a path "
+                          "or a list of paths, e.g. [\"objects.geojson\", \"objects.parquet\"].")
+    for path in paths:
+        _with_suffix(config, "polygons", path, GEOJSON_SUFFIXES + PARQUET_SUFFIXES,
+                     "a .geojson (QuPath) or .parquet (GeoParquet) path")
+    require_geo()
+    return tuple(paths)
+
+
+def written_labels(config: RunConfig) -> str:
+    """Where the run writes its labels: ``[output] path``, or its ``labels/<name>`` for the
+    ``ome-zarr`` writer (which puts them inside the image)."""
+    from blockbuster.builtin.ome_zarr import DEFAULT_LABELS_NAME
+
+    path = config.get("output", "path")
+    if config.get("output", "writer") != "ome-zarr":
+        return path
+    name = config.options("output").get("name", DEFAULT_LABELS_NAME)
+    return f"{path.removesuffix('/')}/labels/{name}"
+
+
+def postprocess_as_configured(config: RunConfig, registry) -> None:
+    """``[postprocess]`` on the written labels: expand, then relate (so its parents may be the
+    grown labels), then trace polygons with the object table's columns."""
+    from blockbuster.expand import expand_labels
+    from blockbuster.planning import resolve_table_path
+    from blockbuster.polygons import polygons, write_polygons
+    from blockbuster.relations import relate
+
+    plan = postprocessing(config)
     arguments = config.tile_process_arguments()
-    expand_labels(arguments["write_to"], config.get("postprocess", "expand"), write_to=target,
-                  overwrite=arguments["overwrite"], executor=arguments["executor"],
-                  workers=arguments["workers"], executor_options=arguments["executor_options"],
-                  writer=arguments["writer"], writer_options=arguments["writer_options"],
-                  storage_options=config.get("output", "storage_options"), registry=registry)
+    labels, storage = written_labels(config), config.get("output", "storage_options")
+    if plan.expanded:
+        # a plain zarr of its own for labels the ome-zarr writer put inside an image
+        same_writer = labels == arguments["write_to"]
+        expand_labels(labels, config.get("postprocess", "expand"), write_to=plan.expanded,
+                      spacing=config.get("postprocess", "expand_spacing"),
+                      overwrite=arguments["overwrite"], executor=arguments["executor"],
+                      workers=arguments["workers"],
+                      executor_options=arguments["executor_options"],
+                      writer=arguments["writer"] if same_writer else None,
+                      writer_options=arguments["writer_options"] if same_writer else None,
+                      storage_options=storage, registry=registry)
+    if plan.relations:
+        relate(labels, config.get("postprocess", "relate"), table=plan.relations,
+               workers=arguments["workers"], storage_options=storage)
+    if plan.polygons:
+        table = resolve_table_path(arguments["table"], arguments["write_to"])
+        shapes = polygons(labels, table=table, workers=arguments["workers"],
+                          storage_options=storage)
+        for path in plan.polygons:
+            write_polygons(shapes, path, storage_options=storage)

@@ -199,8 +199,9 @@ def polygons(labels: Any, *, table: Any = None, plane: int | None = None,
     Returns
     -------
     geopandas.GeoDataFrame
-        ``label``, the table's columns, and ``geometry`` in pixels; ``attrs`` holds ``scale``,
-        ``translation`` and ``units`` for :func:`physical_geometry`.
+        ``label``, the table's columns, ``geometry`` in pixels and, when the scale is known,
+        ``geometry_<unit>`` (e.g. ``geometry_um``) in physical units: a column, so it
+        survives ``merge``; ``attrs`` also holds ``scale``, ``translation`` and ``units``.
     """
     require_geo()
     import geopandas as gpd
@@ -225,6 +226,9 @@ def polygons(labels: Any, *, table: Any = None, plane: int | None = None,
     if table is not None:
         frame = frame.merge(table, on="label", how="left", suffixes=("", "_table"))
     frame.attrs.update(_physical(view, table, scale, translation, units))
+    physical = physical_geometry(frame)
+    if physical is not None:  # a column, so the units survive a merge (attrs do not)
+        frame[physical_column(frame)] = gpd.GeoSeries(physical, index=frame.index)
     return frame
 
 
@@ -281,9 +285,13 @@ def _physical(view, table, scale, translation, units) -> dict[str, Any]:
 
 
 def physical_geometry(frame):
-    """The polygons in physical units (``(x - 0.5) * scale + translation``), or ``None`` when
-    the frame's ``attrs`` holds no scale."""
+    """The polygons in physical units: the frame's ``geometry_<unit>`` column (see
+    :func:`polygons`), else ``(x - 0.5) * scale + translation`` from its ``attrs``; ``None``
+    when it has neither."""
     shapely = require_geo()
+    column = physical_column_of(frame)
+    if column is not None:
+        return np.asarray(frame[column].array, dtype=object)
     scale = frame.attrs.get("scale")
     if not scale:
         return None
@@ -302,6 +310,17 @@ def physical_column(frame) -> str:
     return f"geometry_{_unit_suffix(units.pop()) if len(units) == 1 else 'physical'}"
 
 
+def physical_column_of(frame) -> str | None:
+    """The name of the frame's physical geometry column (``geometry_um``...), if it has one."""
+    return next((name for name in geometry_columns(frame)
+                 if name != frame.geometry.name and name.startswith("geometry_")), None)
+
+
+def geometry_columns(frame) -> list[str]:
+    """The columns of ``frame`` holding geometries."""
+    return [name for name, dtype in frame.dtypes.items() if str(dtype) == "geometry"]
+
+
 def write_polygons(frame, path: str | os.PathLike, *, physical: bool = False,
                    classification: str | None = None, storage_options: dict | None = None):
     """Write the polygons of :func:`polygons` by the suffix of ``path``.
@@ -314,6 +333,7 @@ def write_polygons(frame, path: str | os.PathLike, *, physical: bool = False,
     """
     from blockbuster.table import write_whole
 
+    frame = _as_geo_frame(frame)
     location = Location(path, storage_options)
     suffix = os.path.splitext(location.name)[1].lower()
     if suffix in GEOJSON_SUFFIXES:
@@ -330,11 +350,20 @@ def write_polygons(frame, path: str | os.PathLike, *, physical: bool = False,
         f"polygons path {str(path)!r}: use .geojson (QuPath, GIS) or .parquet (GeoParquet).")
 
 
+def _as_geo_frame(frame):
+    """``frame`` as a GeoDataFrame (a pandas ``merge`` onto a plain table returns a DataFrame
+    holding the geometry columns)."""
+    import geopandas as gpd
+
+    return frame if isinstance(frame, gpd.GeoDataFrame) else gpd.GeoDataFrame(
+        frame, geometry="geometry")
+
+
 def _write_geojson(frame, target, geometry, classification: str | None) -> None:
     shapely = require_geo()
     geometry = np.asarray(frame.geometry.array if geometry is None else geometry, dtype=object)
     shapes = shapely.to_geojson(geometry)
-    columns = [c for c in frame.columns if c != frame.geometry.name]
+    columns = [c for c in frame.columns if c not in geometry_columns(frame)]
     with open(target, "wb") if isinstance(target, str | os.PathLike) else _keep_open(
             target) as out:
         out.write(b'{"type": "FeatureCollection", "features": [\n')
@@ -389,7 +418,7 @@ def _write_geoparquet(frame, target) -> None:
 
     out = frame.copy()
     physical = physical_geometry(frame)
-    if physical is not None:
+    if physical is not None and physical_column_of(frame) is None:
         out[physical_column(frame)] = gpd.GeoSeries(physical, index=out.index)
     out.attrs = {}
     out.to_parquet(target, index=False)

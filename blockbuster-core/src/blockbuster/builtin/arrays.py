@@ -41,13 +41,19 @@ def pick_reader(source: Any) -> str | None:
 class ArrayReader(BaseReader):
     """Reads regions of any array-like supporting numpy slicing (numpy, zarr, dask)."""
 
-    def __init__(self, array: Any, *, source: str | None = None, axes: Sequence[str] | None = None):
+    def __init__(self, array: Any, *, source: str | None = None, axes: Sequence[str] | None = None,
+                 physical: dict[str, Any] | None = None):
         self.array = array
         self.shape = tuple(int(s) for s in array.shape)
         self.dtype = np.dtype(array.dtype)
         self.chunks = _chunks_of(array)
         self.axes = tuple(axes) if axes is not None else None
         self.source = source
+        self.physical = dict(physical or {})
+
+    def metadata(self) -> dict[str, Any]:
+        """The physical metadata given (``physical``): scale, units... per axis."""
+        return dict(self.physical)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         block = self.array[region]
@@ -162,7 +168,22 @@ def open_zarr(path: str | os.PathLike, *, component: str | None = None,
         ) from error
     if isinstance(node, zarr.Group):
         node = _image_array_of_group(node, path)
-    return ArrayReader(node, source=location.key() + (f"/{component}" if component else ""))
+    axes, physical = _recorded_source(node)
+    return ArrayReader(node, source=location.key() + (f"/{component}" if component else ""),
+                       axes=axes, physical=physical)
+
+
+def _recorded_source(array: Any) -> tuple[list[str] | None, dict[str, Any]]:
+    """The axes and physical metadata a blockbuster writer recorded with labels it wrote (its
+    ``source``, see :mod:`blockbuster.builtin.zarr_writer`): labels in a plain zarr keep the
+    image's scale. Each value is kept only with one entry per axis."""
+    from blockbuster.builtin.zarr_writer import ATTRS_KEY
+    from blockbuster.readers import PHYSICAL_KEYS
+
+    recorded = array.attrs.get(ATTRS_KEY, {}).get("source") or {}
+    per_axis = {key: list(value) for key, value in recorded.items()
+                if isinstance(value, list) and len(value) == array.ndim}
+    return per_axis.get("axes"), {key: per_axis[key] for key in PHYSICAL_KEYS if key in per_axis}
 
 
 def _image_array_of_group(group: Any, path: Any) -> Any:

@@ -330,6 +330,9 @@ class OmeZarrReader(ChannelSelectingReader):
 
 
 # -- writer -----------------------------------------------------------------------------------
+DEFAULT_LABELS_NAME = "segmentation"  # labels/<name> of the ome-zarr writer
+
+
 class OmeZarrLabelsWriter(ZarrLabelsWriter):
     """Writes labels as ``labels/<name>`` of an OME-Zarr image, with a multiscale pyramid.
 
@@ -360,7 +363,7 @@ class OmeZarrLabelsWriter(ZarrLabelsWriter):
 
     name = "ome-zarr"
 
-    def __init__(self, path: str | os.PathLike, *, name: str = "segmentation",
+    def __init__(self, path: str | os.PathLike, *, name: str = DEFAULT_LABELS_NAME,
                  image: str | os.PathLike | None = None, level: int | None = None,
                  levels: int | None = None, downsample: str = "nearest",
                  zarr_format: int | None = None, overwrite: bool = False,
