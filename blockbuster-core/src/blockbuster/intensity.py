@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 
 from blockbuster.errors import IntensityImageError, InvalidParameterError
@@ -113,8 +112,8 @@ def tile_intensity(runs: LabelRuns, intensities, voxels: np.ndarray) -> TileInte
     """The parts of one tile's objects (the rows of ``runs``, ``voxels`` each) in each channel
     of ``intensities`` (channels first, each of the tile's shape): sum, ``m2``, min and max,
     from one fused pass over each channel's foreground runs (:func:`_moments`, compiled by
-    numba; floats take a second pass for ``m2``). The percentiles are left empty
-    (:func:`add_percentiles`)."""
+    numba in :mod:`blockbuster._intensity_kernels`; floats take a second pass for ``m2``).
+    The percentiles are left empty (:func:`add_percentiles`)."""
     k, channels = len(runs), len(intensities)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
     first = runs.starts[runs.foreground].astype(np.int64)
@@ -136,66 +135,14 @@ def _moments(first: np.ndarray, runs: LabelRuns, flat: np.ndarray, voxels: np.nd
     from the exact ``n * sum(v**2) - sum(v)**2``; other values are summed in float64 and take
     a second pass over their deviations from each object's mean (never a raw sum of squares
     of floats)."""
+    from blockbuster._intensity_kernels import deviation_runs, float_runs, integer_runs
+
     k, rows, lengths = len(runs), runs.rows.astype(np.int64), runs.lengths
     if flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2:
-        total, squares, low, high = _integer_runs(flat, first, lengths, rows, k)
+        total, squares, low, high = integer_runs(flat, first, lengths, rows, k)
         return total.astype(np.float64), _exact_m2(voxels, total, squares), low, high
-    total, low, high = _float_runs(flat, first, lengths, rows, k)
-    return total, _deviation_runs(flat, first, lengths, rows, total / voxels), low, high
-
-
-@numba.njit(cache=True, nogil=True)
-def _integer_runs(flat, first, lengths, rows, k):  # pragma: no cover - compiled
-    total = np.zeros(k, np.int64)
-    squares = np.zeros(k, np.int64)
-    low = np.full(k, np.inf)
-    high = np.full(k, -np.inf)
-    for r in range(len(first)):
-        row, s, q = rows[r], np.int64(0), np.int64(0)
-        lo, hi = np.int64(flat[first[r]]), np.int64(flat[first[r]])
-        for i in range(first[r], first[r] + lengths[r]):
-            v = np.int64(flat[i])
-            s += v
-            q += v * v
-            lo = min(lo, v)
-            hi = max(hi, v)
-        total[row] += s
-        squares[row] += q
-        low[row] = min(low[row], np.float64(lo))
-        high[row] = max(high[row], np.float64(hi))
-    return total, squares, low, high
-
-
-@numba.njit(cache=True, nogil=True)
-def _float_runs(flat, first, lengths, rows, k):  # pragma: no cover - compiled
-    total = np.zeros(k)
-    low = np.full(k, np.inf)
-    high = np.full(k, -np.inf)
-    for r in range(len(first)):
-        row = rows[r]
-        s, lo, hi = 0.0, np.inf, -np.inf
-        for i in range(first[r], first[r] + lengths[r]):
-            v = np.float64(flat[i])
-            s += v
-            lo = min(lo, v)
-            hi = max(hi, v)
-        total[row] += s
-        low[row] = min(low[row], lo)
-        high[row] = max(high[row], hi)
-    return total, low, high
-
-
-@numba.njit(cache=True, nogil=True)
-def _deviation_runs(flat, first, lengths, rows, mean):  # pragma: no cover - compiled
-    m2 = np.zeros(len(mean))
-    for r in range(len(first)):
-        row = rows[r]
-        centre, s = mean[row], 0.0
-        for i in range(first[r], first[r] + lengths[r]):
-            d = np.float64(flat[i]) - centre
-            s += d * d
-        m2[row] += s
-    return m2
+    total, low, high = float_runs(flat, first, lengths, rows, k)
+    return total, deviation_runs(flat, first, lengths, rows, total / voxels), low, high
 
 
 def _exact_m2(n: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:
