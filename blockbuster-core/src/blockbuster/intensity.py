@@ -111,35 +111,38 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
 def tile_intensity(runs: LabelRuns, intensities, voxels: np.ndarray) -> TileIntensity:
     """The parts of one tile's objects (the rows of ``runs``, ``voxels`` each) in each channel
     of ``intensities`` (channels first, each of the tile's shape): sum, ``m2``, min and max,
-    each one ``reduceat`` pass over the tile (:class:`~blockbuster.runs.LabelRuns`). The
-    percentiles are left empty (:func:`add_percentiles`)."""
+    from one fused pass over each channel's foreground runs (:func:`_moments`, compiled by
+    numba in :mod:`blockbuster._intensity_kernels`; floats take a second pass for ``m2``).
+    The percentiles are left empty (:func:`add_percentiles`)."""
     k, channels = len(runs), len(intensities)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
+    first = runs.starts[runs.foreground].astype(np.int64)
     for c, values in enumerate(intensities):
-        values = np.ascontiguousarray(values)
-        out["sum"][:, c], out["m2"][:, c] = _moments(runs, values, voxels)
-        out["min"][:, c] = runs.least(runs.reduce(np.minimum, values))
-        out["max"][:, c] = runs.greatest(runs.reduce(np.maximum, values))
+        flat = np.ascontiguousarray(values).reshape(-1)
+        if flat.dtype.kind == "b":
+            flat = flat.view(np.uint8)
+        (out["sum"][:, c], out["m2"][:, c], out["min"][:, c],
+         out["max"][:, c]) = _moments(first, runs, flat, voxels)
     return TileIntensity(percentiles=np.full((k, 0, channels), np.nan), **out)
 
 
-def _moments(runs: LabelRuns, values: np.ndarray, voxels: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Per object, the sum of ``values`` and the sum of squared deviations from its mean.
+def _moments(first: np.ndarray, runs: LabelRuns, flat: np.ndarray, voxels: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per object, the sum of ``flat``, the sum of squared deviations from its mean, its min
+    and max.
 
     Integers of up to 16 bits are summed, squares too, exactly in int64, and ``m2`` follows
-    from the exact ``n * sum(v**2) - sum(v)**2``; other values take a second pass over their
-    deviations from each object's mean (never a raw sum of squares of floats)."""
-    if values.dtype.kind in "iub" and values.dtype.itemsize <= 2:
-        if values.dtype.kind == "b":
-            values = values.view(np.uint8)
-        total = runs.total(runs.reduce(np.add, values, dtype=np.int64))
-        squares = runs.total(runs.reduce(np.add, np.square(values, dtype=np.int64)))
-        return total.astype(np.float64), _exact_m2(voxels, total, squares)
-    total = runs.total(runs.reduce(np.add, values, dtype=np.float64))
-    deviation = values.reshape(-1).astype(np.float64)
-    deviation -= runs.spread(total / voxels)
-    return total, runs.total(runs.reduce(np.add, np.square(deviation, out=deviation)))
+    from the exact ``n * sum(v**2) - sum(v)**2``; other values are summed in float64 and take
+    a second pass over their deviations from each object's mean (never a raw sum of squares
+    of floats)."""
+    from blockbuster._intensity_kernels import deviation_runs, float_runs, integer_runs
+
+    k, rows, lengths = len(runs), runs.rows.astype(np.int64), runs.lengths
+    if flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2:
+        total, squares, low, high = integer_runs(flat, first, lengths, rows, k)
+        return total.astype(np.float64), _exact_m2(voxels, total, squares), low, high
+    total, low, high = float_runs(flat, first, lengths, rows, k)
+    return total, deviation_runs(flat, first, lengths, rows, total / voxels), low, high
 
 
 def _exact_m2(n: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ A segmented tile is mostly long stretches of one label along its last axis. Cut 
 runs (one pass over the tile), every per-object figure of the table becomes a reduction over
 the runs, about twenty times fewer than the voxels: a run's voxel count and coordinate sums
 follow from its start and length alone, and an image's sum, minimum and maximum over each run
-are one ``ufunc.reduceat`` pass over the tile. The per-object figures then add the runs up
+are one pass over the tile (:func:`blockbuster.intensity.tile_intensity`). The per-object figures then add the runs up
 (:meth:`LabelRuns.total`, :meth:`LabelRuns.least`, :meth:`LabelRuns.greatest`).
 
 Runs break at every change of label and at the start of every row, so a run never leaves its
@@ -52,12 +52,6 @@ class LabelRuns:
         """The number of objects."""
         return len(self.ids)
 
-    def reduce(self, ufunc: np.ufunc, values: np.ndarray, dtype=None) -> np.ndarray:
-        """``ufunc`` (``np.add``, ``np.minimum``, ...) over each foreground run of ``values``
-        (an array of the tile's shape): one pass over the tile."""
-        flat = np.ascontiguousarray(values).reshape(-1)
-        return ufunc.reduceat(flat, self.starts, dtype=dtype)[self.foreground]
-
     def total(self, per_run: np.ndarray) -> np.ndarray:
         """Per object, the sum of ``per_run`` (exact for integers: int64 in, int64 out)."""
         if per_run.dtype.kind in "iub":
@@ -89,13 +83,6 @@ class LabelRuns:
         row, along = np.divmod(first, width)
         lead = list(np.unravel_index(row, self.shape[:-1])) if len(self.shape) > 1 else []
         return lead, along
-
-    def spread(self, per_object: np.ndarray) -> np.ndarray:
-        """A value per object laid on its voxels (flat, C order; 0 on the background)."""
-        every = np.zeros(len(self.starts), per_object.dtype)
-        every[self.foreground] = per_object[self.rows]
-        size = int(np.prod(self.shape))
-        return np.repeat(every, np.diff(np.append(self.starts, size)))
 
     def per_voxel_rows(self) -> np.ndarray:
         """The object of each foreground voxel, in C order (as ``labels[labels > 0]``)."""
