@@ -145,6 +145,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     def fn(tile):
         return ndimage.label(tile > 200)[0]
 
+    import dask.array  # the run below returns a dask array: its imports are not the file's
     reader = Registry(autoload=False).open_image(path)
     # warm up: thread pool, codecs and imports of a run count in the baseline, not the file
     tile_process(np.full((1024, 1024), 255, np.uint8), fn, tile_shape=(512, 512), overlap=8,
