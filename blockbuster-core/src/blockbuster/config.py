@@ -280,9 +280,10 @@ class Postprocessing:
 
     def written(self) -> list[tuple[str, str]]:
         """``(what, where)`` of every file it writes, in order."""
-        return ([("the labels grown without overlap", self.expanded)] if self.expanded else []) + \
-            ([("the relations table", self.relations)] if self.relations else []) + \
-            [("the polygons", path) for path in self.polygons]
+        files = [("the labels grown without overlap", self.expanded),
+                 ("the relations table", self.relations)]
+        files += [("the polygons", path) for path in self.polygons]
+        return [(what, where) for what, where in files if where]
 
 
 def postprocessing(config: RunConfig) -> Postprocessing:
