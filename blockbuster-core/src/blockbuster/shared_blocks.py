@@ -7,14 +7,19 @@ hands such chunks on through a run-scoped folder next to the staging area:
 
 - the parent tells it which task reads each tile (:meth:`SharedBlockCache.share`) before the
   run's job is sent to the workers; a block is *shared* when tiles of more than one task read it;
+- each worker claims the tasks it runs itself (:meth:`SharedBlockCache.claim_run`), walking
+  a lane of consecutive tasks (:func:`lane_walk`: two workers walk a lane from either end
+  towards each other), so the task that reads a block whole (its core) mostly runs on the
+  worker that decoded the block for the halo of the task before, and finds it in its own cache;
 - the first worker to need a shared block claims it (an exclusive create), decodes it and
-  publishes for each other task the part of it that task reads (one file each, often just a
-  halo strip) with an atomic write and rename; a worker that needs a block claimed by another
-  waits for its file (about one decode) and loads it, a copy instead of a decode or a GET;
+  publishes for each other task that reads *part* of it (a halo strip) that part, with an
+  atomic write and rename; a worker that needs a block claimed by another waits for its strip
+  (about one decode) and loads it, a small copy instead of a decode or a GET. Whole blocks
+  never cross processes: a task reading a block whole that another worker decoded (where
+  two lanes meet) decodes it again;
 - the parent deletes a task's files when the task has finished
   (:meth:`SharedBlockCache.finished`), and the whole folder at the end of the run, failed or
-  cancelled runs included (:meth:`SharedBlockCache.close`); tasks are handed out from lanes
-  far apart (:func:`in_lanes`), so workers seldom wait for each other.
+  cancelled runs included (:meth:`SharedBlockCache.close`).
 
 A claimant that fails removes its claim, and a waiter gives up after :data:`CLAIM_WAIT_S` and
 decodes the block itself: a missing or damaged file costs a decode, never a wrong tile.
@@ -35,6 +40,7 @@ import numpy as np
 
 from blockbuster.faults import write_failure
 from blockbuster.read_cache import BlockCache, _hull, _Part
+from blockbuster.worker import current_worker
 
 if TYPE_CHECKING:
     from blockbuster.image import ImageView
@@ -48,11 +54,13 @@ class SharedBlockCache(BlockCache):
     by one worker and loaded by the others from ``folder`` (see the module)."""
 
     def __init__(self, block_shape: tuple[int, ...], max_bytes: int, grid: TileGrid,
-                 folder: Path | None = None, task_of: np.ndarray | None = None):
+                 folder: Path | None = None, task_of: np.ndarray | None = None,
+                 runs: list[list[int]] | None = None):
         super().__init__(block_shape, max_bytes)
         self.grid = grid
         self.folder = folder
         self.task_of = task_of
+        self.runs = runs or []
         self._reading = threading.local()
         self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
@@ -68,6 +76,7 @@ class SharedBlockCache(BlockCache):
         except OSError as error:
             raise write_failure(error, folder, "the staging area") from error
         self.folder = Path(folder)
+        self.runs = runs
         self.task_of = np.full(len(self.grid), -1, np.int32)
         for task, run in enumerate(runs):
             self.task_of[run] = task
@@ -101,6 +110,19 @@ class SharedBlockCache(BlockCache):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- the workers' side ----------------------------------------------------------------
+    def claim_run(self) -> list[int]:
+        """The tiles of the next task this worker process runs: the first not yet claimed in
+        its :func:`lane_walk` (one per task the parent hands out, so one is always left)."""
+        worker = current_worker()
+        for task in lane_walk(len(self.runs), worker.index, worker.count):
+            try:
+                os.close(os.open(self.folder / f"run-{task}.claim",
+                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return self.runs[task]
+        return []
+
     def read(self, image: ImageView, region: tuple[slice, ...],
              tile: int | None = None) -> np.ndarray:
         self._reading.tile = tile
@@ -109,10 +131,17 @@ class SharedBlockCache(BlockCache):
     def _load(self, image: ImageView, position: tuple[int, ...],
               inside: tuple[slice, ...]) -> _Part:
         tile = getattr(self._reading, "tile", None)
-        others = self._read_by_others(position, image.shape, tile)
-        if not others:
+        readers = self._readers(position, image.shape)
+        if tile is None or len(readers) < 2:
             return super()._load(image, position, inside)
-        mine, claim = self._published(position, self.task_of[tile]), self._claim(position)
+        task, bounds = int(self.task_of[tile]), self._bounds(position, image.shape)
+        strips = {t: box for t, box in readers.items() if t != task and box != bounds}
+        claim = self._claim(position)
+        if readers.get(task) == bounds:  # read whole: decoded here, never loaded
+            if not _claimed(claim):  # another worker decoded it (for a halo) first
+                return super()._load(image, position, inside)
+            return self._decode_and_publish(image, position, inside, claim, strips)
+        mine = self._published(position, task)
         deadline = time.monotonic() + CLAIM_WAIT_S
         pause = 0.001
         while time.monotonic() < deadline:
@@ -122,40 +151,46 @@ class SharedBlockCache(BlockCache):
                     return part
                 break
             if _claimed(claim):  # the first to need it: decode it and hand it on
-                self._claimed_here.add(position)
-                try:
-                    part = super()._load(image, position, inside)
-                except BaseException:
-                    claim.unlink(missing_ok=True)  # the waiting workers try for themselves
-                    raise
-                self._publish(position, claim, part, others, image)
-                return part
+                return self._decode_and_publish(image, position, inside, claim, strips)
             if position in self._claimed_here:  # this process decoded it, for another task
                 break
             time.sleep(pause)  # another worker is decoding it
             pause = min(2 * pause, 0.02)
         return super()._load(image, position, inside)
 
-    def _read_by_others(self, position: tuple[int, ...], shape: tuple[int, ...],
-                        tile: int | None) -> dict[int, tuple[slice, ...]]:
-        """What each task other than ``tile``'s reads of the block at ``position``: the hull of
-        its padded tiles there, by task (none without a plan or a reading tile)."""
-        if self.folder is None or tile is None:
+    def _decode_and_publish(self, image: ImageView, position: tuple[int, ...],
+                            inside: tuple[slice, ...], claim: Path,
+                            strips: dict[int, tuple[slice, ...]]) -> _Part:
+        """Decode the block claimed here and publish for each task of ``strips`` its part."""
+        self._claimed_here.add(position)
+        try:
+            part = super()._load(image, position, inside)
+        except BaseException:
+            claim.unlink(missing_ok=True)  # the waiting workers try for themselves
+            raise
+        self._publish(claim, part, strips, position, image)
+        return part
+
+    def _readers(self, position: tuple[int, ...],
+                 shape: tuple[int, ...]) -> dict[int, tuple[slice, ...]]:
+        """What each task reads of the block at ``position``: the hull of its padded tiles
+        there, by task (none without a plan)."""
+        if self.folder is None:
             return {}
         bounds = self._bounds(position, shape)
         regions: dict[int, list[tuple[slice, ...]]] = {}
         for index in self._tiles_reading(bounds):
             task = int(self.task_of[index])
-            if task not in (-1, self.task_of[tile]):
+            if task != -1:
                 regions.setdefault(task, []).append(self.grid.tile(index).padded)
         return {task: _hull(found, bounds) for task, found in regions.items()}
 
-    def _publish(self, position: tuple[int, ...], claim: Path, part: _Part,
-                 others: dict[int, tuple[slice, ...]], image: ImageView) -> None:
-        """Write for each other task the part of the block it reads; if that fails, give the
+    def _publish(self, claim: Path, part: _Part, strips: dict[int, tuple[slice, ...]],
+                 position: tuple[int, ...], image: ImageView) -> None:
+        """Write for each task of ``strips`` its part of the block; if that fails, give the
         claim up so that the workers still waiting decode the block themselves."""
         try:
-            for task, box in others.items():
+            for task, box in strips.items():
                 _write_atomically(self._published(position, task), part.cropped(box, image))
         except OSError:
             claim.unlink(missing_ok=True)
@@ -175,11 +210,11 @@ class SharedBlockCache(BlockCache):
 
     def __getstate__(self):
         return {**super().__getstate__(), "grid": self.grid, "folder": self.folder,
-                "task_of": self.task_of}
+                "task_of": self.task_of, "runs": self.runs}
 
     def __setstate__(self, state):
         self.__init__(state["block_shape"], state["max_bytes"], state["grid"],
-                      state["folder"], state["task_of"])
+                      state["folder"], state["task_of"], state["runs"])
 
 
 def _claimed(claim: Path) -> bool:
@@ -218,12 +253,16 @@ def _load_published(path: Path) -> _Part | None:
     return _Part(tuple(slice(int(a), int(b)) for a, b in box), data)
 
 
-def in_lanes(runs: list[list[int]], workers: int) -> list[list[int]]:
-    """``runs`` (tasks in reading order) cut into ``workers`` lanes of consecutive runs and
-    taken from the lanes in turn, so that the tasks running at the same time lie apart and
-    their workers seldom wait for the same block; each lane still walks its tiles in order."""
-    if workers < 2 or len(runs) < 2 * workers:
-        return runs
-    size = -(-len(runs) // workers)
-    lanes = [runs[start:start + size] for start in range(0, len(runs), size)]
-    return [run for turn in itertools.zip_longest(*lanes) for run in turn if run is not None]
+def lane_walk(n_tasks: int, worker: int, workers: int) -> list[int]:
+    """The order in which worker ``worker`` of ``workers`` claims the ``n_tasks`` tasks (runs
+    of tiles in reading order): the tasks are cut into one lane per two workers, the first
+    of a pair walks its lane forward from the start, the second backward from the end, so
+    that they meet; then the other lanes, for a worker done before the rest."""
+    lanes = -(-workers // 2)
+    size = -(-n_tasks // lanes)
+    lane = min(worker // 2, lanes - 1)
+    start, stop = lane * size, min(n_tasks, (lane + 1) * size)
+    own = list(range(start, stop))
+    if worker % 2:
+        own.reverse()
+    return own + [task for task in range(n_tasks) if not start <= task < stop]
