@@ -221,6 +221,46 @@ def test_block_cache_assembles_tiles_exactly_and_frees_what_no_tile_wants(channe
     assert cache.size == 0
 
 
+@pytest.mark.parametrize("channels", [False, True])
+def test_a_tiles_own_blocks_are_decoded_into_its_buffer_and_its_halo_copied(tmp_path,
+                                                                             channels):
+    """From a zarr, a block that a tile to come reads whole is decoded straight into that
+    tile's padded buffer, which the tile's read returns after copying in only its halo (no
+    tile-sized copy); the strips later tiles want are copied out first, so a caller changing
+    the tile it got changes no other tile; the cache is empty after the last tile."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 1000, (96, 160, 3) if channels else (96, 160), dtype=np.uint16)
+    array = zarr.create_array(store=str(tmp_path / "image.zarr"), data=data,
+                              chunks=(16, 16, 3) if channels else (16, 16))
+    reader = DecodingInto(array)
+    view = ImageView.open(reader, channel_axis=2 if channels else None)
+    grid = TileGrid(view.shape, (16, 16), (3, 3))
+    plan = plan_block_reads(view, grid, max_bytes=2**30, shared=True)
+    cache = plan.cache
+    cache.expect(grid.tile(i).padded for i in plan.order)
+    in_place = 0
+    for i in plan.order:
+        tile = grid.tile(i)
+        got = cache.read(view, tile.padded)
+        assert np.array_equal(got, data[view._with_channels(tile.padded)])
+        in_place += any(got is base for base in reader.buffers)
+        got[...] = 7  # the caller's to change
+    assert in_place == len(grid) - 1  # all but the first: its halo decodes the next's blocks
+    assert cache.size == 0
+
+
+class DecodingInto(ArrayReader):
+    """A zarr array's reader keeping the buffers it was asked to decode into."""
+
+    def __init__(self, array):
+        super().__init__(array)
+        self.buffers = []
+
+    def read_into(self, region, out):
+        self.buffers.append(out.base)
+        super().read_into(region, out)
+
+
 def test_a_small_cache_walks_in_bands_and_stays_within_its_bytes():
     """A cache too small for a row of blocks walks narrower bands; it never holds more than its
     bytes, and only the band edges are read twice."""
