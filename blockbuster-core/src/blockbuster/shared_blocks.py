@@ -13,10 +13,12 @@ hands such chunks on through a run-scoped folder next to the staging area:
   worker that decoded the block for the halo of the task before, and finds it in its own cache;
 - the first worker to need a shared block claims it (an exclusive create), decodes it and
   publishes for each other task that reads *part* of it (a halo strip) that part, with an
-  atomic write and rename; a worker that needs a block claimed by another waits for its strip
-  (about one decode) and loads it, a small copy instead of a decode or a GET. Whole blocks
-  never cross processes: a task reading a block whole that another worker decoded (where
-  two lanes meet) decodes it again;
+  atomic write and rename; a worker that needs a block claimed by another waits for its file
+  (about one decode) and loads it, a small copy instead of a decode or a GET. A task that
+  reads the block whole gets it only if another worker has claimed that task already (where
+  lanes meet); otherwise it is most likely this worker's own next task, and the file says
+  so (an empty ``.none`` file): should another worker take it after all, it decodes the
+  block again;
 - the parent deletes a task's files when the task has finished
   (:meth:`SharedBlockCache.finished`), and the whole folder at the end of the run, failed or
   cancelled runs included (:meth:`SharedBlockCache.close`).
@@ -61,6 +63,7 @@ class SharedBlockCache(BlockCache):
         self.folder = folder
         self.task_of = task_of
         self.runs = runs or []
+        self._mine: set[int] = set()  # the tasks this process claimed
         self._reading = threading.local()
         self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
@@ -98,7 +101,9 @@ class SharedBlockCache(BlockCache):
             return
         task = int(self.task_of[tiles[0]])
         for position in self._blocks_of.pop(task, []):
-            self._published(position, task).unlink(missing_ok=True)
+            published = self._published(position, task)
+            published.unlink(missing_ok=True)
+            published.with_suffix(".none").unlink(missing_ok=True)
             self._users[position] -= 1
             if self._users[position] <= 0:
                 del self._users[position]
@@ -120,6 +125,7 @@ class SharedBlockCache(BlockCache):
                                  os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue
+            self._mine.add(task)
             return self.runs[task]
         return []
 
@@ -134,14 +140,9 @@ class SharedBlockCache(BlockCache):
         readers = self._readers(position, image.shape)
         if tile is None or len(readers) < 2:
             return super()._load(image, position, inside)
-        task, bounds = int(self.task_of[tile]), self._bounds(position, image.shape)
-        strips = {t: box for t, box in readers.items() if t != task and box != bounds}
-        claim = self._claim(position)
-        if readers.get(task) == bounds:  # read whole: decoded here, never loaded
-            if not _claimed(claim):  # another worker decoded it (for a halo) first
-                return super()._load(image, position, inside)
-            return self._decode_and_publish(image, position, inside, claim, strips)
-        mine = self._published(position, task)
+        task = int(self.task_of[tile])
+        others = {t: box for t, box in readers.items() if t != task}
+        claim, mine = self._claim(position), self._published(position, task)
         deadline = time.monotonic() + CLAIM_WAIT_S
         pause = 0.001
         while time.monotonic() < deadline:
@@ -151,24 +152,25 @@ class SharedBlockCache(BlockCache):
                     return part
                 break
             if _claimed(claim):  # the first to need it: decode it and hand it on
-                return self._decode_and_publish(image, position, inside, claim, strips)
-            if position in self._claimed_here:  # this process decoded it, for another task
-                break
+                return self._decode_and_publish(image, position, inside, claim, others)
+            if position in self._claimed_here or _not_published(mine):
+                break  # decoded here for another task, or not handed on to this one
             time.sleep(pause)  # another worker is decoding it
             pause = min(2 * pause, 0.02)
         return super()._load(image, position, inside)
 
     def _decode_and_publish(self, image: ImageView, position: tuple[int, ...],
                             inside: tuple[slice, ...], claim: Path,
-                            strips: dict[int, tuple[slice, ...]]) -> _Part:
-        """Decode the block claimed here and publish for each task of ``strips`` its part."""
+                            others: dict[int, tuple[slice, ...]]) -> _Part:
+        """Decode the block claimed here and publish for each of the ``others`` tasks its
+        part (see :meth:`_publish`)."""
         self._claimed_here.add(position)
         try:
             part = super()._load(image, position, inside)
         except BaseException:
             claim.unlink(missing_ok=True)  # the waiting workers try for themselves
             raise
-        self._publish(claim, part, strips, position, image)
+        self._publish(claim, part, others, position, image)
         return part
 
     def _readers(self, position: tuple[int, ...],
@@ -185,15 +187,27 @@ class SharedBlockCache(BlockCache):
                 regions.setdefault(task, []).append(self.grid.tile(index).padded)
         return {task: _hull(found, bounds) for task, found in regions.items()}
 
-    def _publish(self, claim: Path, part: _Part, strips: dict[int, tuple[slice, ...]],
+    def _publish(self, claim: Path, part: _Part, others: dict[int, tuple[slice, ...]],
                  position: tuple[int, ...], image: ImageView) -> None:
-        """Write for each task of ``strips`` its part of the block; if that fails, give the
-        claim up so that the workers still waiting decode the block themselves."""
+        """Write for each of the ``others`` tasks the part of the block it reads: a halo
+        strip; the whole block only for a task another worker has claimed, else a note that
+        there is none (the task most likely runs here next and finds the block cached). If
+        that fails, give the claim up so that the workers still waiting decode it
+        themselves."""
+        whole = part.box
         try:
-            for task, box in strips.items():
-                _write_atomically(self._published(position, task), part.cropped(box, image))
+            for task, box in others.items():
+                path = self._published(position, task)
+                if box != whole or self._run_elsewhere(task):
+                    _write_atomically(path, part.cropped(box, image))
+                else:
+                    _note_not_published(path)
         except OSError:
             claim.unlink(missing_ok=True)
+
+    def _run_elsewhere(self, task: int) -> bool:
+        """Whether another worker process has claimed ``task``."""
+        return task not in self._mine and (self.folder / f"run-{task}.claim").exists()
 
     def _tiles_reading(self, bounds: tuple[slice, ...]) -> list[int]:
         """The tiles whose padded window meets ``bounds``."""
@@ -240,6 +254,15 @@ def _write_atomically(path: Path, part: _Part) -> None:
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _note_not_published(path: Path) -> None:
+    """Say at ``path`` that nothing is published there (the reader decodes it itself)."""
+    os.close(os.open(path.with_suffix(".none"), os.O_CREAT | os.O_WRONLY))
+
+
+def _not_published(path: Path) -> bool:
+    return path.with_suffix(".none").exists()
 
 
 def _load_published(path: Path) -> _Part | None:
