@@ -250,6 +250,30 @@ def test_a_tiles_own_blocks_are_decoded_into_its_buffer_and_its_halo_copied(tmp_
     assert cache.size == 0
 
 
+def test_a_halo_copied_from_a_tile_handed_over_meanwhile_is_still_the_input(tmp_path):
+    """A thread that got a block living in another tile's buffer, and copies from it only
+    after that tile was read and changed by its caller, still copies the input (the strips
+    kept in its place), not the caller's changes."""
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    array = zarr.create_array(store=str(tmp_path / "image.zarr"), data=data, chunks=(16, 16))
+    view = ImageView.open(ArrayReader(array))
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    plan = plan_block_reads(view, grid, max_bytes=2**30, shared=True)
+    cache = plan.cache
+    cache.expect(grid.tile(i).padded for i in plan.order)
+    cache.read(view, grid.tile(0).padded)  # decodes tile 5's block into tile 5's buffer
+    halo = grid.tile(6).padded  # reads a strip of that block
+    inside = tuple(slice(max(h.start, 16), min(h.stop, 32)) for h in halo)
+    held = cache._part(view, (1, 1), inside)
+    assert held.buffer == grid.tile(5).padded
+    for i in [1, 2, 3, 4, 5]:
+        cache.read(view, grid.tile(i).padded)[...] = 0  # tile 5 handed over and changed
+    out = np.zeros([h.stop - h.start for h in halo], data.dtype)
+    cache._copy(out, halo, held, (1, 1), inside, view)
+    assert np.array_equal(out[tuple(slice(i.start - h.start, i.stop - h.start)
+                                    for i, h in zip(inside, halo))], data[inside])
+
+
 class DecodingInto(ArrayReader):
     """A zarr array's reader keeping the buffers it was asked to decode into."""
 

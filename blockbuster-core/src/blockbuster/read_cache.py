@@ -155,10 +155,23 @@ class BlockCache:
                 if image.channel_axis is not None:
                     shape.insert(image.channel_axis, part.data.shape[image.channel_axis])
                 out = np.empty(shape, part.data.dtype)
-            out[image._with_channels(_shifted(inside, region))] = part.data[
-                image._with_channels(_shifted(inside, part.box))]
+            self._copy(out, region, part, position, inside, image)
         self._served(positions, region, image)
         return out
+
+    def _copy(self, out: np.ndarray, region: tuple[slice, ...], part: _Part,
+              position: tuple[int, ...], inside: tuple[slice, ...], image: ImageView) -> None:
+        """``inside`` of ``part`` into ``out`` (holding ``region``). A part in the buffer of
+        another region is copied before that region is handed to its caller, who may change
+        it; if it has been meanwhile, the strips kept in its place are copied instead."""
+        target = out[image._with_channels(_shifted(inside, region))]
+        while part.buffer is not None:
+            with self._lock:
+                if _key(part.buffer) in self._buffers:  # not handed over yet
+                    target[...] = part.data[image._with_channels(_shifted(inside, part.box))]
+                    return
+            part = self._part(image, position, inside)
+        target[...] = part.data[image._with_channels(_shifted(inside, part.box))]
 
     def clear(self) -> None:
         with self._lock:
