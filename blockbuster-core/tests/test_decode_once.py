@@ -25,6 +25,7 @@ from blockbuster.builtin.arrays import ArrayReader
 from blockbuster.synthetic import nuclei
 from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
 from blockbuster.tiling import TileGrid
+from blockbuster.worker import WorkerInfo, set_thread_worker
 
 SIDE, CHUNK = 256, 32
 N_CHUNKS = (SIDE // CHUNK) ** 2
@@ -327,11 +328,12 @@ def test_a_failed_block_read_is_raised_and_read_again_next_time():
 
 
 def test_two_tasks_share_a_block_through_halo_strips_only(tmp_path):
-    """Two worker processes' caches (two objects here) share one folder: a block is decoded
-    by the first task that needs it, which publishes for each other task reading part of it
-    (a halo strip) that part, equal to a direct read; the task reading it whole runs on the
-    worker that decoded it and finds it in that worker's cache. Each block is decoded once,
-    no whole block is published, and each task's files go when it finishes."""
+    """Two worker processes' caches (two objects here) share one folder and claim their
+    tasks walking a lane from either end: a block is decoded by the first task that needs it,
+    which publishes for each other task reading part of it (a halo strip) that part, equal
+    to a direct read; the task reading it whole is the worker's next one and finds it in
+    that worker's cache. Each block is decoded once, no whole block is published, and each
+    task's files go when it finishes."""
     data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
     reader = CountingReader(data, (16, 16))
     view = ImageView.open(reader)
@@ -340,10 +342,16 @@ def test_two_tasks_share_a_block_through_halo_strips_only(tmp_path):
     parent = SharedBlockCache((16, 16), 2**20, grid)
     parent.share(tmp_path / "blocks", runs)
     first, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
-    for cache, task in [(first, 0), (second, 3), (second, 2), (first, 1)]:  # lanes meeting
-        for i in runs[task]:
-            assert np.array_equal(cache.read(view, grid.tile(i).padded, i),
-                                  data[grid.tile(i).padded])
+    try:
+        for cache, worker, task in [(first, 0, 0), (second, 1, 3), (second, 1, 2),
+                                    (first, 0, 1)]:  # two workers walking the lane, meeting
+            set_thread_worker(WorkerInfo(worker, 2))
+            assert cache.claim_run() == runs[task]
+            for i in runs[task]:
+                assert np.array_equal(cache.read(view, grid.tile(i).padded, i),
+                                      data[grid.tile(i).padded])
+    finally:
+        set_thread_worker(WorkerInfo(0, 1))
     assert sorted(map(str, reader.reads)) == sorted(
         map(str, {str(b): b for b in reader.reads}.values()))  # each block decoded once
     assert len(reader.reads) == 16

@@ -15,10 +15,10 @@ hands such chunks on through a run-scoped folder next to the staging area:
   publishes for each other task that reads *part* of it (a halo strip) that part, with an
   atomic write and rename; a worker that needs a block claimed by another waits for its file
   (about one decode) and loads it, a small copy instead of a decode or a GET. A task that
-  reads the block whole gets it only if another worker has claimed that task already (where
-  lanes meet); otherwise it is most likely this worker's own next task, and the file says
-  so (an empty ``.none`` file): should another worker take it after all, it decodes the
-  block again;
+  reads the block whole gets it too, unless it is the next task of this worker's walk (the
+  next row of a lane of rows): then it most likely finds the block in this worker's cache,
+  and the file says so (an empty ``.none`` file); should the other worker take it after all
+  (where they meet), it decodes the block again;
 - the parent deletes a task's files when the task has finished
   (:meth:`SharedBlockCache.finished`), and the whole folder at the end of the run, failed or
   cancelled runs included (:meth:`SharedBlockCache.close`).
@@ -63,7 +63,8 @@ class SharedBlockCache(BlockCache):
         self.folder = folder
         self.task_of = task_of
         self.runs = runs or []
-        self._mine: set[int] = set()  # the tasks this process claimed
+        self._walk: list[int] = []  # the order in which this process claims tasks
+        self._walked = 0  # how far along it this process has claimed
         self._reading = threading.local()
         self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
@@ -118,14 +119,16 @@ class SharedBlockCache(BlockCache):
     def claim_run(self) -> list[int]:
         """The tiles of the next task this worker process runs: the first not yet claimed in
         its :func:`lane_walk` (one per task the parent hands out, so one is always left)."""
-        worker = current_worker()
-        for task in lane_walk(len(self.runs), worker.index, worker.count):
+        if not self._walk:
+            worker = current_worker()
+            self._walk = lane_walk(len(self.runs), worker.index, worker.count)
+        for step in range(self._walked, len(self._walk)):
+            task = self._walk[step]
             try:
-                os.close(os.open(self.folder / f"run-{task}.claim",
-                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.close(os.open(self._run_claim(task), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue
-            self._mine.add(task)
+            self._walked = step + 1
             return self.runs[task]
         return []
 
@@ -189,25 +192,28 @@ class SharedBlockCache(BlockCache):
 
     def _publish(self, claim: Path, part: _Part, others: dict[int, tuple[slice, ...]],
                  position: tuple[int, ...], image: ImageView) -> None:
-        """Write for each of the ``others`` tasks the part of the block it reads: a halo
-        strip; the whole block only for a task another worker has claimed, else a note that
-        there is none (the task most likely runs here next and finds the block cached). If
-        that fails, give the claim up so that the workers still waiting decode it
-        themselves."""
-        whole = part.box
+        """Write for each of the ``others`` tasks the part of the block it reads (a halo strip,
+        or the whole block), except for this process's next task, which most likely runs here
+        and finds the block cached: a note that there is none. If that fails, give the claim
+        up so that the workers still waiting decode it themselves."""
+        whole, mine_next = part.box, self._next_task()
         try:
             for task, box in others.items():
                 path = self._published(position, task)
-                if box != whole or self._run_elsewhere(task):
+                if box != whole or task != mine_next:
                     _write_atomically(path, part.cropped(box, image))
                 else:
                     _note_not_published(path)
         except OSError:
             claim.unlink(missing_ok=True)
 
-    def _run_elsewhere(self, task: int) -> bool:
-        """Whether another worker process has claimed ``task``."""
-        return task not in self._mine and (self.folder / f"run-{task}.claim").exists()
+    def _next_task(self) -> int | None:
+        """The task this process would claim next (the first unclaimed along its walk)."""
+        return next((task for task in self._walk[self._walked:]
+                     if not self._run_claim(task).exists()), None)
+
+    def _run_claim(self, task: int) -> Path:
+        return self.folder / f"run-{task}.claim"
 
     def _tiles_reading(self, bounds: tuple[slice, ...]) -> list[int]:
         """The tiles whose padded window meets ``bounds``."""
