@@ -18,11 +18,14 @@ from blockbuster import tile_process
 from blockbuster.errors import TileFunctionError
 from blockbuster.image import ImageView
 from blockbuster.read_cache import BlockCache, plan_block_reads
-from blockbuster.shared_blocks import SharedBlockCache
+from blockbuster import shared_blocks
+from blockbuster.builtin.executors import ProcessExecutor
+from blockbuster.shared_blocks import SharedBlockCache, lane_walk
 from blockbuster.builtin.arrays import ArrayReader
 from blockbuster.synthetic import nuclei
 from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
 from blockbuster.tiling import TileGrid
+from blockbuster.worker import WorkerInfo, set_thread_worker
 
 SIDE, CHUNK = 256, 32
 N_CHUNKS = (SIDE // CHUNK) ** 2
@@ -100,6 +103,41 @@ def test_worker_processes_hand_on_the_chunks_they_share(counted, image, tmp_path
     assert log.per_chunk(N_CHUNKS) <= 1.2, f"{log.per_chunk(N_CHUNKS):.2f} decodes per chunk"
     assert np.array_equal(labels, serial)
     assert not (tmp_path / "labels.zarr.stage").exists()
+
+
+def test_worker_processes_hand_on_halo_strips_not_whole_blocks(counted, image, tmp_path,
+                                                              monkeypatch):
+    """Each worker walks a lane of rows of tiles and keeps the blocks it decoded for the next
+    row's halo: between the two processes go halo strips (``overlap`` rows of a block), whole
+    blocks only where the lanes meet, and each chunk is still decoded about once."""
+    array, log = counted
+    sizes = tmp_path / "published.log"
+    monkeypatch.setattr(shared_blocks, "_write_atomically", _LoggedWrite(str(sizes)))
+    overlap, itemsize = 4, image.dtype.itemsize
+    labels = tile_process(array, components, tile_shape=(CHUNK, CHUNK), overlap=overlap,
+                          executor=ProcessExecutor(2, start_method="fork"),  # keeps the patch
+                          write_to=tmp_path / "labels.zarr", compute=True)
+    published = [int(line) for line in sizes.read_text().split()]
+    strips = 2 * overlap * SIDE * (SIDE // CHUNK) * itemsize  # two per row of blocks at most
+    whole_row = CHUNK * SIDE * itemsize  # whole blocks go only where the two lanes meet
+    assert published and sum(published) <= strips + 2 * whole_row  # was 6 rows of them
+    assert log.per_chunk(N_CHUNKS) <= 1.2, f"{log.per_chunk(N_CHUNKS):.2f} decodes per chunk"
+    assert_same_labels(components(image), labels)
+
+
+class _LoggedWrite:
+    """``shared_blocks._write_atomically``, logging the bytes of each part it publishes."""
+
+    def __init__(self, log: str):
+        self.log, self.write = log, shared_blocks._write_atomically
+
+    def __call__(self, path, part):
+        handle = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(handle, f"{part.data.nbytes}\n".encode())
+        finally:
+            os.close(handle)
+        self.write(path, part)
 
 
 def test_a_failed_processes_run_leaves_no_shared_blocks_and_resumes_the_same(
@@ -185,6 +223,70 @@ def test_block_cache_assembles_tiles_exactly_and_frees_what_no_tile_wants(channe
     assert cache.size == 0
 
 
+@pytest.mark.parametrize("channels", [False, True])
+def test_a_tiles_own_blocks_are_decoded_into_its_buffer_and_its_halo_copied(tmp_path,
+                                                                             channels):
+    """From a zarr, a block that a tile to come reads whole is decoded straight into that
+    tile's padded buffer, which the tile's read returns after copying in only its halo (no
+    tile-sized copy); the strips later tiles want are copied out first, so a caller changing
+    the tile it got changes no other tile; the cache is empty after the last tile."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 1000, (96, 160, 3) if channels else (96, 160), dtype=np.uint16)
+    array = zarr.create_array(store=str(tmp_path / "image.zarr"), data=data,
+                              chunks=(16, 16, 3) if channels else (16, 16))
+    reader = DecodingInto(array)
+    view = ImageView.open(reader, channel_axis=2 if channels else None)
+    grid = TileGrid(view.shape, (16, 16), (3, 3))
+    plan = plan_block_reads(view, grid, max_bytes=2**30, shared=True)
+    cache = plan.cache
+    cache.expect(grid.tile(i).padded for i in plan.order)
+    in_place = 0
+    for i in plan.order:
+        tile = grid.tile(i)
+        got = cache.read(view, tile.padded)
+        assert np.array_equal(got, data[view._with_channels(tile.padded)])
+        in_place += any(got is base for base in reader.buffers)
+        got[...] = 7  # the caller's to change
+    assert in_place == len(grid) - 1  # all but the first: its halo decodes the next's blocks
+    assert cache.size == 0
+
+
+def test_a_halo_copied_from_a_tile_handed_over_meanwhile_is_still_the_input(tmp_path):
+    """A thread that got a block living in another tile's buffer, and copies from it only
+    after that tile was read and changed by its caller, still copies the input (the strips
+    kept in its place), not the caller's changes."""
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    array = zarr.create_array(store=str(tmp_path / "image.zarr"), data=data, chunks=(16, 16))
+    view = ImageView.open(ArrayReader(array))
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    plan = plan_block_reads(view, grid, max_bytes=2**30, shared=True)
+    cache = plan.cache
+    cache.expect(grid.tile(i).padded for i in plan.order)
+    cache.read(view, grid.tile(0).padded)  # decodes tile 5's block into tile 5's buffer
+    halo = grid.tile(6).padded  # reads a strip of that block
+    inside = tuple(slice(max(h.start, 16), min(h.stop, 32)) for h in halo)
+    held = cache._part(view, (1, 1), inside)
+    assert held.buffer == grid.tile(5).padded
+    for i in [1, 2, 3, 4, 5]:
+        cache.read(view, grid.tile(i).padded)[...] = 0  # tile 5 handed over and changed
+    out = np.zeros([h.stop - h.start for h in halo], data.dtype)
+    cache._copy(out, halo, held, (1, 1), inside, view)
+    assert np.array_equal(out[tuple(slice(i.start - h.start, i.stop - h.start)
+                                    for i, h in zip(inside, halo))], data[inside])
+
+
+class DecodingInto(ArrayReader):
+    """A zarr array's reader keeping the buffers it was asked to decode into."""
+
+    def __init__(self, array):
+        super().__init__(array)
+        self.buffers = []
+
+    def read_into(self, region, out):
+        self.buffers.append(out.base)
+        super().read_into(region, out)
+
+
 def test_a_small_cache_walks_in_bands_and_stays_within_its_bytes():
     """A cache too small for a row of blocks walks narrower bands; it never holds more than its
     bytes, and only the band edges are read twice."""
@@ -225,10 +327,13 @@ def test_a_failed_block_read_is_raised_and_read_again_next_time():
     assert np.array_equal(cache.read(view, (slice(0, 40), slice(0, 40))), data[:40, :40])
 
 
-def test_a_block_two_tasks_read_is_decoded_by_the_first_and_loaded_by_the_other(tmp_path):
-    """Two worker processes' caches (two objects here) share one folder: the second task's
-    read loads the first one's block from it, equal to a direct read; each task's files go
-    when it finishes, and a block whose claimant failed is read by the next who needs it."""
+def test_two_tasks_share_a_block_through_halo_strips_only(tmp_path):
+    """Two worker processes' caches (two objects here) share one folder and claim their
+    tasks walking a lane from either end: a block is decoded by the first task that needs it,
+    which publishes for each other task reading part of it (a halo strip) that part, equal
+    to a direct read; the task reading it whole is the worker's next one and finds it in
+    that worker's cache. Each block is decoded once, no whole block is published, and each
+    task's files go when it finishes."""
     data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
     reader = CountingReader(data, (16, 16))
     view = ImageView.open(reader)
@@ -237,24 +342,55 @@ def test_a_block_two_tasks_read_is_decoded_by_the_first_and_loaded_by_the_other(
     parent = SharedBlockCache((16, 16), 2**20, grid)
     parent.share(tmp_path / "blocks", runs)
     first, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
-    for i in runs[0]:
-        assert np.array_equal(first.read(view, grid.tile(i).padded, i), data[grid.tile(i).padded])
-    decoded = len(reader.reads)
-    assert decoded == 8  # its own row of blocks and the next
-    for i in runs[1]:
-        assert np.array_equal(second.read(view, grid.tile(i).padded, i),
-                              data[grid.tile(i).padded])
-    assert len(reader.reads) == decoded + 4  # row 1 loaded from the folder; row 2 decoded
+    try:
+        for cache, worker, task in [(first, 0, 0), (second, 1, 3), (second, 1, 2),
+                                    (first, 0, 1)]:  # two workers walking the lane, meeting
+            set_thread_worker(WorkerInfo(worker, 2))
+            assert cache.claim_run() == runs[task]
+            for i in runs[task]:
+                assert np.array_equal(cache.read(view, grid.tile(i).padded, i),
+                                      data[grid.tile(i).padded])
+    finally:
+        set_thread_worker(WorkerInfo(0, 1))
+    assert sorted(map(str, reader.reads)) == sorted(
+        map(str, {str(b): b for b in reader.reads}.values()))  # each block decoded once
+    assert len(reader.reads) == 16
+    published = list((tmp_path / "blocks").glob("*.npy"))
+    assert published and all(_published_rows(path) == 2 for path in published)  # the halo
     parent.finished(runs[1])
     assert not list((tmp_path / "blocks").glob("*.1.npy"))
-    failing = SharedBlockCache.__new__(SharedBlockCache)
-    failing.__setstate__(parent.__getstate__())
+    parent.close()
+    assert not (tmp_path / "blocks").exists()
+
+
+def _published_rows(path) -> int:
+    with open(path, "rb") as handle:
+        box = np.load(handle)
+    return int(box[0, 1] - box[0, 0])
+
+
+def test_a_block_whose_claimant_failed_is_read_by_the_next_who_needs_it(tmp_path):
+    """A worker failing to decode a block it claimed gives the claim up: the next worker
+    needing the block decodes it instead of waiting for it."""
+    data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    view = ImageView.open(CountingReader(data, (16, 16)))
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    parent = SharedBlockCache((16, 16), 2**20, grid)
+    parent.share(tmp_path / "blocks", [list(range(k, k + 4)) for k in range(0, 16, 4)])
+    failing, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
     broken = CountingReader(data, (16, 16))
     broken.read = lambda region: (_ for _ in ()).throw(OSError("connection reset"))
     with pytest.raises(OSError, match="connection reset"):
-        failing.read(ImageView.open(broken), grid.tile(12).padded, 12)
-    assert not list((tmp_path / "blocks").glob("3_*.claim"))  # given up for the next reader
-    assert np.array_equal(second.read(view, grid.tile(12).padded, 12),
-                          data[grid.tile(12).padded])  # not left waiting on the failed claim
+        failing.read(ImageView.open(broken), grid.tile(4).padded, 4)  # row 1: row 0's halo
+    assert not list((tmp_path / "blocks").glob("*.claim"))  # given up for the next reader
+    assert np.array_equal(second.read(view, grid.tile(4).padded, 4),
+                          data[grid.tile(4).padded])  # not left waiting on the failed claim
     parent.close()
-    assert not (tmp_path / "blocks").exists()
+
+
+def test_each_worker_walks_its_lane_and_two_workers_meet():
+    """Worker pairs walk a lane of consecutive tasks from either end; then the others."""
+    assert lane_walk(6, 0, 2) == [0, 1, 2, 3, 4, 5]
+    assert lane_walk(6, 1, 2) == [5, 4, 3, 2, 1, 0]
+    assert lane_walk(6, 2, 3) == [3, 4, 5, 0, 1, 2]
+    assert lane_walk(3, 0, 1) == [0, 1, 2]

@@ -92,6 +92,16 @@ class ImageView:
         """The tile at the spatial ``region``, channels included (at the channel axis)."""
         return self.reader.read(self._with_channels(region))
 
+    @property
+    def reads_into(self) -> bool:
+        """Whether the reader decodes into a caller's buffer (its optional ``read_into``)."""
+        return bool(getattr(self.reader, "reads_into", False))
+
+    def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
+        """The spatial ``region`` read into ``out`` (channels included), where
+        :attr:`reads_into`."""
+        self.reader.read_into(self._with_channels(region), out)
+
     def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
         """The stored chunks under the spatial ``region`` the reader cannot read, where it can
         tell (its optional ``unreadable_chunks``); else ``[]``."""

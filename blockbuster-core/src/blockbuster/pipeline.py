@@ -63,13 +63,21 @@ from blockbuster.progress import Listener, Progress
 from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
-from blockbuster.shared_blocks import SharedBlockCache, in_lanes
+from blockbuster.shared_blocks import SharedBlockCache
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, write_table
 from blockbuster.tiling import Tile
 from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
-from blockbuster.tasks import Job, batches, merge_task, overlap_task, relabel_task, segment_task
+from blockbuster.tasks import (
+    Job,
+    batches,
+    merge_task,
+    overlap_task,
+    relabel_task,
+    segment_claimed_task,
+    segment_task,
+)
 from blockbuster.worker import usable_cores
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
@@ -385,8 +393,6 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
     stages = ("segment", "merge", "stitch", "relabel") if job.merge == "iou" else (
         "segment", "merge", "relabel")
     runs = _runs([i for i in order if i not in done], job, executor.workers)
-    if isinstance(job.blocks, SharedBlockCache):
-        runs = in_lanes(runs, executor.workers)
     with _sharing_blocks(job, runs), Progress(progress, len(job.grid), stages) as bar, \
             executor.start(job) as pool:
         counts = _segment_all(pool, job, done, bar, stats, runs)
@@ -609,7 +615,10 @@ def _segment_all(pool, job: Job, done: dict[int, int], bar: Progress, stats: Run
     if job.blocks is not None and not between_processes:  # threads: one cache, told every read
         job.blocks.expect(job.grid.tile(i).padded for run in runs for i in run)
     failed = []
-    with _results(pool, segment_task, runs) as results:
+    task, items = segment_task, runs
+    if between_processes:  # each worker claims its next run itself, along its lane
+        task, items = segment_claimed_task, range(len(runs))
+    with _results(pool, task, items) as results:
         for result in results:
             if between_processes:  # free the blocks handed on that no task reads any more
                 job.blocks.finished([i for i, _ in result.counts]

@@ -111,7 +111,11 @@ class BlockCache:
 
     Told which regions will be read (:meth:`expect`), the cache keeps of each block only the
     part those still to come will read: a block whose own tile has been read shrinks to the
-    halo strips its later neighbours want, and goes when the last of them has read it.
+    halo strips its later neighbours want, and goes when the last of them has read it. A
+    reader that decodes into a caller's buffer (zarr) decodes a block that a region to come
+    reads whole straight into that region's padded buffer, so reading the region copies only
+    its halo into it; the strips its neighbours still want are copied out when it is read,
+    as the caller may change it.
     """
 
     def __init__(self, block_shape: tuple[int, ...], max_bytes: int):
@@ -120,6 +124,7 @@ class BlockCache:
         self._blocks: OrderedDict[tuple[int, ...], _Part] = OrderedDict()
         self._loading: dict[tuple[int, ...], Future] = {}
         self._wanted: dict[tuple[int, ...], list[tuple[slice, ...]]] = {}
+        self._buffers: dict[tuple, np.ndarray | None] = {}  # by _key(region); None: being read
         self._size = 0
         self._lock = threading.Lock()
 
@@ -135,25 +140,44 @@ class BlockCache:
         """The tile at the spatial ``region``, as ``image.read(region)`` returns it (``tile``:
         the index of the tile read, for caches shared between tasks)."""
         region = tuple(region)
-        out = None
+        with self._lock:  # blocks decoded into its buffer already; none from now on
+            out = self._buffers.get(_key(region))
+            self._buffers[_key(region)] = None
+        prebuilt = out is not None
         positions = self._positions(region)
         for position in positions:
             inside = _intersection(region, self._bounds(position, image.shape))
             part = self._part(image, position, inside)
+            if prebuilt and part.buffer == region:
+                continue  # decoded in place
             if out is None:
                 shape = [s.stop - s.start for s in region]
                 if image.channel_axis is not None:
                     shape.insert(image.channel_axis, part.data.shape[image.channel_axis])
                 out = np.empty(shape, part.data.dtype)
-            out[image._with_channels(_shifted(inside, region))] = part.data[
-                image._with_channels(_shifted(inside, part.box))]
+            self._copy(out, region, part, position, inside, image)
         self._served(positions, region, image)
         return out
+
+    def _copy(self, out: np.ndarray, region: tuple[slice, ...], part: _Part,
+              position: tuple[int, ...], inside: tuple[slice, ...], image: ImageView) -> None:
+        """``inside`` of ``part`` into ``out`` (holding ``region``). A part in the buffer of
+        another region is copied before that region is handed to its caller, who may change
+        it; if it has been meanwhile, the strips kept in its place are copied instead."""
+        target = out[image._with_channels(_shifted(inside, region))]
+        while part.buffer is not None:
+            with self._lock:
+                if _key(part.buffer) in self._buffers:  # not handed over yet
+                    target[...] = part.data[image._with_channels(_shifted(inside, part.box))]
+                    return
+            part = self._part(image, position, inside)
+        target[...] = part.data[image._with_channels(_shifted(inside, part.box))]
 
     def clear(self) -> None:
         with self._lock:
             self._blocks.clear()
             self._wanted.clear()
+            self._buffers.clear()
             self._size = 0
 
     @property
@@ -174,9 +198,10 @@ class BlockCache:
         """The cached part of the block at ``position`` holding ``inside``, read if need be."""
         with self._lock:
             found = self._blocks.get(position)
-            if found is not None and found.holds(inside):
+            held = found.holding(inside) if found is not None else None
+            if held is not None:
                 self._blocks.move_to_end(position)
-                return found
+                return held
             pending = self._loading.get(position)
             mine = pending is None
             if mine:
@@ -199,25 +224,51 @@ class BlockCache:
 
     def _load(self, image: ImageView, position: tuple[int, ...],
               inside: tuple[slice, ...]) -> _Part:
-        """The block at ``position`` read from the image (a decode), holding ``inside``."""
+        """The block at ``position`` read from the image (a decode), holding ``inside``:
+        into the buffer of a region to come that reads it whole, where the reader can."""
         box = self._bounds(position, image.shape)
-        return _Part(box, image.read(box))
+        into = self._buffer_for(image, position, box) if image.reads_into else None
+        if into is None:
+            return _Part(box, image.read(box))
+        region, buffer = into
+        view = buffer[image._with_channels(_shifted(box, region))]
+        image.read_into(box, view)
+        return _Part(box, view, region)
+
+    def _buffer_for(self, image: ImageView, position: tuple[int, ...],
+                    box: tuple[slice, ...]) -> tuple[tuple[slice, ...], np.ndarray] | None:
+        """The first region told (and not being read yet) that reads all of ``box``, and its
+        padded buffer, made here for its first block; ``None`` if there is none."""
+        with self._lock:
+            for region in self._wanted.get(position, ()):
+                if not _Part(region, None).holds(box):
+                    continue
+                if _key(region) not in self._buffers:
+                    shape = [s.stop - s.start for s in region]
+                    if image.channel_axis is not None:
+                        shape.insert(image.channel_axis, image.channels)
+                    self._buffers[_key(region)] = np.empty(shape, image.dtype)
+                buffer = self._buffers[_key(region)]
+                if buffer is not None:
+                    return region, buffer
+        return None
 
     def _keep(self, position: tuple[int, ...], part: _Part) -> None:
         old = self._blocks.pop(position, None)
         if old is not None:
-            self._size -= old.data.nbytes
-        if part.data.nbytes > self.max_bytes:
+            self._size -= old.nbytes
+        if part.nbytes > self.max_bytes:
             return
         self._blocks[position] = part
-        self._size += part.data.nbytes
+        self._size += part.nbytes
         while self._size > self.max_bytes:
-            self._size -= self._blocks.popitem(last=False)[1].data.nbytes
+            self._size -= self._blocks.popitem(last=False)[1].nbytes
 
     def _served(self, positions: list[tuple[int, ...]], region: tuple[slice, ...],
                 image: ImageView) -> None:
         """``region`` is read: keep of each of its blocks only what later reads want."""
         with self._lock:
+            self._buffers.pop(_key(region), None)  # no block to come is decoded for it any more
             for position in positions:
                 wanted = self._wanted.get(position)
                 if not wanted or region not in wanted:
@@ -228,11 +279,11 @@ class BlockCache:
                     del self._wanted[position]
                     if part is not None:
                         del self._blocks[position]
-                        self._size -= part.data.nbytes
+                        self._size -= part.nbytes
                 elif part is not None:
-                    smaller = part.cropped(_hull(wanted, self._bounds(position, image.shape)),
-                                           image)
-                    self._size += smaller.data.nbytes - part.data.nbytes
+                    smaller = part.kept_for(wanted, self._bounds(position, image.shape), region,
+                                            image)
+                    self._size += smaller.nbytes - part.nbytes
                     self._blocks[position] = smaller
 
     def __getstate__(self):
@@ -247,19 +298,69 @@ class BlockCache:
 
 @dataclass(frozen=True)
 class _Part:
-    """A cached box of one block: its spatial ``box`` and the decoded ``data`` there."""
+    """A cached box of one block: its spatial ``box`` and the decoded ``data`` there (a view
+    of the padded buffer of the region ``buffer`` when it was decoded into one)."""
 
     box: tuple[slice, ...]
     data: np.ndarray
+    buffer: tuple[slice, ...] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
 
     def holds(self, inside: tuple[slice, ...]) -> bool:
         return all(b.start <= i.start and i.stop <= b.stop for b, i in zip(self.box, inside))
+
+    def holding(self, inside: tuple[slice, ...]) -> _Part | None:
+        return self if self.holds(inside) else None
+
+    def kept_for(self, wanted: list[tuple[slice, ...]], bounds: tuple[slice, ...],
+                 read: tuple[slice, ...], image: ImageView) -> _Part | _Strips:
+        """What to keep of this part of the block within ``bounds`` once the region ``read``
+        has been read, for the regions still ``wanted``: the box holding them all; copies of
+        each one's strip if this part lives in ``read``'s buffer (handed to the caller)."""
+        if self.buffer != read:
+            return self.cropped(_hull(wanted, bounds), image)
+        boxes = []
+        for box in (_intersection(w, bounds) for w in wanted):
+            if box not in boxes:
+                boxes.append(box)
+        boxes = [b for b in boxes if not any(o != b and _Part(o, None).holds(b) for o in boxes)]
+        return _Strips(tuple(_Part(b, self.data[image._with_channels(_shifted(b, self.box))]
+                                   .copy()) for b in boxes))
 
     def cropped(self, box: tuple[slice, ...], image: ImageView) -> _Part:
         """This part cut down to ``box`` (a copy, so the rest is freed); itself if no smaller."""
         if box == self.box:
             return self
         return _Part(box, self.data[image._with_channels(_shifted(box, self.box))].copy())
+
+
+@dataclass(frozen=True)
+class _Strips:
+    """Separate parts of one block: the strips later regions read of a block whose own
+    region has been read from its buffer."""
+
+    parts: tuple[_Part, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in self.parts)
+
+    def holding(self, inside: tuple[slice, ...]) -> _Part | None:
+        return next((part for part in self.parts if part.holds(inside)), None)
+
+    def kept_for(self, wanted: list[tuple[slice, ...]], bounds: tuple[slice, ...],
+                 read: tuple[slice, ...], image: ImageView) -> _Strips:
+        """The strips some region still ``wanted`` reads."""
+        boxes = [_intersection(w, bounds) for w in wanted]
+        return _Strips(tuple(p for p in self.parts if any(p.holds(b) for b in boxes)))
+
+
+def _key(region: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
+    """``region`` as a dict key (slices are not hashable before Python 3.12)."""
+    return tuple((s.start, s.stop) for s in region)
 
 
 def _intersection(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:

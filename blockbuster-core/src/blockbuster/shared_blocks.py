@@ -7,14 +7,21 @@ hands such chunks on through a run-scoped folder next to the staging area:
 
 - the parent tells it which task reads each tile (:meth:`SharedBlockCache.share`) before the
   run's job is sent to the workers; a block is *shared* when tiles of more than one task read it;
+- each worker claims the tasks it runs itself (:meth:`SharedBlockCache.claim_run`), walking
+  a lane of consecutive tasks (:func:`lane_walk`: two workers walk a lane from either end
+  towards each other), so the task that reads a block whole (its core) mostly runs on the
+  worker that decoded the block for the halo of the task before, and finds it in its own cache;
 - the first worker to need a shared block claims it (an exclusive create), decodes it and
-  publishes for each other task the part of it that task reads (one file each, often just a
-  halo strip) with an atomic write and rename; a worker that needs a block claimed by another
-  waits for its file (about one decode) and loads it, a copy instead of a decode or a GET;
+  publishes for each other task that reads *part* of it (a halo strip) that part, with an
+  atomic write and rename; a worker that needs a block claimed by another waits for its file
+  (about one decode) and loads it, a small copy instead of a decode or a GET. A task that
+  reads the block whole gets it too, unless it is the next task of this worker's walk (the
+  next row of a lane of rows): then it most likely finds the block in this worker's cache,
+  and the file says so (an empty ``.none`` file); should the other worker take it after all
+  (where they meet), it decodes the block again;
 - the parent deletes a task's files when the task has finished
   (:meth:`SharedBlockCache.finished`), and the whole folder at the end of the run, failed or
-  cancelled runs included (:meth:`SharedBlockCache.close`); tasks are handed out from lanes
-  far apart (:func:`in_lanes`), so workers seldom wait for each other.
+  cancelled runs included (:meth:`SharedBlockCache.close`).
 
 A claimant that fails removes its claim, and a waiter gives up after :data:`CLAIM_WAIT_S` and
 decodes the block itself: a missing or damaged file costs a decode, never a wrong tile.
@@ -35,6 +42,7 @@ import numpy as np
 
 from blockbuster.faults import write_failure
 from blockbuster.read_cache import BlockCache, _hull, _Part
+from blockbuster.worker import current_worker
 
 if TYPE_CHECKING:
     from blockbuster.image import ImageView
@@ -48,11 +56,15 @@ class SharedBlockCache(BlockCache):
     by one worker and loaded by the others from ``folder`` (see the module)."""
 
     def __init__(self, block_shape: tuple[int, ...], max_bytes: int, grid: TileGrid,
-                 folder: Path | None = None, task_of: np.ndarray | None = None):
+                 folder: Path | None = None, task_of: np.ndarray | None = None,
+                 runs: list[list[int]] | None = None):
         super().__init__(block_shape, max_bytes)
         self.grid = grid
         self.folder = folder
         self.task_of = task_of
+        self.runs = runs or []
+        self._walk: list[int] = []  # the order in which this process claims tasks
+        self._walked = 0  # how far along it this process has claimed
         self._reading = threading.local()
         self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
@@ -68,6 +80,7 @@ class SharedBlockCache(BlockCache):
         except OSError as error:
             raise write_failure(error, folder, "the staging area") from error
         self.folder = Path(folder)
+        self.runs = runs
         self.task_of = np.full(len(self.grid), -1, np.int32)
         for task, run in enumerate(runs):
             self.task_of[run] = task
@@ -89,7 +102,9 @@ class SharedBlockCache(BlockCache):
             return
         task = int(self.task_of[tiles[0]])
         for position in self._blocks_of.pop(task, []):
-            self._published(position, task).unlink(missing_ok=True)
+            published = self._published(position, task)
+            published.unlink(missing_ok=True)
+            published.with_suffix(".none").unlink(missing_ok=True)
             self._users[position] -= 1
             if self._users[position] <= 0:
                 del self._users[position]
@@ -101,6 +116,22 @@ class SharedBlockCache(BlockCache):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- the workers' side ----------------------------------------------------------------
+    def claim_run(self) -> list[int]:
+        """The tiles of the next task this worker process runs: the first not yet claimed in
+        its :func:`lane_walk` (one per task the parent hands out, so one is always left)."""
+        if not self._walk:
+            worker = current_worker()
+            self._walk = lane_walk(len(self.runs), worker.index, worker.count)
+        for step in range(self._walked, len(self._walk)):
+            task = self._walk[step]
+            try:
+                os.close(os.open(self._run_claim(task), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            self._walked = step + 1
+            return self.runs[task]
+        return []
+
     def read(self, image: ImageView, region: tuple[slice, ...],
              tile: int | None = None) -> np.ndarray:
         self._reading.tile = tile
@@ -109,10 +140,12 @@ class SharedBlockCache(BlockCache):
     def _load(self, image: ImageView, position: tuple[int, ...],
               inside: tuple[slice, ...]) -> _Part:
         tile = getattr(self._reading, "tile", None)
-        others = self._read_by_others(position, image.shape, tile)
-        if not others:
+        readers = self._readers(position, image.shape)
+        if tile is None or len(readers) < 2:
             return super()._load(image, position, inside)
-        mine, claim = self._published(position, self.task_of[tile]), self._claim(position)
+        task = int(self.task_of[tile])
+        others = {t: box for t, box in readers.items() if t != task}
+        claim, mine = self._claim(position), self._published(position, task)
         deadline = time.monotonic() + CLAIM_WAIT_S
         pause = 0.001
         while time.monotonic() < deadline:
@@ -122,43 +155,65 @@ class SharedBlockCache(BlockCache):
                     return part
                 break
             if _claimed(claim):  # the first to need it: decode it and hand it on
-                self._claimed_here.add(position)
-                try:
-                    part = super()._load(image, position, inside)
-                except BaseException:
-                    claim.unlink(missing_ok=True)  # the waiting workers try for themselves
-                    raise
-                self._publish(position, claim, part, others, image)
-                return part
-            if position in self._claimed_here:  # this process decoded it, for another task
-                break
+                return self._decode_and_publish(image, position, inside, claim, others)
+            if position in self._claimed_here or _not_published(mine):
+                break  # decoded here for another task, or not handed on to this one
             time.sleep(pause)  # another worker is decoding it
             pause = min(2 * pause, 0.02)
         return super()._load(image, position, inside)
 
-    def _read_by_others(self, position: tuple[int, ...], shape: tuple[int, ...],
-                        tile: int | None) -> dict[int, tuple[slice, ...]]:
-        """What each task other than ``tile``'s reads of the block at ``position``: the hull of
-        its padded tiles there, by task (none without a plan or a reading tile)."""
-        if self.folder is None or tile is None:
+    def _decode_and_publish(self, image: ImageView, position: tuple[int, ...],
+                            inside: tuple[slice, ...], claim: Path,
+                            others: dict[int, tuple[slice, ...]]) -> _Part:
+        """Decode the block claimed here and publish for each of the ``others`` tasks its
+        part (see :meth:`_publish`)."""
+        self._claimed_here.add(position)
+        try:
+            part = super()._load(image, position, inside)
+        except BaseException:
+            claim.unlink(missing_ok=True)  # the waiting workers try for themselves
+            raise
+        self._publish(claim, part, others, position, image)
+        return part
+
+    def _readers(self, position: tuple[int, ...],
+                 shape: tuple[int, ...]) -> dict[int, tuple[slice, ...]]:
+        """What each task reads of the block at ``position``: the hull of its padded tiles
+        there, by task (none without a plan)."""
+        if self.folder is None:
             return {}
         bounds = self._bounds(position, shape)
         regions: dict[int, list[tuple[slice, ...]]] = {}
         for index in self._tiles_reading(bounds):
             task = int(self.task_of[index])
-            if task not in (-1, self.task_of[tile]):
+            if task != -1:
                 regions.setdefault(task, []).append(self.grid.tile(index).padded)
         return {task: _hull(found, bounds) for task, found in regions.items()}
 
-    def _publish(self, position: tuple[int, ...], claim: Path, part: _Part,
-                 others: dict[int, tuple[slice, ...]], image: ImageView) -> None:
-        """Write for each other task the part of the block it reads; if that fails, give the
-        claim up so that the workers still waiting decode the block themselves."""
+    def _publish(self, claim: Path, part: _Part, others: dict[int, tuple[slice, ...]],
+                 position: tuple[int, ...], image: ImageView) -> None:
+        """Write for each of the ``others`` tasks the part of the block it reads (a halo strip,
+        or the whole block), except for this process's next task, which most likely runs here
+        and finds the block cached: a note that there is none. If that fails, give the claim
+        up so that the workers still waiting decode it themselves."""
+        whole, mine_next = part.box, self._next_task()
         try:
             for task, box in others.items():
-                _write_atomically(self._published(position, task), part.cropped(box, image))
+                path = self._published(position, task)
+                if box != whole or task != mine_next:
+                    _write_atomically(path, part.cropped(box, image))
+                else:
+                    _note_not_published(path)
         except OSError:
             claim.unlink(missing_ok=True)
+
+    def _next_task(self) -> int | None:
+        """The task this process would claim next (the first unclaimed along its walk)."""
+        return next((task for task in self._walk[self._walked:]
+                     if not self._run_claim(task).exists()), None)
+
+    def _run_claim(self, task: int) -> Path:
+        return self.folder / f"run-{task}.claim"
 
     def _tiles_reading(self, bounds: tuple[slice, ...]) -> list[int]:
         """The tiles whose padded window meets ``bounds``."""
@@ -175,11 +230,11 @@ class SharedBlockCache(BlockCache):
 
     def __getstate__(self):
         return {**super().__getstate__(), "grid": self.grid, "folder": self.folder,
-                "task_of": self.task_of}
+                "task_of": self.task_of, "runs": self.runs}
 
     def __setstate__(self, state):
         self.__init__(state["block_shape"], state["max_bytes"], state["grid"],
-                      state["folder"], state["task_of"])
+                      state["folder"], state["task_of"], state["runs"])
 
 
 def _claimed(claim: Path) -> bool:
@@ -207,6 +262,15 @@ def _write_atomically(path: Path, part: _Part) -> None:
         raise
 
 
+def _note_not_published(path: Path) -> None:
+    """Say at ``path`` that nothing is published there (the reader decodes it itself)."""
+    os.close(os.open(path.with_suffix(".none"), os.O_CREAT | os.O_WRONLY))
+
+
+def _not_published(path: Path) -> bool:
+    return path.with_suffix(".none").exists()
+
+
 def _load_published(path: Path) -> _Part | None:
     """The part published at ``path``, or ``None`` while there is none (or it is unreadable)."""
     try:
@@ -218,12 +282,16 @@ def _load_published(path: Path) -> _Part | None:
     return _Part(tuple(slice(int(a), int(b)) for a, b in box), data)
 
 
-def in_lanes(runs: list[list[int]], workers: int) -> list[list[int]]:
-    """``runs`` (tasks in reading order) cut into ``workers`` lanes of consecutive runs and
-    taken from the lanes in turn, so that the tasks running at the same time lie apart and
-    their workers seldom wait for the same block; each lane still walks its tiles in order."""
-    if workers < 2 or len(runs) < 2 * workers:
-        return runs
-    size = -(-len(runs) // workers)
-    lanes = [runs[start:start + size] for start in range(0, len(runs), size)]
-    return [run for turn in itertools.zip_longest(*lanes) for run in turn if run is not None]
+def lane_walk(n_tasks: int, worker: int, workers: int) -> list[int]:
+    """The order in which worker ``worker`` of ``workers`` claims the ``n_tasks`` tasks (runs
+    of tiles in reading order): the tasks are cut into one lane per two workers, the first
+    of a pair walks its lane forward from the start, the second backward from the end, so
+    that they meet; then the other lanes, for a worker done before the rest."""
+    lanes = -(-workers // 2)
+    size = -(-n_tasks // lanes)
+    lane = min(worker // 2, lanes - 1)
+    start, stop = lane * size, min(n_tasks, (lane + 1) * size)
+    own = list(range(start, stop))
+    if worker % 2:
+        own.reverse()
+    return own + [task for task in range(n_tasks) if not start <= task < stop]

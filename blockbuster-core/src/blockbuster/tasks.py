@@ -105,6 +105,13 @@ def segment_task(job: Job, indices: list[int]) -> SegmentResult:
     return result
 
 
+def segment_claimed_task(job: Job, ticket: int) -> SegmentResult:
+    """:func:`segment_task` on the run this worker process claims next (worker processes
+    sharing blocks: :meth:`~blockbuster.shared_blocks.SharedBlockCache.claim_run`); the parent
+    hands out one ``ticket`` per run."""
+    return segment_task(job, job.blocks.claim_run())
+
+
 def _read_tiles(job: Job, indices: list[int]) -> tuple[list[Tile], list]:
     tiles = [job.grid.tile(i) for i in indices]
     return tiles, [_read_tile(job, t) for t in tiles]

@@ -34,9 +34,12 @@ def set_thread_worker(info: WorkerInfo) -> None:
 
 
 def set_process_worker(info: WorkerInfo) -> None:
-    """Record the worker identity of the whole process (process executors call this)."""
+    """Record the worker identity of the whole process (process executors call this); a
+    thread identity the process inherited (a worker forked from a thread that ran a serial
+    run) no longer applies."""
     global _process_default
     _process_default = info
+    _local.__dict__.pop("info", None)
 
 
 def usable_cores() -> int:

@@ -51,6 +51,19 @@ class ArrayReader(BaseReader):
         self.source = source
         self.physical = dict(physical or {})
 
+    @property
+    def reads_into(self) -> bool:
+        """Whether :meth:`read_into` decodes straight into the caller's buffer (zarr arrays)."""
+        return type(self.array).__module__.startswith("zarr") and hasattr(
+            self.array, "get_basic_selection")
+
+    def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
+        """Decode ``region`` of a zarr array into ``out`` (a view of the caller's buffer),
+        without the output array of zarr's own that :meth:`read` copies from."""
+        from zarr.core.buffer.cpu import NDBuffer
+
+        self.array.get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+
     def metadata(self) -> dict[str, Any]:
         """The physical metadata given (``physical``): scale, units... per axis."""
         return dict(self.physical)
