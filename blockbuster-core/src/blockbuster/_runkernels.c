@@ -138,12 +138,30 @@ static int overlap(const Py_buffer *a, const Py_buffer *b) {
     return a->len > 0 && b->len > 0 && a0 < b0 + b->len && b0 < a0 + a->len;
 }
 
-/* Take every argument: the values (any kind ``value_ok`` accepts), the three int64 run
- * arrays, then the per-object arrays of ``kinds`` (``writable`` flags which are outputs),
- * all of one length. 0, or -1 with an exception set (and nothing held). */
-static int take_all(PyObject *const *objs, Arg *args, int count, const char *const *names,
-                    const Kind *kinds, const int *writable, const int *value_ok,
-                    const char *accepted) {
+/* What a kernel takes: its arguments' names and kinds (the values' kind is checked against
+ * ``value_ok``, named ``accepted`` in errors), and which arguments it writes. */
+typedef struct {
+    const char *function;
+    int count;
+    const char *names[8];
+    Kind kinds[8];
+    int writable[8];
+    const int *value_ok;
+    const char *accepted;
+} Signature;
+
+/* Take every argument of ``sig``: the values, the three int64 run arrays, then the
+ * per-object arrays, all of one length. 0, or -1 with an exception set (and nothing held). */
+static int take_all(const Signature *sig, PyObject *const *objs, Py_ssize_t nargs, Arg *args) {
+    const int count = sig->count;
+    const char *const *names = sig->names;
+    const Kind *kinds = sig->kinds;
+    const int *writable = sig->writable;
+    if (nargs != count) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %d arguments (%zd given)", sig->function,
+                     count, nargs);
+        return -1;
+    }
     memset(args, 0, sizeof(Arg) * (size_t)count);
     for (int i = 0; i < count; i++) {
         if (take(objs[i], &args[i], writable[i], names[i]) < 0) {
@@ -151,10 +169,10 @@ static int take_all(PyObject *const *objs, Arg *args, int count, const char *con
             return -1;
         }
     }
-    if (args[0].kind == K_NONE || !value_ok[args[0].kind]) {
+    if (args[0].kind == K_NONE || !sig->value_ok[args[0].kind]) {
         PyErr_Format(PyExc_TypeError, "values: the element format '%s' of %zd bytes is not "
                      "one of %s, in native byte order", args[0].view.format ?
-                     args[0].view.format : "B", args[0].view.itemsize, accepted);
+                     args[0].view.format : "B", args[0].view.itemsize, sig->accepted);
         release(args, count);
         return -1;
     }
@@ -367,33 +385,22 @@ static const int ANY_NUMBER[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 static const char SMALL_NAMES[] = "bool, int8, uint8, int16, uint16";
 static const char ANY_NAMES[] = "bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, "
                                 "float32, float64";
-/* Which arguments are written: every per-object array of integer_runs and float_runs */
-static const int OUTPUTS[] = {0, 0, 0, 0, 1, 1, 1, 1};
-
-/* Whether the function got exactly ``expected`` positional arguments (else a TypeError). */
-static int count_is(const char *function, Py_ssize_t nargs, Py_ssize_t expected) {
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", function,
-                     expected, nargs);
-        return 0;
-    }
-    return 1;
-}
 
 #define CALL_INTEGER(SUFFIX, T)                                                             \
     integer_runs_##SUFFIX((const T *)a[0].view.buf, RUN_ARGS(a), (int64_t *)a[4].view.buf,  \
                           (int64_t *)a[5].view.buf, (double *)a[6].view.buf,                \
                           (double *)a[7].view.buf)
 
+static const Signature INTEGER_RUNS = {
+    "integer_runs", 8,
+    {"values", "first", "lengths", "rows", "total", "squares", "low", "high"},
+    {K_NONE, K_I64, K_I64, K_I64, K_I64, K_I64, K_F64, K_F64},
+    {0, 0, 0, 0, 1, 1, 1, 1}, SMALL_INTEGERS, SMALL_NAMES,
+};
+
 static PyObject *integer_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const char *const names[] = {"values", "first", "lengths", "rows", "total",
-                                        "squares", "low", "high"};
-    static const Kind kinds[] = {K_NONE, K_I64, K_I64, K_I64, K_I64, K_I64, K_F64, K_F64};
     Arg a[8];
-    if (!count_is("integer_runs", nargs, 8) ||
-            take_all(args, a, 8, names, kinds, OUTPUTS, SMALL_INTEGERS, SMALL_NAMES) < 0) {
-        return NULL;
-    }
+    if (take_all(&INTEGER_RUNS, args, nargs, a) < 0) return NULL;
     CHECK_AND_RUN(a, DISPATCH_SMALL, CALL_INTEGER)
 }
 
@@ -401,15 +408,16 @@ static PyObject *integer_runs(PyObject *self, PyObject *const *args, Py_ssize_t 
     float_runs_##SUFFIX((const T *)a[0].view.buf, RUN_ARGS(a), (double *)a[4].view.buf,     \
                         (double *)a[5].view.buf, (double *)a[6].view.buf)
 
+static const Signature FLOAT_RUNS = {
+    "float_runs", 7,
+    {"values", "first", "lengths", "rows", "total", "low", "high"},
+    {K_NONE, K_I64, K_I64, K_I64, K_F64, K_F64, K_F64},
+    {0, 0, 0, 0, 1, 1, 1}, ANY_NUMBER, ANY_NAMES,
+};
+
 static PyObject *float_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const char *const names[] = {"values", "first", "lengths", "rows", "total", "low",
-                                        "high"};
-    static const Kind kinds[] = {K_NONE, K_I64, K_I64, K_I64, K_F64, K_F64, K_F64};
     Arg a[7];
-    if (!count_is("float_runs", nargs, 7) ||
-            take_all(args, a, 7, names, kinds, OUTPUTS, ANY_NUMBER, ANY_NAMES) < 0) {
-        return NULL;
-    }
+    if (take_all(&FLOAT_RUNS, args, nargs, a) < 0) return NULL;
     CHECK_AND_RUN(a, DISPATCH_ANY, CALL_FLOAT)
 }
 
@@ -417,15 +425,16 @@ static PyObject *float_runs(PyObject *self, PyObject *const *args, Py_ssize_t na
     deviation_runs_##SUFFIX((const T *)a[0].view.buf, RUN_ARGS(a),                          \
                             (const double *)a[4].view.buf, (double *)a[5].view.buf)
 
+static const Signature DEVIATION_RUNS = {
+    "deviation_runs", 6,
+    {"values", "first", "lengths", "rows", "mean", "m2"},
+    {K_NONE, K_I64, K_I64, K_I64, K_F64, K_F64},
+    {0, 0, 0, 0, 0, 1}, ANY_NUMBER, ANY_NAMES,
+};
+
 static PyObject *deviation_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const char *const names[] = {"values", "first", "lengths", "rows", "mean", "m2"};
-    static const Kind kinds[] = {K_NONE, K_I64, K_I64, K_I64, K_F64, K_F64};
-    static const int writable[] = {0, 0, 0, 0, 0, 1};
     Arg a[6];
-    if (!count_is("deviation_runs", nargs, 6) ||
-            take_all(args, a, 6, names, kinds, writable, ANY_NUMBER, ANY_NAMES) < 0) {
-        return NULL;
-    }
+    if (take_all(&DEVIATION_RUNS, args, nargs, a) < 0) return NULL;
     CHECK_AND_RUN(a, DISPATCH_ANY, CALL_DEVIATION)
 }
 
