@@ -254,21 +254,31 @@ def test_ome_zarr_run_has_physical_and_intensity_columns(tmp_path):
     assert_matches(table, labels, np.moveaxis(data, 0, -1).astype(np.float64), ())
 
 
-@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", "uint32", "int64",
-                                   "float32"])
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", ">u2", "uint32", "int64",
+                                   "float16", "float32"])
 def test_every_dtype_is_measured_exactly(tmp_path, dtype):
     """Up to 16 bits the sums are exact integers, beyond (and for floats) the deviations take
-    a second pass: both equal regionprops, negative values and booleans included."""
+    a second pass: both equal regionprops, negative values, booleans, half floats and values
+    stored big-endian included."""
     rng = np.random.default_rng(11)
     labels = ndimage.label(ndimage.uniform_filter(rng.random((30, 41)), 3) > 0.5)[0]
-    info = np.iinfo(dtype) if dtype not in ("bool", "float32") else None
+    kind = np.dtype(dtype).kind
+    info = np.iinfo(dtype) if kind in "iu" else None
     low, high = (info.min, info.max) if info is not None else (-1e3, 1e3)
     image = rng.uniform(max(low, -2**40), min(high, 2**40), (30, 41, 2))
     image = (image > 0) if dtype == "bool" else image.astype(dtype)
     qs = () if dtype == "bool" else (50,)  # np.percentile refuses booleans
     table, _ = measured_by_tiles(labels.astype(np.uint32), image, (7, 9), qs, tmp_path, 5)
     # regionprops averages float32 in float32; the table in float64, as float64 does
-    assert_matches(table, labels, image.astype(np.float64) if dtype == "float32" else image, qs)
+    assert_matches(table, labels, image.astype(np.float64) if kind == "f" else image, qs)
+
+
+def test_an_image_of_complex_numbers_is_refused_before_the_run(tmp_path):
+    with pytest.raises(IntensityImageError, match=r"dtype complex64.*convert it first"):
+        tile_process(blobs((32, 32)), "threshold", tile_shape=(16, 16),
+                     write_to=tmp_path / "l.zarr", table=True,
+                     intensity_image=np.zeros((32, 32), np.complex64))
+    assert not (tmp_path / "l.zarr").exists()
 
 
 def test_m2_of_a_large_bright_object_is_exact(tmp_path):

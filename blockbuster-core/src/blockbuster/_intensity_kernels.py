@@ -1,71 +1,45 @@
-"""The compiled per-run reductions behind the intensity columns (:mod:`blockbuster.intensity`).
+"""The per-run reductions behind the intensity columns (:mod:`blockbuster.intensity`).
 
-Kept apart so that numba (about 0.5 s and 50-100 MB to import) is imported only by a run that
-measures intensities. Each kernel walks a tile's foreground runs once (``first`` and
-``lengths`` index the flat tile, ``rows`` names each run's object) and adds into per-object
-arrays; ``nogil`` lets worker threads run them in parallel, ``cache`` compiles each dtype once
-per machine.
+Each kernel walks a tile's foreground runs once (``first`` and ``lengths`` index the flat
+tile, ``rows`` names each run's object) and returns per-object arrays of ``k`` entries. The
+loops are C (``_runkernels.c``, compiled when blockbuster-core is installed): they release the
+GIL, so worker threads run them in parallel, and cost no memory beyond their arguments and
+results. This module allocates the results and hands the C code values it reads: native byte
+order, float16 widened to float32 (both exact).
 """
 
-import numba
 import numpy as np
 
+from blockbuster import _runkernels
 
-@numba.njit(cache=True, nogil=True)
-def integer_runs(flat, first, lengths, rows, k):  # pragma: no cover - compiled
-    total = np.zeros(k, np.int64)
-    squares = np.zeros(k, np.int64)
-    low = np.full(k, np.inf)
-    high = np.full(k, -np.inf)
-    for r in range(len(first)):
-        row, s, q = rows[r], np.int64(0), np.int64(0)
-        lo, hi = np.int64(flat[first[r]]), np.int64(flat[first[r]])
-        for i in range(first[r], first[r] + lengths[r]):
-            v = np.int64(flat[i])
-            s += v
-            q += v * v
-            lo = min(lo, v)
-            hi = max(hi, v)
-        total[row] += s
-        squares[row] += q
-        low[row] = min(low[row], np.float64(lo))
-        high[row] = max(high[row], np.float64(hi))
+
+def integer_runs(flat, first, lengths, rows, k):
+    """Per object: exact int64 sums of the values (bool or integers of up to 16 bits) and of
+    their squares, and their min and max (float64)."""
+    total, squares = np.empty(k, np.int64), np.empty(k, np.int64)
+    low, high = np.empty(k), np.empty(k)
+    _runkernels.integer_runs(_readable(flat), first, lengths, rows, total, squares, low, high)
     return total, squares, low, high
 
 
-@numba.njit(cache=True, nogil=True)
-def float_runs(flat, first, lengths, rows, k):  # pragma: no cover - compiled
-    total = np.zeros(k)
-    low = np.full(k, np.inf)
-    high = np.full(k, -np.inf)
-    for r in range(len(first)):
-        row = rows[r]
-        s, lo, hi = 0.0, np.inf, -np.inf
-        for i in range(first[r], first[r] + lengths[r]):
-            v = np.float64(flat[i])
-            s += v
-            if v != v:  # NaN: the object's min and max are NaN, as numpy's are
-                lo = hi = v
-                break
-            lo = min(lo, v)
-            hi = max(hi, v)
-        if lo != lo or low[row] != low[row]:
-            s = low[row] = high[row] = np.nan
-        else:
-            low[row] = min(low[row], lo)
-            high[row] = max(high[row], hi)
-        total[row] += s
+def float_runs(flat, first, lengths, rows, k):
+    """Per object: the float64 sum, min and max of the values (NaN for all three in an
+    object that holds a NaN, as numpy's are)."""
+    total, low, high = np.empty(k), np.empty(k), np.empty(k)
+    _runkernels.float_runs(_readable(flat), first, lengths, rows, total, low, high)
     return total, low, high
 
 
-@numba.njit(cache=True, nogil=True)
-def deviation_runs(flat, first, lengths, rows, mean):  # pragma: no cover - compiled
-    m2 = np.zeros(len(mean))
-    for r in range(len(first)):
-        row = rows[r]
-        centre, s = mean[row], 0.0
-        for i in range(first[r], first[r] + lengths[r]):
-            d = np.float64(flat[i]) - centre
-            s += d * d
-        m2[row] += s
+def deviation_runs(flat, first, lengths, rows, mean):
+    """Per object: the sum of the squared deviations of its values from ``mean`` (float64)."""
+    m2 = np.empty(len(mean))
+    _runkernels.deviation_runs(_readable(flat), first, lengths, rows,
+                               np.ascontiguousarray(mean, np.float64), m2)
     return m2
+
+
+def _readable(flat: np.ndarray) -> np.ndarray:
+    """``flat`` as values the C kernels read: float16 as float32, native byte order."""
+    if flat.dtype == np.float16:
+        return flat.astype(np.float32)
+    return flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))

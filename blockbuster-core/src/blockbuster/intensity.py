@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster._intensity_kernels import deviation_runs, float_runs, integer_runs
 from blockbuster.errors import IntensityImageError, InvalidParameterError
 from blockbuster.runs import LabelRuns
 
@@ -90,10 +91,19 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
     """The :class:`~blockbuster.image.ImageView` to measure: the run's ``image`` for ``True``,
     else ``intensity_image`` (a path, reader or array) opened with ``open_image``, its channel
     axis found by name (``"c"``) or as the one extra first or last axis."""
+    view = image if intensity_image is True else _spatially_matching(intensity_image, image,
+                                                                      open_image)
+    dtype = np.dtype(view.dtype)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise IntensityImageError(
+            f"the intensity image has dtype {dtype}: the table measures real numbers (bool, "
+            "integers of up to 64 bits, float16/32/64); convert it first, e.g. to float64.")
+    return view
+
+
+def _spatially_matching(intensity_image: Any, image, open_image) -> Any:
     from blockbuster.image import ImageView
 
-    if intensity_image is True:
-        return image
     view = ImageView.open(open_image(intensity_image))
     if view.shape == image.shape:
         return view
@@ -111,16 +121,14 @@ def intensity_view(intensity_image: Any, image, open_image) -> Any:
 def tile_intensity(runs: LabelRuns, intensities, voxels: np.ndarray) -> TileIntensity:
     """The parts of one tile's objects (the rows of ``runs``, ``voxels`` each) in each channel
     of ``intensities`` (channels first, each of the tile's shape): sum, ``m2``, min and max,
-    from one fused pass over each channel's foreground runs (:func:`_moments`, compiled by
-    numba in :mod:`blockbuster._intensity_kernels`; floats take a second pass for ``m2``).
+    from one fused pass over each channel's foreground runs (:func:`_moments`, C loops in
+    :mod:`blockbuster._intensity_kernels`; floats take a second pass for ``m2``).
     The percentiles are left empty (:func:`add_percentiles`)."""
     k, channels = len(runs), len(intensities)
     out = {name: np.empty((k, channels)) for name in ("sum", "m2", "min", "max")}
     first = runs.starts[runs.foreground].astype(np.int64)
     for c, values in enumerate(intensities):
         flat = np.ascontiguousarray(values).reshape(-1)
-        if flat.dtype.kind == "b":
-            flat = flat.view(np.uint8)
         (out["sum"][:, c], out["m2"][:, c], out["min"][:, c],
          out["max"][:, c]) = _moments(first, runs, flat, voxels)
     return TileIntensity(percentiles=np.full((k, 0, channels), np.nan), **out)
@@ -131,14 +139,12 @@ def _moments(first: np.ndarray, runs: LabelRuns, flat: np.ndarray, voxels: np.nd
     """Per object, the sum of ``flat``, the sum of squared deviations from its mean, its min
     and max.
 
-    Integers of up to 16 bits are summed, squares too, exactly in int64, and ``m2`` follows
-    from the exact ``n * sum(v**2) - sum(v)**2``; other values are summed in float64 and take
-    a second pass over their deviations from each object's mean (never a raw sum of squares
-    of floats)."""
-    from blockbuster._intensity_kernels import deviation_runs, float_runs, integer_runs
-
+    Booleans and integers of up to 16 bits are summed, squares too, exactly in int64, and
+    ``m2`` follows from the exact ``n * sum(v**2) - sum(v)**2``; other values are summed in
+    float64 and take a second pass over their deviations from each object's mean (never a raw
+    sum of squares of floats)."""
     k, rows, lengths = len(runs), runs.rows.astype(np.int64), runs.lengths
-    if flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2:
+    if flat.dtype.kind in "biu" and flat.dtype.itemsize <= 2:
         total, squares, low, high = integer_runs(flat, first, lengths, rows, k)
         return total.astype(np.float64), _exact_m2(voxels, total, squares), low, high
     total, low, high = float_runs(flat, first, lengths, rows, k)
