@@ -19,9 +19,9 @@ $(CP4_PY):
 install-core: $(VENV)/bin/python
 	$(PIP) -e ./blockbuster-core
 
+## one pip call: the resolver runs once over the test requirements and every package
 install-all: $(VENV)/bin/python
-	$(PIP) -r requirements-test.txt
-	$(PIP) -e "./blockbuster-core[distributed,formats,remote,geo]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
+	$(PIP) -r requirements-test.txt -e "./blockbuster-core[distributed,formats,remote,geo]" -e ./blockbuster-torch -e "./blockbuster-stardist[cpu]" \
 		-e ./blockbuster-cellpose -e "./blockbuster-bioio[ome-tiff,ome-zarr]" \
 		-e ./blockbuster-bioimageio -e "./blockbuster-napari[test]"
 
