@@ -190,3 +190,15 @@ def test_a_zarr_output_records_the_inputs_axes_and_physical_scale(tmp_path, imag
     tile_process(image, components, tile_shape=(20, 20), write_to=tmp_path / "plain.zarr")
     assert "scale" not in zarr.open_array(str(tmp_path / "plain.zarr")).attrs["blockbuster"].get(
         "source", {})  # an array knows no scale: none is made up
+
+
+def test_a_function_writing_into_its_tile_leaves_the_numpy_input_unchanged(image):
+    def shifted_components(tile):
+        tile -= 0.5  # in place, as normalisation code often does
+        return ndimage.label(tile > 0)[0]
+
+    before = image.copy()
+    labels = tile_process(image, shifted_components, tile_shape=(32, 32), overlap=8,
+                          compute=True)
+    np.testing.assert_array_equal(image, before)
+    assert_same_labels(labels, components(before))

@@ -98,17 +98,17 @@ def test_postprocess_reads_the_labels_the_ome_zarr_writer_put_inside_the_image(t
         '[input]\npath = "tissue.ome.zarr"\n[segmenter]\nname = "threshold"\n'
         'threshold = 20000\n[output]\npath = "tissue.ome.zarr"\nwriter = "ome-zarr"\n'
         'name = "nuclei"\n[postprocess]\nexpand = 1.5\nexpand_spacing = "physical"\n'
-        'relate = "tissue.ome.expanded.zarr"\n')
+        'relate = "tissue.expanded.ome.zarr"\n')
     assert main(["run", str(tmp_path / "job.toml")]) == 0
     nuclei_labels = zarr.open_array(tmp_path / "tissue.ome.zarr/labels/nuclei/0", mode="r")[:]
     assert nuclei_labels.max() > 3
-    cells = zarr.open_array(tmp_path / "tissue.ome.expanded.zarr", mode="r")[:]
+    cells = zarr.open_array(tmp_path / "tissue.expanded.ome.zarr", mode="r")[:]
     np.testing.assert_array_equal(cells, expand_whole(nuclei_labels, 1.5, spacing=(0.5, 0.25)))
-    relations = read_table(tmp_path / "tissue.ome.relations.csv")
+    relations = read_table(tmp_path / "tissue.relations.csv")
     assert relations["child"].tolist() == list(range(1, nuclei_labels.max() + 1))
     assert (relations["parent"] == relations["child"]).all()
     pytest.importorskip("geopandas")
     from blockbuster.polygons import polygons
 
-    shapes = polygons(tmp_path / "tissue.ome.expanded.zarr")  # a plain zarr: scale recorded
+    shapes = polygons(tmp_path / "tissue.expanded.ome.zarr")  # a plain zarr: scale recorded
     assert shapes.attrs["scale"] == [0.5, 0.25] and "geometry_um" in shapes

@@ -289,7 +289,8 @@ class Postprocessing:
 def postprocessing(config: RunConfig) -> Postprocessing:
     """Check ``[postprocess]`` and say where it writes; :class:`ConfigError` names the key and
     the fix. Outputs go beside ``[output] path`` by default (``labels.zarr`` ->
-    ``labels.expanded.zarr``, ``labels.relations.csv``)."""
+    ``labels.expanded.zarr``, ``labels.relations.csv``; ``tissue.ome.zarr`` ->
+    ``tissue.expanded.ome.zarr``)."""
     get = functools.partial(config.get, "postprocess")
     for key, base in (("expand_to", "expand"), ("expand_spacing", "expand"),
                       ("relate_to", "relate")):
@@ -303,7 +304,9 @@ def postprocessing(config: RunConfig) -> Postprocessing:
     if output is None:
         raise ConfigError(f"{config.source}: [postprocess] {asked[0]} works on the labels "
                           "written to [output] path; set it (e.g. path = \"labels.zarr\").")
-    stem = output.removesuffix("/").removesuffix(".zarr")
+    output = output.removesuffix("/")
+    zarr = ".ome.zarr" if output.endswith(".ome.zarr") else ".zarr"
+    stem = output.removesuffix(zarr)  # tissue.ome.zarr -> tissue.expanded.ome.zarr
     if get("expand") is not None:
         _check_spacing(config, get("expand_spacing"))
     relations = None
@@ -311,7 +314,7 @@ def postprocessing(config: RunConfig) -> Postprocessing:
         relations = _with_suffix(config, "relate_to", get("relate_to") or stem + ".relations.csv",
                                  (".csv", ".parquet", ".pq"), "a .csv or .parquet table")
     return Postprocessing(
-        expanded=(get("expand_to") or stem + ".expanded.zarr") if get("expand") is not None
+        expanded=(get("expand_to") or stem + ".expanded" + zarr) if get("expand") is not None
         else None,
         relations=relations, polygons=_polygon_paths(config, get("polygons")))
 

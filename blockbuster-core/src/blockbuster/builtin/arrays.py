@@ -69,10 +69,15 @@ class ArrayReader(BaseReader):
         return dict(self.physical)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The voxels of ``region``, never a view of the caller's numpy array: a user function
+        that writes into its tile (``tile -= tile.mean()``) must not change the input."""
         block = self.array[region]
         if hasattr(block, "compute"):
             block = block.compute()
-        return np.asarray(block)
+        block = np.asarray(block)
+        if isinstance(self.array, np.ndarray) and np.shares_memory(block, self.array):
+            return block.copy()
+        return block
 
     def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
         """The stored zarr chunks under ``region`` that fail to read (see
