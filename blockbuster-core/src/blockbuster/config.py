@@ -267,7 +267,7 @@ def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     with switch:
         result = tile_process(**config.tile_process_arguments(), registry=registry,
                               progress=progress)
-    postprocess_as_configured(config, registry)
+    postprocess_as_configured(config, registry, progress=progress)
     return result
 
 
@@ -369,7 +369,7 @@ def written_labels(config: RunConfig) -> str:
     return f"{path.removesuffix('/')}/labels/{name}"
 
 
-def postprocess_as_configured(config: RunConfig, registry) -> None:
+def postprocess_as_configured(config: RunConfig, registry, progress: Any = False) -> None:
     """``[postprocess]`` on the written labels: expand, then relate (so its parents may be the
     grown labels), then trace polygons with the object table's columns."""
     from blockbuster.expand import expand_labels
@@ -390,7 +390,7 @@ def postprocess_as_configured(config: RunConfig, registry) -> None:
                       executor_options=arguments["executor_options"],
                       writer=arguments["writer"] if same_writer else None,
                       writer_options=arguments["writer_options"] if same_writer else None,
-                      storage_options=storage, registry=registry)
+                      storage_options=storage, progress=progress, registry=registry)
     if plan.relations:
         relate(labels, config.get("postprocess", "relate"), table=plan.relations,
                workers=arguments["workers"], storage_options=storage)
