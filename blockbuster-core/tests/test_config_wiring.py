@@ -80,6 +80,7 @@ expand_spacing = [2.0, 0.5]
 relate = "cells.zarr"          # relative to the config file
 relate_to = "relations.parquet"
 polygons = ["shapes.geojson", "s3://bucket/shapes.parquet"]
+polygons_plane = 0
 
 [verify]
 windows = 6
@@ -203,6 +204,7 @@ def test_every_config_key_reaches_tile_process(tmp_path, calls):
         str(tmp_path / "relations.parquet"), store)
     ((labels, options),) = calls.traced
     assert (labels, options["table"]) == (str(tmp_path / "out.zarr"), tmp_path / "objects.csv")
+    assert options["plane"] == 0
     assert [(shapes, path) for shapes, path, _ in calls.written] == [
         ("the shapes", str(tmp_path / "shapes.geojson")),
         ("the shapes", "s3://bucket/shapes.parquet")]

@@ -198,3 +198,44 @@ def test_resuming_a_different_expansion_is_refused(tmp_path):
     grown = expand_labels(labels, 3, write_to=tmp_path / "c.zarr", tile_shape=(10, 40),
                           resume=False, compute=True)
     np.testing.assert_array_equal(grown, expand_whole(labels, 3))
+
+
+def test_progress_counts_every_tile_of_both_stages_and_resumed_ones_as_done(tmp_path):
+    from blockbuster.progress import ProgressEvent
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5, 5], labels[30, 30] = 1, 2
+    events: list[ProgressEvent] = []
+    expand_labels(labels, 3, write_to=tmp_path / "c.zarr", tile_shape=(10, 20),
+                  executor="threads", workers=2, progress=events.append)
+    assert {e.total for e in events} == {8 * 2}
+    assert [e.done for e in events] == sorted(e.done for e in events)
+    assert events[-1] == ProgressEvent("write", 16, 16)
+    assert next(e for e in events if e.stage == "write").done == 8  # all expanded first
+    # a listener may stop the call; the same call again counts the staged tiles as done
+    from blockbuster.errors import RunCancelledError
+
+    def cancel_after_the_first_run(event: ProgressEvent) -> None:
+        if event.done:
+            raise RunCancelledError("stopped")
+
+    with pytest.raises(RunCancelledError):
+        expand_labels(labels, 3, write_to=tmp_path / "d.zarr", tile_shape=(5, 40),
+                      executor="serial", progress=cancel_after_the_first_run)
+    resumed: list[ProgressEvent] = []
+    grown = expand_labels(labels, 3, write_to=tmp_path / "d.zarr", tile_shape=(5, 40),
+                          executor="serial", progress=resumed.append, compute=True)
+    np.testing.assert_array_equal(grown, expand_whole(labels, 3))
+    assert resumed[1] == ProgressEvent("expand", 8, 16)  # the first run of 8 tiles was staged
+
+
+def test_cli_expand_progress_shows_a_bar(tmp_path, capsys):
+    from blockbuster.cli import main
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5, 5] = 1
+    zarr.create_array(tmp_path / "n.zarr", data=labels, chunks=(20, 20))
+    assert main(["expand", str(tmp_path / "n.zarr"), str(tmp_path / "c.zarr"),
+                 "--distance", "2", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "blockbuster: write" in err and "8/8" in err

@@ -112,3 +112,33 @@ def test_postprocess_reads_the_labels_the_ome_zarr_writer_put_inside_the_image(t
 
     shapes = polygons(tmp_path / "tissue.expanded.ome.zarr")  # a plain zarr: scale recorded
     assert shapes.attrs["scale"] == [0.5, 0.25] and "geometry_um" in shapes
+
+
+def test_polygons_of_a_3d_run_trace_the_plane_named_by_polygons_plane(tmp_path, capsys):
+    """3D labels: ``polygons_plane`` picks the plane, as ``polygons(plane=)`` does; without it
+    the step fails after the run naming the key, and the written labels stay."""
+    gpd = pytest.importorskip("geopandas")
+    from blockbuster.polygons import polygons
+
+    rng = np.random.default_rng(2)
+    data = (ndimage.gaussian_filter(rng.random((3, 60, 50)), 3) * 1000).astype(np.uint16)
+    zarr.create_array(tmp_path / "img.zarr", data=data, chunks=(1, 32, 32))
+    job = JOB.replace('table = true\n', '') + '[postprocess]\npolygons = "n.parquet"\n'
+    (tmp_path / "job.toml").write_text(job)
+    assert main(["run", str(tmp_path / "job.toml")]) == 1
+    assert "[postprocess] polygons_plane = k" in capsys.readouterr().err
+    written = zarr.open_array(tmp_path / "nuclei.zarr", mode="r")[:]
+    assert written[1].max() > 0  # the labels are kept
+    (tmp_path / "job.toml").write_text(job + "polygons_plane = 1\n")
+    assert main(["run", str(tmp_path / "job.toml")]) == 0
+    shapes = gpd.read_parquet(tmp_path / "n.parquet")
+    expected = polygons(tmp_path / "nuclei.zarr", plane=1)
+    assert shapes["label"].tolist() == expected["label"].tolist()
+    assert shapes["label"].tolist() == sorted(set(np.unique(written[1])) - {0})
+    assert np.allclose(shapes.geometry.area, expected.geometry.area)
+
+
+def test_polygons_plane_without_polygons_fails_before_the_run(image):
+    (image / "job.toml").write_text(JOB + "[postprocess]\npolygons_plane = 0\n")
+    with pytest.raises(ConfigError, match="polygons_plane is set but polygons is not"):
+        postprocessing(load_config(image / "job.toml"))

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--executor", help="threads (default), processes, serial...")
     expand.add_argument("--workers", type=int, help="number of workers")
     expand.add_argument("--overwrite", action="store_true", help="replace existing output")
+    expand.add_argument("--progress", action="store_true", help="show a progress bar")
     expand.set_defaults(handler=cmd_expand)
     accept_debug_after(expand)
 
@@ -197,7 +198,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
     tile_shape = [int(v) for v in args.tile_shape.split(",")] if args.tile_shape else None
     grown = expand_labels(args.labels, args.distance, write_to=args.output,
                           spacing=args.spacing, tile_shape=tile_shape, executor=args.executor,
-                          workers=args.workers, overwrite=args.overwrite)
+                          workers=args.workers, overwrite=args.overwrite,
+                          progress=args.progress)
     unit = "px" if args.spacing is None else "(in the units of --spacing)"
     print(f"wrote {grown.shape} labels ({grown.dtype}) grown by {args.distance:g} {unit} "
           f"to {args.output}", file=sys.stderr)

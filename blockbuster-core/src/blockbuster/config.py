@@ -46,6 +46,7 @@
     relate = "cells.zarr"        # each object's parent in these labels (e.g. expand_to)
     relate_to = "relations.csv"  # default: the output's name with .relations.csv
     polygons = "objects.geojson" # or a list, e.g. ["objects.geojson", "objects.parquet"]
+    polygons_plane = 0           # 3D labels: the plane polygons trace (polygons are 2D)
 
     [run]
     retries = 2                  # retries of a tile whose segmenter raises
@@ -91,7 +92,8 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
                "merge_log": (str, bool), "storage_options": dict,
                "intensity_image": (str, bool), "percentiles": list},
     "postprocess": {"expand": (int, float), "expand_to": str, "expand_spacing": (list, str),
-                    "relate": str, "relate_to": str, "polygons": (str, list)},
+                    "relate": str, "relate_to": str, "polygons": (str, list),
+                    "polygons_plane": int},
     "run": {"retries": int, "keep_going": bool, "skip_empty": (int, float), "resume": bool,
             "progress": bool, "offline": bool, "stage_dir": str},
     "verify": {"windows": int, "threshold": (int, float)},
@@ -265,7 +267,7 @@ def run_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     with switch:
         result = tile_process(**config.tile_process_arguments(), registry=registry,
                               progress=progress)
-    postprocess_as_configured(config, registry)
+    postprocess_as_configured(config, registry, progress=progress)
     return result
 
 
@@ -277,6 +279,7 @@ class Postprocessing:
     expanded: str | None = None
     relations: str | None = None
     polygons: tuple[str, ...] = ()
+    polygons_plane: int | None = None  # the plane of 3D labels that polygons trace
 
     def written(self) -> list[tuple[str, str]]:
         """``(what, where)`` of every file it writes, in order."""
@@ -293,7 +296,7 @@ def postprocessing(config: RunConfig) -> Postprocessing:
     ``tissue.expanded.ome.zarr``)."""
     get = functools.partial(config.get, "postprocess")
     for key, base in (("expand_to", "expand"), ("expand_spacing", "expand"),
-                      ("relate_to", "relate")):
+                      ("relate_to", "relate"), ("polygons_plane", "polygons")):
         if get(key) is not None and get(base) is None:
             raise ConfigError(f"{config.source}: [postprocess] {key} is set but {base} is not; "
                               f"set {base} (or remove {key}).")
@@ -316,7 +319,8 @@ def postprocessing(config: RunConfig) -> Postprocessing:
     return Postprocessing(
         expanded=(get("expand_to") or stem + ".expanded" + zarr) if get("expand") is not None
         else None,
-        relations=relations, polygons=_polygon_paths(config, get("polygons")))
+        relations=relations, polygons=_polygon_paths(config, get("polygons")),
+        polygons_plane=get("polygons_plane"))
 
 
 def _check_spacing(config: RunConfig, spacing: Any) -> None:
@@ -365,7 +369,7 @@ def written_labels(config: RunConfig) -> str:
     return f"{path.removesuffix('/')}/labels/{name}"
 
 
-def postprocess_as_configured(config: RunConfig, registry) -> None:
+def postprocess_as_configured(config: RunConfig, registry, progress: Any = False) -> None:
     """``[postprocess]`` on the written labels: expand, then relate (so its parents may be the
     grown labels), then trace polygons with the object table's columns."""
     from blockbuster.expand import expand_labels
@@ -386,13 +390,13 @@ def postprocess_as_configured(config: RunConfig, registry) -> None:
                       executor_options=arguments["executor_options"],
                       writer=arguments["writer"] if same_writer else None,
                       writer_options=arguments["writer_options"] if same_writer else None,
-                      storage_options=storage, registry=registry)
+                      storage_options=storage, progress=progress, registry=registry)
     if plan.relations:
         relate(labels, config.get("postprocess", "relate"), table=plan.relations,
                workers=arguments["workers"], storage_options=storage)
     if plan.polygons:
         table = resolve_table_path(arguments["table"], arguments["write_to"])
-        shapes = polygons(labels, table=table, workers=arguments["workers"],
-                          storage_options=storage)
+        shapes = polygons(labels, table=table, plane=plan.polygons_plane,
+                          workers=arguments["workers"], storage_options=storage)
         for path in plan.polygons:
             write_polygons(shapes, path, storage_options=storage)

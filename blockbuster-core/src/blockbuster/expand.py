@@ -31,12 +31,14 @@ import numpy as np
 from blockbuster._version import __version__
 from blockbuster.errors import InvalidParameterError
 from blockbuster.image import ImageView
+from blockbuster.progress import Progress
 from blockbuster.staging import Stage, TileRecord, stage_root
 from blockbuster.tiling import TileGrid, validate_tile_shape
 from blockbuster.writers import Writer
 
 DEFAULT_TILE = 1024  # per axis, when the labels are not chunked
 RUN = 8  # tiles per task
+STAGES = ("expand", "write")  # the progress stages of expand_labels
 
 
 @dataclass
@@ -61,7 +63,7 @@ def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
                   reader: str | None = None, reader_options: dict | None = None,
                   writer: str | None = None, writer_options: dict | None = None,
                   storage_options: dict | None = None, compute: bool = False,
-                  registry: Any = None):
+                  progress: Any = False, registry: Any = None):
     """Grow every label of ``labels`` by ``distance`` into the background, without
     overlapping its neighbours; write the result to ``write_to``, tile by tile.
 
@@ -97,6 +99,10 @@ def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
         As for :func:`blockbuster.tile_process`.
     compute
         ``True`` returns a numpy array, else a dask array over the written labels.
+    progress
+        As for :func:`blockbuster.tile_process`: ``True`` shows a progress bar, a callable
+        receives every :class:`~blockbuster.progress.ProgressEvent` (stages ``"expand"`` and
+        ``"write"``, one step per tile each; tiles a resumed call skips count as done).
     """
     from blockbuster.lock import holding, lock_output
     from blockbuster.pipeline import with_storage_options
@@ -121,11 +127,14 @@ def expand_labels(labels: Any, distance: float, *, write_to: str | os.PathLike,
         done = stage.open(fingerprint, resume=resume, replace_other=overwrite)
         job = ExpandJob(view, grid, distance, spacing, stage, out)
         pool_of = registry.executor(executor, workers=workers, **(executor_options or {}))
-        with pool_of.start(job) as pool:
-            _in_runs(pool, expand_task, [i for i in range(len(grid)) if i not in done])
+        with pool_of.start(job) as pool, Progress(progress, len(grid), STAGES) as bar:
+            bar.stage("expand")
+            bar.advance(len(done))
+            _in_runs(pool, expand_task, [i for i in range(len(grid)) if i not in done], bar)
             lock.check()
             out.create(grid.shape, grid.chunks, view.dtype, fingerprint)
-            _in_runs(pool, write_task, list(range(len(grid))))
+            bar.stage("write")
+            _in_runs(pool, write_task, list(range(len(grid))), bar)
         lock.check()
         out.finish(version=__version__, expanded_by=distance, spacing=list(spacing))
         stage.remove()
@@ -184,10 +193,11 @@ def expand_grid(view: ImageView, tile_shape, distance: float,
     return TileGrid(view.shape, tiles, halo)
 
 
-def _in_runs(pool, task, indices: list[int]) -> None:
-    """Run ``task`` over ``indices``, ``RUN`` tiles per call."""
-    for _ in pool.map_unordered(task, [indices[i:i + RUN] for i in range(0, len(indices), RUN)]):
-        pass
+def _in_runs(pool, task, indices: list[int], bar: Progress) -> None:
+    """Run ``task`` over ``indices``, ``RUN`` tiles per call (each returns its tiles done)."""
+    for tiles in pool.map_unordered(task, [indices[i:i + RUN]
+                                           for i in range(0, len(indices), RUN)]):
+        bar.advance(tiles)
 
 
 def expand_task(job: ExpandJob, indices: list[int]) -> int:

@@ -244,7 +244,8 @@ def _plane_prefix(view, plane: int | None, source: Any) -> tuple[slice, ...]:
         axes = ",".join(view.axes) if view.axes else "?"
         raise NotTwoDimensionalError(
             f"polygons are traced on 2D label images; this one is {view.ndim}D (shape "
-            f"{view.shape}, axes {axes}). Pick one plane with plane=k (--plane k), e.g. "
+            f"{view.shape}, axes {axes}). Pick one plane with plane=k (--plane k; in a "
+            "config, [postprocess] polygons_plane = k), e.g. "
             "plane=0; for every plane call it once per plane, or keep 3D objects as labels "
             "and use the object table.")
     if len(leading) != 1:
