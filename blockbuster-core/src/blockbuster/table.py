@@ -135,7 +135,9 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
     ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
     ``"micrometer"``) name the physical columns. Partials with intensities add the intensity
     columns (``percentiles``: those the tiles measured; ``channels``: the intensity image's,
-    which name the columns of a table without objects).
+    which name the columns of a table without objects). Given an iterator that lets go of
+    each partial as it yields it (as the pipeline does), the partials are freed as soon as
+    their rows are stacked and their intensities merged: the table is built without them.
     """
     import pandas as pd
 
