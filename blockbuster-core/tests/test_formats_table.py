@@ -172,3 +172,28 @@ def test_the_run_table_equals_regionprops_of_the_run_labels(tmp_path, shape, til
     assert (result["n_tiles"] == result["tiles"].map(len)).all()
     assert result["n_tiles"].max() >= 4  # objects merged across several tiles
     assert (result[[f"bbox_min_{axis}" for axis in axes]] > 0).all(axis=1).any()
+
+
+def test_combine_of_partials_handed_over_frees_them_and_equals_the_list():
+    """The pipeline hands the partials over one by one (the list ends empty, so combine can
+    free each once stacked): the table is the one combine makes of the list itself."""
+    from blockbuster.pipeline import _handed_over
+
+    partials, _ = by_tiles(labelled((50, 61)), (16, 20))
+    expected = combine(list(partials), scale=(0.5, 0.5))
+    table = combine(_handed_over(partials), scale=(0.5, 0.5))
+    assert partials == []
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_csv_written_in_batches_is_the_whole_table(tmp_path, monkeypatch):
+    """Rows formatted a few at a time: one header, every row once, in order."""
+    import blockbuster.table as table_module
+
+    pytest.importorskip("pyarrow")
+    labels = labelled((50, 61))
+    table = combine(by_tiles(labels, (16, 20))[0])
+    monkeypatch.setattr(table_module, "CSV_BATCH_ROWS", 5)
+    back = read_table(write_table(table, tmp_path / "t.csv"))
+    assert len(table) > 3 * 5
+    pd.testing.assert_frame_equal(back, table.reset_index(drop=True), check_dtype=False)

@@ -416,10 +416,10 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         n_objects=relabeling.n_objects, version=__version__)
     if table_path is not None:
         measured = job.intensity
-        table = combine(partials, **job.image.table_metadata(),
+        table = combine(_handed_over(partials), **job.image.table_metadata(),
                         percentiles=measured.percentiles if measured else (),
                         channels=measured.image.channels if measured else None)
-        partials.clear()  # the table holds all the write needs
+        release_free_memory()  # what the table no longer needs, before the write's batches
         writing(write_table, table_path, "the object table")(table, table_path,
                                                              storage_options=table_options)
     if log_path is not None:
@@ -428,6 +428,14 @@ def _run(job: Job, executor: Executor, fingerprint: str, lock: OutputLock, stats
         writing(write_table, log_path, "the merge log")(log, log_path,
                                                         storage_options=table_options)
     return relabeling.n_objects
+
+
+def _handed_over(items: list) -> Iterator:
+    """``items`` in order, each dropped from the list as it is taken (the list ends empty), so
+    that the taker may free them once used."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _post_segment_workers(executor: Executor, workers: int | None) -> int:

@@ -35,6 +35,7 @@ from blockbuster.intensity import (
     intensity_columns,
     tile_intensity,
 )
+from blockbuster.memory import release_free_memory
 from blockbuster.runs import LabelRuns
 from blockbuster.stores import Location
 
@@ -134,7 +135,9 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
     ``axes`` names the axes (default ``z, y, x`` / ``y, x``); ``units`` (per axis, e.g.
     ``"micrometer"``) name the physical columns. Partials with intensities add the intensity
     columns (``percentiles``: those the tiles measured; ``channels``: the intensity image's,
-    which name the columns of a table without objects).
+    which name the columns of a table without objects). Given an iterator that lets go of
+    each partial as it yields it (as the pipeline does), the partials are freed as soon as
+    their rows are stacked and their intensities merged: the table is built without them.
     """
     import pandas as pd
 
@@ -144,14 +147,18 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
                                             len(axes) if axes is not None else 2)
     axes = _axis_names(axes, ndim)
     nonempty = [p for p in parts if len(p)]
+    measured = [p.intensity for p in nonempty if p.intensity is not None]
+    if measured and len(measured) != len(nonempty):
+        raise InvalidParameterError("some tiles' statistics have intensities, others not.")
+    geometry = _stacked_geometry(nonempty, ndim)
+    any_rows = bool(nonempty)
+    del parts, nonempty  # given an iterator, the partials' geometry is freed here
+    release_free_memory()
 
-    def stacked(name: str, axis: int | None = None) -> np.ndarray:  # one column at a time
-        arrays = [getattr(p, name) if axis is None else getattr(p, name)[:, axis]
-                  for p in nonempty]
-        empty = np.zeros(0, np.float64 if name == "sums" else np.int64)
-        return np.concatenate(arrays) if arrays else empty
+    def stacked(name: str, axis: int | None = None) -> np.ndarray:
+        return geometry[name] if axis is None else geometry[name][:, axis]
 
-    ids, inverse = np.unique(stacked("labels").astype(np.uint64), return_inverse=True)
+    ids, inverse = np.unique(geometry.pop("labels"), return_inverse=True)
     inverse = inverse.reshape(-1)
     k = len(ids)
     voxels = stacked("voxels")
@@ -164,11 +171,13 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
                                                           bounds) if k else np.zeros(0, np.int64)
         columns[f"bbox_max_{name}"] = np.maximum.reduceat(stacked("stops", axis)[order],
                                                           bounds) if k else np.zeros(0, np.int64)
+    del geometry["starts"], geometry["stops"]
     centroid = np.zeros((k, ndim))
     for axis, name in enumerate(axes):
         centroid[:, axis] = np.bincount(inverse, weights=stacked("sums", axis),
                                         minlength=k) / np.maximum(total, 1)
         columns[f"centroid_{name}"] = centroid[:, axis]
+    del geometry["sums"]
     if scale is not None:
         scale = [float(s) for s in scale]
         if len(scale) != ndim:
@@ -184,21 +193,33 @@ def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = 
         power = {1: "", 2: "2", 3: "3"}.get(len(spatial), "")
         columns[f"volume_{suffix}{power if suffix != 'physical' else ''}"] = (
             total * float(np.prod([scale[i] for i in spatial])))
-    measured = [p.intensity for p in nonempty if p.intensity is not None]
     if measured:
-        if len(measured) != len(nonempty):
-            raise InvalidParameterError("some tiles' statistics have intensities, others not.")
         columns.update(combine_intensity(measured, inverse, order, bounds, voxels, total, ids,
                                          tuple(percentiles)))
-    elif channels and not nonempty:
+        measured.clear()  # the intensity parts, before the tiles' lists are made
+        release_free_memory()
+    elif channels and not any_rows:
         columns.update({name: np.zeros(0) for name in intensity_columns(channels, percentiles)})
-    tiles = np.concatenate([np.full(len(p), p.tile, np.int64) for p in nonempty]) \
-        if nonempty else np.zeros(0, np.int64)
-    columns["n_tiles"], columns["tiles"] = _tiles_spanned(inverse, tiles, k)
+    columns["n_tiles"], columns["tiles"] = _tiles_spanned(inverse, geometry.pop("tiles"), k)
     table = pd.DataFrame(columns, copy=False)
     table.attrs.update({"axes": list(axes), "scale": list(scale) if scale is not None else None,
                         "units": list(units) if units is not None else None})
     return table
+
+
+def _stacked_geometry(parts: list[TileStatistics], ndim: int) -> dict[str, np.ndarray]:
+    """The rows of all ``parts`` (non-empty) in one array per figure, and each row's tile."""
+    def stacked(name: str, dtype) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        return np.concatenate(arrays) if arrays else np.zeros((0, ndim) if name in (
+            "sums", "starts", "stops") else 0, dtype)
+
+    geometry = {name: stacked(name, dtype) for name, dtype in (
+        ("labels", np.uint64), ("voxels", np.int64), ("sums", np.float64),
+        ("starts", np.int64), ("stops", np.int64))}
+    geometry["tiles"] = np.concatenate([np.full(len(p), p.tile, np.int64) for p in parts]) \
+        if parts else np.zeros(0, np.int64)
+    return geometry
 
 
 def _tiles_spanned(rows: np.ndarray, tiles: np.ndarray, k: int) -> tuple[np.ndarray, list]:
@@ -269,7 +290,7 @@ def _write_table_as(table, target, suffix: str) -> None:
         pq.write_table(arrow.replace_schema_metadata(meta), target)
 
 
-CSV_BATCH_ROWS = 65536  # rows formatted at a time (the tiles' strings are made per batch)
+CSV_BATCH_ROWS = 16384  # rows formatted at a time (the tiles' strings are made per batch)
 
 
 def _write_csv(table, target) -> None:
@@ -294,8 +315,10 @@ def _write_csv(table, target) -> None:
             target = stack.enter_context(open(target, "wb"))
         with pa_csv.CSVWriter(target, first.schema, write_options=options) as writer:
             writer.write_batch(first)
+            del first  # one batch alive at a time: the next is made once this one is gone
             for batch in batches:
                 writer.write_batch(batch)
+                del batch
 
 
 def _tile_strings(tiles) -> list[str]:
