@@ -75,7 +75,7 @@ class ArrayReader(BaseReader):
         if hasattr(block, "compute"):
             block = block.compute()
         block = np.asarray(block)
-        if isinstance(self.array, np.ndarray) and np.shares_memory(block, self.array):
+        if isinstance(self.array, np.ndarray) and np.may_share_memory(block, self.array):
             return block.copy()
         return block
 
