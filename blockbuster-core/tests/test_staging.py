@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from blockbuster.errors import StageMismatchError
-from blockbuster.staging import Stage, TileRecord, staged_dtype
+from blockbuster.ids import local_dtype
+from blockbuster.staging import Stage, TileRecord
 from blockbuster.tiling import TileGrid
 
 
 @pytest.mark.parametrize("count, dtype", [(1, np.uint8), (255, np.uint8), (256, np.uint16),
                                           (70_000, np.uint32), (2**32, np.uint64)])
 def test_staged_labels_use_the_smallest_dtype(count, dtype):
-    assert staged_dtype(count) == dtype
+    assert local_dtype(count) == dtype
 
 
 def test_staged_labels_round_trip_and_a_damaged_file_is_refused(tmp_path):

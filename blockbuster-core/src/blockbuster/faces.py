@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blockbuster._label_kernels import renumber_in_order
 from blockbuster.errors import TooManyLabelsError
 from blockbuster.ids import LOCAL_DTYPE, MAX_LOCAL_LABELS
 from blockbuster.tiling import Tile, TileGrid
@@ -43,29 +44,14 @@ def face_key(kind: str, axis: int, side: str) -> str:
 def local_labels(core_raw: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """Renumber the labels present in the core to ``1..n`` in order of first appearance.
 
-    Returns the local labels in the smallest unsigned dtype that holds ``n`` (so staging
-    them costs as few bytes as possible), and the raw labels sorted by value with, for each,
-    its local label (``present``: shape ``(n, 2)``, columns raw and local).
+    Returns the local labels (in an unsigned dtype that holds the largest raw label, so staging
+    them costs few bytes), and the raw labels sorted by value with, for each, its local label
+    (``present``: shape ``(n, 2)``, columns raw and local). The core is read in place: a core
+    cut out of a padded tile is not copied first.
     """
-    import fastremap
-
-    local, remap = fastremap.renumber(_row_major(core_raw), preserve_zero=True, in_place=False)
-    remap.pop(0, None)
-    check_label_budget(len(remap), tile)
-    present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
-    return local, present  # fastremap picks the smallest unsigned dtype that holds n
-
-
-def _row_major(array: np.ndarray) -> np.ndarray:
-    """``array``, or a C-ordered copy when it is laid out column-major.
-
-    fastremap numbers labels in the order it walks the memory, row-major for every array
-    except a Fortran-contiguous one. A core cut out of a padded tile is not contiguous, and
-    fastremap copies it (row-major) itself: copying it here first cost a second tile-sized
-    copy for every tile with a halo."""
-    if array.flags.f_contiguous and not array.flags.c_contiguous:
-        return np.ascontiguousarray(array)
-    return array
+    local, present = renumber_in_order(core_raw)
+    check_label_budget(len(present), tile)
+    return local, present
 
 
 def check_label_budget(count: int, tile: Tile) -> None:

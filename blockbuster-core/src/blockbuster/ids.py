@@ -34,3 +34,12 @@ def local_of(ids: np.ndarray) -> np.ndarray:
 def first_of_tiles(tile_indices: np.ndarray) -> np.ndarray:
     """The provisional ID just below each tile's first label (local label 0)."""
     return encode(tile_indices, np.zeros(np.shape(tile_indices), np.uint64))
+
+
+def local_dtype(count: int) -> np.dtype:
+    """The smallest unsigned dtype holding local labels ``0..count``: a tile's labels are
+    staged in it, and numbered straight into it."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)

@@ -39,6 +39,7 @@ import numpy as np
 from blockbuster.errors import StageMismatchError
 from blockbuster.faces import Face
 from blockbuster.faults import write_failure
+from blockbuster.ids import local_dtype
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.tiling import Tile, TileGrid
 
@@ -112,7 +113,7 @@ class Stage:
         then its record (the done-marker)."""
         try:
             if record.count:
-                labels = np.ascontiguousarray(local, dtype=staged_dtype(record.count))
+                labels = np.ascontiguousarray(local, dtype=local_dtype(record.count))
                 _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
             rows = self._path(tile.index, ".stats")
             if statistics is None:
@@ -154,7 +155,7 @@ class Stage:
 
     def read_local(self, tile: Tile, count: int) -> np.ndarray:
         """The staged local labels of a tile with ``count`` labels (``count`` > 0)."""
-        dtype = staged_dtype(count)
+        dtype = local_dtype(count)
         shape = tuple(s.stop - s.start for s in tile.core)
         try:
             data = _codec().decode(self._path(tile.index, ".labels").read_bytes())
@@ -200,14 +201,6 @@ def default_stage_dir() -> Path:
         return Path(chosen)
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "blockbuster" / "stage"
-
-
-def staged_dtype(count: int) -> np.dtype:
-    """The smallest unsigned dtype holding local labels ``0..count``."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if count <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
 
 
 def _codec():

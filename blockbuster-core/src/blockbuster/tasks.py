@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster._label_kernels import apply_lut
 from blockbuster.background import MAX_PENDING_WRITES, Background
 from blockbuster.errors import BlockbusterError, ImageReadError, TileFunctionError
 from blockbuster.faults import read_failure, retrying, write_failure
@@ -360,7 +361,7 @@ def relabel_task(job: Job, run: list[tuple[int, TileTable, np.dtype]]) -> list:
             if table.count:
                 local = job.stage.read_local(tile, table.count)
                 lut = table.lookup().astype(dtype)
-                io.write(_write_output, job, tile, np.take(lut, local))
+                io.write(_write_output, job, tile, apply_lut(local, lut))
                 if job.table:
                     statistics = _table_rows(job, tile, local, lut, table.spanning)
             found.append(statistics)
