@@ -18,6 +18,11 @@ the load average around the runs.
 Targets: ``sleep`` and ``matmul`` with 2 workers >= 1.8x one worker; ``cc`` with processes and
 2 workers >= 1.5x one worker and never slower than threads with 2 workers.
 
+One worker is not one core: it reads ahead and writes behind on threads of its own, so with a
+cheap ``fn`` it keeps more than one core busy. Each row gives how many (CPU seconds over wall
+seconds of ``threads`` with 1 worker) and the speed-up two workers could reach at most on this
+machine's cores if they added no work at all: cores / that figure.
+
 Usage: python bench/bench_workers.py [--repeats N] [--functions sleep matmul cc] [--quick]
        [--out bench/results]
 """
@@ -135,7 +140,13 @@ def measure(image: str, name: str, repeats: int) -> dict:
     row["speedup_processes"] = row["threads-1_wall_s"] / row["processes-2_wall_s"]
     row["speedup_processes_own"] = row["processes-1_wall_s"] / row["processes-2_wall_s"]
     row["processes_vs_threads"] = row["threads-2_wall_s"] / row["processes-2_wall_s"]
+    row["cores_one_worker"] = row["threads-1_cpu_s"] / row["threads-1_wall_s"]
+    row["speedup_bound"] = usable_cores() / row["cores_one_worker"]
     return row
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -159,7 +170,8 @@ def targets(rows: list[dict]) -> list[str]:
 def markdown(rows: list[dict]) -> str:
     lines = ["| fn | tiles | wall s: threads 1 / 2 | processes 1 / 2 | CPU s: threads 1 / 2 | "
              "processes 1 / 2 | speed-up threads | "
-             "speed-up processes (vs threads 1) | load avg median / max |", "|---|---|---|---|---|---|---|---|---|"]
+             "speed-up processes (vs threads 1) | cores one worker keeps busy | bound for 2 "
+             "workers | load avg median / max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['function']} | {r['tiles']} | {r['threads-1_wall_s']:.2f} / "
@@ -167,7 +179,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r['processes-2_wall_s']:.2f} | {r['threads-1_cpu_s']:.2f} / "
             f"{r['threads-2_cpu_s']:.2f} | {r['processes-1_cpu_s']:.2f} / "
             f"{r['processes-2_cpu_s']:.2f} | {r['speedup_threads']:.2f} | "
-            f"{r['speedup_processes']:.2f} | {r['load_median']:.1f} / {r['load_max']:.1f} |")
+            f"{r['speedup_processes']:.2f} | {r['cores_one_worker']:.2f} | "
+            f"{r['speedup_bound']:.2f} | {r['load_median']:.1f} / {r['load_max']:.1f} |")
     return "\n".join(lines + [""] + targets(rows)) + "\n"
 
 
