@@ -1,6 +1,7 @@
 """Plugin discovery and selection by name: built-ins, aliases, the three errors, options."""
 
 import sys
+import time
 import types
 
 import numpy as np
@@ -250,3 +251,40 @@ def test_a_reader_missing_part_of_the_contract_is_named():
                                                   r"source, identity, metadata"):
         tile_process(np.eye(4), "threshold", reader="bare", registry=registry)
 
+
+
+def install_plugin(site, name: str) -> None:
+    """A distribution ``name`` with one ``blockbuster`` entry point, installed into ``site``
+    as pip would: its module and its ``.dist-info`` folder."""
+    (site / f"{name}.py").write_text(
+        "from blockbuster.hookspecs import hookimpl\n"
+        "@hookimpl\n"
+        "def register_segmenters(register):\n"
+        f"    register({name!r}, lambda **options: (lambda tile: tile))\n")
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[blockbuster]\n{name} = {name}\n")
+
+
+def test_the_plugin_scan_is_reused_until_a_distribution_is_installed(tmp_path, monkeypatch):
+    import importlib_metadata
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    real, scans = importlib_metadata.entry_points, []
+
+    def counting(**kwargs):
+        scans.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(importlib_metadata, "entry_points", counting)
+    assert "late_plugin" not in Registry(autoload=True).names("segmenter")
+    Registry(autoload=True)
+    assert len(scans) == 1, "an unchanged environment is scanned once"
+
+    time.sleep(0.01)  # a later modification time, however coarse the clock
+    install_plugin(site, "late_plugin")
+    assert "late_plugin" in Registry(autoload=True).names("segmenter")
+    assert len(scans) == 2
