@@ -172,9 +172,7 @@ class Registry:
         return repr(plugin) if self.pm.has_plugin(name) else name
 
     def _load_entry_points(self) -> None:
-        for ep in sorted(installed_entry_points(ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-            dist = ep.dist.name if ep.dist else ""
-            version = ep.dist.version if ep.dist else ""
+        for ep, dist, version in installed_entry_points(ENTRY_POINT_GROUP):
             if ep.name in self.blocked or dist in self.blocked:
                 blocked_by = ep.name if ep.name in self.blocked else dist
                 self.skipped.append(PluginFailure(ep.name, dist, version, f"blocked as {blocked_by!r}"))
@@ -398,15 +396,19 @@ def _core_version() -> str:
 _scans: dict[str, tuple[tuple, tuple]] = {}  # group -> (what it was scanned under, found)
 
 
-def installed_entry_points(group: str) -> tuple:
-    """The entry points of ``group`` of the installed distributions, scanned again only when
-    the environment changed (:func:`environment_stamp`)."""
+def installed_entry_points(group: str) -> tuple[tuple[Any, str, str], ...]:
+    """The entry points of ``group`` of the installed distributions by name, each with its
+    distribution's name and version (``""`` when unknown), scanned again only when the
+    environment changed (:func:`environment_stamp`)."""
     from importlib_metadata import entry_points
 
     key = (entry_points, environment_stamp())
     scanned = _scans.get(group)
     if scanned is None or scanned[0] != key:
-        scanned = _scans[group] = (key, tuple(entry_points(group=group)))
+        found = sorted(entry_points(group=group), key=lambda ep: ep.name)
+        scanned = _scans[group] = (key, tuple(
+            (ep, ep.dist.name if ep.dist else "", ep.dist.version if ep.dist else "")
+            for ep in found))
     return scanned[1]
 
 
