@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from blockbuster import tile_process
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, OptionalDependencyError
 from blockbuster.image import ImageView
 from blockbuster.readers import BaseReader
 from blockbuster.table import combine, read_table, tile_statistics, write_table
@@ -197,3 +197,40 @@ def test_csv_written_in_batches_is_the_whole_table(tmp_path, monkeypatch):
     back = read_table(write_table(table, tmp_path / "t.csv"))
     assert len(table) > 3 * 5
     pd.testing.assert_frame_equal(back, table.reset_index(drop=True), check_dtype=False)
+
+
+@pytest.mark.parametrize("missing,table,merge_log", [
+    ("pandas", True, None),                       # the object table needs pandas
+    ("pyarrow", "objects.parquet", None),         # a Parquet table also pyarrow
+    ("pyarrow", None, True),                      # the merge log is Parquet
+])
+def test_a_missing_table_package_is_named_before_the_run_writes_anything(
+        tmp_path, monkeypatch, missing, table, merge_log):
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
+    if isinstance(table, str):
+        table = tmp_path / table
+    with pytest.raises(OptionalDependencyError, match=rf"needs {missing}, which is not "
+                       rf"installed.*pip install {missing} \(or pip install "
+                       r'"blockbuster-core\[formats\]"\)'):
+        tile_process(objects_across_tiles((40, 40), seed=1), Components(), tile_shape=(20, 20),
+                     overlap=2, write_to=tmp_path / "labels.zarr", table=table,
+                     merge_log=merge_log, executor="serial")
+    assert list(tmp_path.iterdir()) == []  # no labels, no stage: nothing was lost
+
+
+def test_relate_names_a_missing_pandas_before_reading_a_tile(tmp_path, monkeypatch):
+    import sys
+
+    from blockbuster.relations import relate
+
+    def unread(*args, **kwargs):
+        raise AssertionError("relate read its labels before checking for pandas")
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    monkeypatch.setattr("blockbuster.relations.open_labels", unread)
+    with pytest.raises(OptionalDependencyError, match="relate's table needs pandas"):
+        relate(np.ones((4, 4), np.uint8), np.ones((4, 4), np.uint8),
+               table=tmp_path / "relations.csv")
+    assert not (tmp_path / "relations.csv").exists()

@@ -142,3 +142,21 @@ def test_polygons_plane_without_polygons_fails_before_the_run(image):
     (image / "job.toml").write_text(JOB + "[postprocess]\npolygons_plane = 0\n")
     with pytest.raises(ConfigError, match="polygons_plane is set but polygons is not"):
         postprocessing(load_config(image / "job.toml"))
+
+
+@pytest.mark.parametrize("missing, postprocess", [
+    ("pandas", ""),  # [output] table = true
+    ("pyarrow", '[postprocess]\nrelate = "cells.zarr"\nrelate_to = "r.parquet"\n'),
+])
+def test_a_missing_table_package_fails_the_config_run_before_it_starts(image, capsys,
+                                                                       monkeypatch, missing,
+                                                                       postprocess):
+    import sys
+
+    (image / "job.toml").write_text(JOB + postprocess)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
+    assert main(["run", str(image / "job.toml")]) == 1
+    err = capsys.readouterr().err
+    assert f"needs {missing}, which is not installed" in err
+    assert f"pip install {missing}" in err
+    assert not (image / "nuclei.zarr").exists()  # nothing ran

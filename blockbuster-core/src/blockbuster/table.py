@@ -18,6 +18,7 @@ tiles the object spans).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, OptionalDependencyError
 from blockbuster.intensity import (
     IntensityRequest,
     TileIntensity,
@@ -39,6 +40,8 @@ from blockbuster.memory import release_free_memory
 from blockbuster.runs import LabelRuns
 from blockbuster.stores import Location
 
+TABLE_EXTRA = 'pip install "blockbuster-core[formats]"'
+PARQUET_TABLE_SUFFIXES = (".parquet", ".pq")
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
                       "centimeter": "cm", "meter": "m", "second": "s", "millisecond": "ms"}
 
@@ -123,6 +126,22 @@ def _geometry(runs: LabelRuns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     starts[:, -1] = runs.least(along)
     stops[:, -1] = runs.greatest(along + n)
     return voxels, sums, starts, stops
+
+
+def require_table_packages(what: str, path: str | os.PathLike | None = None) -> None:
+    """Check that ``what`` (a table) can be made, and written to ``path``: pandas, and pyarrow
+    for a Parquet path. Called before a run does any work, so a missing package costs nothing;
+    :class:`OptionalDependencyError` names the package and the ``pip install`` that brings it."""
+    needed = ["pandas"]
+    if path is not None and str(path).lower().endswith(PARQUET_TABLE_SUFFIXES):
+        needed.append("pyarrow")
+    for package in needed:
+        try:
+            importlib.import_module(package)
+        except ImportError as error:
+            raise OptionalDependencyError(
+                f"{what} needs {package}, which is not installed ({error}); pip install "
+                f"{package} (or {TABLE_EXTRA}) brings it, then run again.") from error
 
 
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
@@ -246,7 +265,7 @@ def write_table(table, path: str | os.PathLike, *,
     """
     location = Location(path, storage_options)
     suffix = os.path.splitext(location.name)[1].lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if suffix not in (".csv", *PARQUET_TABLE_SUFFIXES):
         raise InvalidParameterError(
             f"table path {str(path)!r}: use a .csv or .parquet suffix.")
     return write_whole(location, lambda target: _write_table_as(table, target, suffix))
