@@ -234,3 +234,31 @@ def test_relate_names_a_missing_pandas_before_reading_a_tile(tmp_path, monkeypat
         relate(np.ones((4, 4), np.uint8), np.ones((4, 4), np.uint8),
                table=tmp_path / "relations.csv")
     assert not (tmp_path / "relations.csv").exists()
+
+
+@pytest.mark.parametrize("writer", ["arrow", "pandas"])
+def test_a_float_column_of_whole_values_reads_back_from_csv_as_floats(tmp_path, monkeypatch,
+                                                                       writer):
+    """Objects of one pixel have whole centroids (as a uint image has whole means): the CSV
+    keeps them floats for pandas.read_csv, through Arrow's writer (in batches) and pandas'."""
+    import sys
+
+    import blockbuster.table as table_module
+
+    if writer == "pandas":
+        monkeypatch.setitem(sys.modules, "pyarrow", None)
+    else:
+        pytest.importorskip("pyarrow")
+        monkeypatch.setattr(table_module, "CSV_BATCH_ROWS", 4)
+    labels = np.zeros((20, 30), np.uint32)
+    labels[::3, ::4] = np.arange(1, 7 * 8 + 1).reshape(7, 8)  # single pixels
+    table = combine(by_tiles(labels, (8, 8))[0], scale=(2.0, 2.0))
+    table["score"] = [np.nan, np.inf, -0.0, 1e20] + [float(i) for i in range(len(table) - 4)]
+    floats = [name for name in table.columns if table[name].dtype.kind == "f"]
+    assert len(floats) == 6 and (table["centroid_x"] % 1 == 0).all()
+    back = pd.read_csv(write_table(table, tmp_path / "objects.csv"))
+    for name in floats:
+        assert back[name].dtype == np.float64, name
+        np.testing.assert_array_equal(back[name], table[name])
+    assert back["voxels"].dtype == np.int64  # ints stay ints
+    assert back["label"].tolist() == table["label"].tolist()
