@@ -86,6 +86,22 @@ def test_paths_are_relative_to_the_config_and_urls_stay(image):
         str(image / "cells.zarr")
 
 
+def test_postprocess_names_beside_an_ome_zarr_output_keep_ome_zarr_last(image):
+    """Derived names drop ``.ome.zarr`` whole (not ``tissue.ome.relations.csv``); polygon
+    files are never derived: they are the paths given, relative to the config."""
+    pytest.importorskip("shapely")
+    (image / "job.toml").write_text(
+        JOB.replace("nuclei.zarr", "tissue.ome.zarr") + '[postprocess]\nexpand = 2\n'
+        'relate = "cells.zarr"\npolygons = ["tissue.geojson", "s3://b/tissue.parquet"]\n')
+    plan = postprocessing(load_config(image / "job.toml"))
+    assert plan.expanded == str(image / "tissue.expanded.ome.zarr")
+    assert plan.relations == str(image / "tissue.relations.csv")
+    assert plan.polygons == (str(image / "tissue.geojson"), "s3://b/tissue.parquet")
+    (image / "job.toml").write_text(JOB + "[postprocess]\npolygons = true\n")
+    with pytest.raises(ConfigError, match="polygons = True must be of type str or list"):
+        load_config(image / "job.toml")
+
+
 def test_postprocess_reads_the_labels_the_ome_zarr_writer_put_inside_the_image(tmp_path):
     """Not the image at [output] path: its labels/<name>; physical spacing from its scale,
     which the expanded plain zarr records, so its polygons have micrometres too."""
