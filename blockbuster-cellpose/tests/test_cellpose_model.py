@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -175,8 +174,8 @@ def test_selected_by_name_from_config(tiny_weights, tmp_path):
     assert match_objects(expected, labels).f1 == 1.0
     assert (tmp_path / "labels.zarr").exists()
 
-    cli = [sys.executable, "-c", "from blockbuster.cli import main; raise SystemExit(main())"]
-    subprocess.run([*cli, "run", str(config), "--output", str(tmp_path / "cli.zarr")],
-                   check=True, capture_output=True)
+    from blockbuster.cli import main  # in this process: a fresh one is test_install's
+
+    assert main(["run", str(config), "--output", str(tmp_path / "cli.zarr")]) == 0
     from_cli = np.asarray(zarr.open_array(str(tmp_path / "cli.zarr"))[:])
     assert match_objects(expected, from_cli).f1 == 1.0
