@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from blockbuster import tile_process
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, OptionalDependencyError
 from blockbuster.image import ImageView
 from blockbuster.readers import BaseReader
 from blockbuster.table import combine, read_table, tile_statistics, write_table
@@ -197,3 +197,68 @@ def test_csv_written_in_batches_is_the_whole_table(tmp_path, monkeypatch):
     back = read_table(write_table(table, tmp_path / "t.csv"))
     assert len(table) > 3 * 5
     pd.testing.assert_frame_equal(back, table.reset_index(drop=True), check_dtype=False)
+
+
+@pytest.mark.parametrize("missing,table,merge_log", [
+    ("pandas", True, None),                       # the object table needs pandas
+    ("pyarrow", "objects.parquet", None),         # a Parquet table also pyarrow
+    ("pyarrow", None, True),                      # the merge log is Parquet
+])
+def test_a_missing_table_package_is_named_before_the_run_writes_anything(
+        tmp_path, monkeypatch, missing, table, merge_log):
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
+    if isinstance(table, str):
+        table = tmp_path / table
+    with pytest.raises(OptionalDependencyError, match=rf"needs {missing}, which is not "
+                       rf"installed.*pip install {missing} \(or pip install "
+                       r'"blockbuster-core\[formats\]"\)'):
+        tile_process(objects_across_tiles((40, 40), seed=1), Components(), tile_shape=(20, 20),
+                     overlap=2, write_to=tmp_path / "labels.zarr", table=table,
+                     merge_log=merge_log, executor="serial")
+    assert list(tmp_path.iterdir()) == []  # no labels, no stage: nothing was lost
+
+
+def test_relate_names_a_missing_pandas_before_reading_a_tile(tmp_path, monkeypatch):
+    import sys
+
+    from blockbuster.relations import relate
+
+    def unread(*args, **kwargs):
+        raise AssertionError("relate read its labels before checking for pandas")
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    monkeypatch.setattr("blockbuster.relations.open_labels", unread)
+    with pytest.raises(OptionalDependencyError, match="relate's table needs pandas"):
+        relate(np.ones((4, 4), np.uint8), np.ones((4, 4), np.uint8),
+               table=tmp_path / "relations.csv")
+    assert not (tmp_path / "relations.csv").exists()
+
+
+@pytest.mark.parametrize("writer", ["arrow", "pandas"])
+def test_a_float_column_of_whole_values_reads_back_from_csv_as_floats(tmp_path, monkeypatch,
+                                                                       writer):
+    """Objects of one pixel have whole centroids (as a uint image has whole means): the CSV
+    keeps them floats for pandas.read_csv, through Arrow's writer (in batches) and pandas'."""
+    import sys
+
+    import blockbuster.table as table_module
+
+    if writer == "pandas":
+        monkeypatch.setitem(sys.modules, "pyarrow", None)
+    else:
+        pytest.importorskip("pyarrow")
+        monkeypatch.setattr(table_module, "CSV_BATCH_ROWS", 4)
+    labels = np.zeros((20, 30), np.uint32)
+    labels[::3, ::4] = np.arange(1, 7 * 8 + 1).reshape(7, 8)  # single pixels
+    table = combine(by_tiles(labels, (8, 8))[0], scale=(2.0, 2.0))
+    table["score"] = [np.nan, np.inf, -0.0, 1e20] + [float(i) for i in range(len(table) - 4)]
+    floats = [name for name in table.columns if table[name].dtype.kind == "f"]
+    assert len(floats) == 6 and (table["centroid_x"] % 1 == 0).all()
+    back = pd.read_csv(write_table(table, tmp_path / "objects.csv"))
+    for name in floats:
+        assert back[name].dtype == np.float64, name
+        np.testing.assert_array_equal(back[name], table[name])
+    assert back["voxels"].dtype == np.int64  # ints stay ints
+    assert back["label"].tolist() == table["label"].tolist()

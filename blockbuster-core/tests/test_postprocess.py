@@ -86,6 +86,22 @@ def test_paths_are_relative_to_the_config_and_urls_stay(image):
         str(image / "cells.zarr")
 
 
+def test_postprocess_names_beside_an_ome_zarr_output_keep_ome_zarr_last(image):
+    """Derived names drop ``.ome.zarr`` whole (not ``tissue.ome.relations.csv``); polygon
+    files are never derived: they are the paths given, relative to the config."""
+    pytest.importorskip("shapely")
+    (image / "job.toml").write_text(
+        JOB.replace("nuclei.zarr", "tissue.ome.zarr") + '[postprocess]\nexpand = 2\n'
+        'relate = "cells.zarr"\npolygons = ["tissue.geojson", "s3://b/tissue.parquet"]\n')
+    plan = postprocessing(load_config(image / "job.toml"))
+    assert plan.expanded == str(image / "tissue.expanded.ome.zarr")
+    assert plan.relations == str(image / "tissue.relations.csv")
+    assert plan.polygons == (str(image / "tissue.geojson"), "s3://b/tissue.parquet")
+    (image / "job.toml").write_text(JOB + "[postprocess]\npolygons = true\n")
+    with pytest.raises(ConfigError, match="polygons = True must be of type str or list"):
+        load_config(image / "job.toml")
+
+
 def test_postprocess_reads_the_labels_the_ome_zarr_writer_put_inside_the_image(tmp_path):
     """Not the image at [output] path: its labels/<name>; physical spacing from its scale,
     which the expanded plain zarr records, so its polygons have micrometres too."""
@@ -142,3 +158,21 @@ def test_polygons_plane_without_polygons_fails_before_the_run(image):
     (image / "job.toml").write_text(JOB + "[postprocess]\npolygons_plane = 0\n")
     with pytest.raises(ConfigError, match="polygons_plane is set but polygons is not"):
         postprocessing(load_config(image / "job.toml"))
+
+
+@pytest.mark.parametrize("missing, postprocess", [
+    ("pandas", ""),  # [output] table = true
+    ("pyarrow", '[postprocess]\nrelate = "cells.zarr"\nrelate_to = "r.parquet"\n'),
+])
+def test_a_missing_table_package_fails_the_config_run_before_it_starts(image, capsys,
+                                                                       monkeypatch, missing,
+                                                                       postprocess):
+    import sys
+
+    (image / "job.toml").write_text(JOB + postprocess)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
+    assert main(["run", str(image / "job.toml")]) == 1
+    err = capsys.readouterr().err
+    assert f"needs {missing}, which is not installed" in err
+    assert f"pip install {missing}" in err
+    assert not (image / "nuclei.zarr").exists()  # nothing ran

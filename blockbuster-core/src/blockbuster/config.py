@@ -316,6 +316,9 @@ def postprocessing(config: RunConfig) -> Postprocessing:
     if get("relate") is not None:
         relations = _with_suffix(config, "relate_to", get("relate_to") or stem + ".relations.csv",
                                  (".csv", ".parquet", ".pq"), "a .csv or .parquet table")
+        from blockbuster.table import require_table_packages
+
+        require_table_packages("[postprocess] relate", relations)
     return Postprocessing(
         expanded=(get("expand_to") or stem + ".expanded" + zarr) if get("expand") is not None
         else None,

@@ -66,7 +66,7 @@ from blockbuster.segmenter import Segmenter
 from blockbuster.shared_blocks import SharedBlockCache
 from blockbuster.staging import Stage, stage_root
 from blockbuster.stores import is_url, local_if_file_url
-from blockbuster.table import combine, write_table
+from blockbuster.table import combine, require_table_packages, write_table
 from blockbuster.tiling import Tile
 from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import (
@@ -302,6 +302,10 @@ def tile_process(
     measured = _intensity_view(intensity_image, percentiles, table_path, image, registry,
                                storage_options)
     log_path = resolve_merge_log_path(merge_log, write_to)
+    for what, path in (("the object table (table=)", table_path),
+                       ("the merge log (merge_log=)", log_path)):
+        if path is not None:
+            require_table_packages(what, path)
     temporary = None
     if write_to is None:
         temporary = Path(tempfile.mkdtemp(prefix="blockbuster-"))

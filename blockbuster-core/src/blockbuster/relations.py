@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.table import require_table_packages, write_table
 from blockbuster.tilewise import label_grid, map_tiles, open_labels, resolve_workers
 
 COLUMNS = ("child", "parent", "child_voxels", "overlap_voxels", "overlap_fraction", "n_parents")
@@ -148,6 +149,7 @@ def relate(children: Any, parents: Any, *, tile_shape: Sequence[int] | None = No
     pandas.DataFrame
         The columns of :mod:`blockbuster.relations` (``child``, ``parent``, ...).
     """
+    require_table_packages("relate's table", table)
     child_view = open_labels(children, "children", storage_options=storage_options)
     parent_view = open_labels(parents, "parents", storage_options=storage_options)
     if child_view.shape != parent_view.shape:
@@ -164,7 +166,5 @@ def relate(children: Any, parents: Any, *, tile_shape: Sequence[int] | None = No
     counts = combine_pairs(map_tiles(count, grid, workers))
     result = overlap_pairs(counts) if pairs else assign_parents(counts)
     if table is not None:
-        from blockbuster.table import write_table
-
         write_table(result, table, storage_options=storage_options)
     return result

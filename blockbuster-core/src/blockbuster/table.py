@@ -18,6 +18,7 @@ tiles the object spans).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, OptionalDependencyError
 from blockbuster.intensity import (
     IntensityRequest,
     TileIntensity,
@@ -39,6 +40,8 @@ from blockbuster.memory import release_free_memory
 from blockbuster.runs import LabelRuns
 from blockbuster.stores import Location
 
+TABLE_EXTRA = 'pip install "blockbuster-core[formats]"'
+PARQUET_TABLE_SUFFIXES = (".parquet", ".pq")
 UNIT_ABBREVIATIONS = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm",
                       "centimeter": "cm", "meter": "m", "second": "s", "millisecond": "ms"}
 
@@ -123,6 +126,22 @@ def _geometry(runs: LabelRuns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     starts[:, -1] = runs.least(along)
     stops[:, -1] = runs.greatest(along + n)
     return voxels, sums, starts, stops
+
+
+def require_table_packages(what: str, path: str | os.PathLike | None = None) -> None:
+    """Check that ``what`` (a table) can be made, and written to ``path``: pandas, and pyarrow
+    for a Parquet path. Called before a run does any work, so a missing package costs nothing;
+    :class:`OptionalDependencyError` names the package and the ``pip install`` that brings it."""
+    needed = ["pandas"]
+    if path is not None and str(path).lower().endswith(PARQUET_TABLE_SUFFIXES):
+        needed.append("pyarrow")
+    for package in needed:
+        try:
+            importlib.import_module(package)
+        except ImportError as error:
+            raise OptionalDependencyError(
+                f"{what} needs {package}, which is not installed ({error}); pip install "
+                f"{package} (or {TABLE_EXTRA}) brings it, then run again.") from error
 
 
 def combine(partials: Iterable[TileStatistics], scale: Sequence[float] | None = None, *,
@@ -246,7 +265,7 @@ def write_table(table, path: str | os.PathLike, *,
     """
     location = Location(path, storage_options)
     suffix = os.path.splitext(location.name)[1].lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if suffix not in (".csv", *PARQUET_TABLE_SUFFIXES):
         raise InvalidParameterError(
             f"table path {str(path)!r}: use a .csv or .parquet suffix.")
     return write_whole(location, lambda target: _write_table_as(table, target, suffix))
@@ -294,19 +313,22 @@ CSV_BATCH_ROWS = 16384  # rows formatted at a time (the tiles' strings are made 
 
 
 def _write_csv(table, target) -> None:
-    """``table`` as CSV, ``tiles`` as ``"3;4"``: through Arrow's writer when pyarrow is
-    installed (ten times faster than pandas' for a table of many objects, and a batch of rows
-    at a time; integral floats are written without ``.0``), else through pandas."""
+    """``table`` as CSV, ``tiles`` as ``3;4``: through Arrow's writer when pyarrow is installed
+    (ten times faster than pandas' for a table of many objects, and a batch of rows at a time),
+    else through pandas. Either way a float is written with its decimal point (``3.0``), so a
+    float column of whole values (the mean of a uint image) reads back as floats."""
     try:
         import pyarrow as pa
         import pyarrow.csv as pa_csv
     except ImportError:
         table.assign(tiles=_tile_strings(table["tiles"])).to_csv(target, index=False)
         return
-    options = pa_csv.WriteOptions(quoting_style="needed")
+    # our columns (numbers, tiles, floats as text) never need quotes: plain, as pandas writes
+    ours = all(table[name].dtype.kind in "biuf" or name == "tiles" for name in table.columns)
+    options = pa_csv.WriteOptions(quoting_style="none" if ours else "needed")
     batches = (pa.record_batch({name: _tile_strings(table[name][start:start + CSV_BATCH_ROWS])
                                 if name == "tiles" else
-                                table[name].to_numpy()[start:start + CSV_BATCH_ROWS]
+                                _csv_values(table[name].to_numpy()[start:start + CSV_BATCH_ROWS])
                                 for name in table.columns})
                for start in range(0, max(len(table), 1), CSV_BATCH_ROWS))
     first = next(batches)
@@ -319,6 +341,21 @@ def _write_csv(table, target) -> None:
             for batch in batches:
                 writer.write_batch(batch)
                 del batch
+
+
+def _csv_values(values: np.ndarray):
+    """One column's batch for Arrow's CSV writer; floats as the text Arrow would write, with
+    ``.0`` added to whole numbers (Arrow writes ``3``, which pandas reads back as an int)."""
+    if values.dtype.kind != "f":
+        return values
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.cast(pa.array(values), pa.string())
+    if not (np.isfinite(values) & (values == np.floor(values))).any():
+        return text  # no whole number in the batch: nothing to mend
+    whole = pc.match_substring_regex(text, r"^-?[0-9]+$")  # not 1e+15, inf, nan
+    return pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
 
 
 def _tile_strings(tiles) -> list[str]:
