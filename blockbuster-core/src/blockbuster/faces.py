@@ -104,7 +104,7 @@ def outer_box(tile: Tile, axis: int, side: str, shape: tuple[int, ...]) -> tuple
 
 def inner_faces(local: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
     """Inner layers of the core at every face shared with another tile."""
-    return _core_layers("inner", local.astype(LOCAL_DTYPE, copy=False), tile, grid)
+    return _core_layers("inner", local, tile, grid, LOCAL_DTYPE)
 
 
 def class_faces(classes: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
@@ -113,14 +113,16 @@ def class_faces(classes: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Fa
     return _core_layers("class", classes, tile, grid)
 
 
-def _core_layers(kind: str, core: np.ndarray, tile: Tile, grid: TileGrid) -> dict[str, Face]:
-    """Copies of ``core``'s outermost layers at every face shared with another tile."""
+def _core_layers(kind: str, core: np.ndarray, tile: Tile, grid: TileGrid,
+                 dtype: np.dtype | None = None) -> dict[str, Face]:
+    """Copies of ``core``'s outermost layers at every face shared with another tile (in
+    ``dtype``: only the layers are converted, never the whole core)."""
     faces = {}
     for axis, side in shared_axes(tile, grid):
         box = inner_box(tile, axis, side)
         relative = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, tile.core))
         faces[face_key(kind, axis, side)] = Face(tuple(b.start for b in box),
-                                                 np.array(core[relative]))
+                                                 np.array(core[relative], dtype=dtype))
     return faces
 
 
