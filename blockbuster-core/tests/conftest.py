@@ -8,10 +8,11 @@ import pytest
 
 @pytest.fixture
 def assert_releases_gil():
-    """``check(call)``: run ``call`` in a worker thread while the main thread keeps running
-    Python; with the GIL held through the call, not one tick would fall in its middle half."""
+    """``check(call, shortest)``: run ``call`` in a worker thread while the main thread keeps
+    running Python; with the GIL held through the call, not one tick would fall in its middle
+    half. A call shorter than ``shortest`` seconds is too short to tell."""
 
-    def check(call) -> None:
+    def check(call, shortest: float) -> None:
         span, ticks = [], []
 
         def timed():
@@ -26,7 +27,7 @@ def assert_releases_gil():
         worker.join()
         start, stop = span
         quarter = (stop - start) / 4
-        assert stop - start > 0.02, "the call was too short to tell"
+        assert stop - start > shortest, "the call was too short to tell"
         assert any(start + quarter < t < stop - quarter for t in ticks)
 
     return check
