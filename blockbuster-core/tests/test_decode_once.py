@@ -336,12 +336,7 @@ def test_two_tasks_share_a_block_through_halo_strips_only(tmp_path):
     task's files go when it finishes."""
     data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
     reader = CountingReader(data, (16, 16))
-    view = ImageView.open(reader)
-    grid = TileGrid(view.shape, (16, 16), (2, 2))
-    runs = [list(range(k, k + 4)) for k in range(0, 16, 4)]  # one row of tiles each
-    parent = SharedBlockCache((16, 16), 2**20, grid)
-    parent.share(tmp_path / "blocks", runs)
-    first, second = (pickle.loads(pickle.dumps(parent)) for _ in range(2))
+    view, grid, runs, parent, (first, second) = _two_workers(reader, tmp_path)
     try:
         for cache, worker, task in [(first, 0, 0), (second, 1, 3), (second, 1, 2),
                                     (first, 0, 1)]:  # two workers walking the lane, meeting
@@ -361,6 +356,49 @@ def test_two_tasks_share_a_block_through_halo_strips_only(tmp_path):
     assert not list((tmp_path / "blocks").glob("*.1.npy"))
     parent.close()
     assert not (tmp_path / "blocks").exists()
+
+
+def test_worker_processes_decode_blocks_into_the_tiles_that_read_them_whole(tmp_path):
+    """Each worker process's cache is told the reads of the task it claims and of the task it
+    will likely claim next: blocks are decoded straight into the padded buffers of the tiles
+    that read them whole (no tile-sized copy), tiles stay the input however callers change
+    the ones they got, and a task told ahead but claimed by the other worker is taken back,
+    leaving nothing held."""
+    data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    array = zarr.create_array(store=str(tmp_path / "image.zarr"), data=data, chunks=(16, 16))
+    reader = DecodingInto(array)
+    view, grid, runs, parent, (first, second) = _two_workers(reader, tmp_path)
+    in_place = 0
+    try:
+        # the second worker expects task 2 next, but the first takes it
+        for cache, worker, task in [(first, 0, 0), (second, 1, 3), (first, 0, 1),
+                                    (first, 0, 2), (second, 1, None)]:
+            set_thread_worker(WorkerInfo(worker, 2))
+            assert cache.claim_run() == ([] if task is None else runs[task])
+            for i in [] if task is None else runs[task]:
+                got = cache.read(view, grid.tile(i).padded, i)
+                assert np.array_equal(got, data[grid.tile(i).padded])
+                in_place += any(got is base for base in reader.buffers)
+                got[...] = -1  # the caller's to change
+    finally:
+        set_thread_worker(WorkerInfo(0, 1))
+    # all but the first tile each worker reads and the first of task 2, where the lanes meet
+    # (its blocks were decoded by the second worker, for whose next task they were meant)
+    assert in_place == 13
+    for cache in (first, second):
+        assert cache.size == 0 and not cache._buffers and not cache._wanted
+    parent.close()
+
+
+def _two_workers(reader, tmp_path):
+    """A 64² image of 16² blocks in 16² tiles with a 2-pixel halo, one row of tiles per task,
+    and the caches of two worker processes sharing blocks (two copies of the parent's)."""
+    view = ImageView.open(reader)
+    grid = TileGrid(view.shape, (16, 16), (2, 2))
+    runs = [list(range(k, k + 4)) for k in range(0, 16, 4)]
+    parent = SharedBlockCache((16, 16), 2**20, grid)
+    parent.share(tmp_path / "blocks", runs)
+    return view, grid, runs, parent, [pickle.loads(pickle.dumps(parent)) for _ in range(2)]
 
 
 def _published_rows(path) -> int:

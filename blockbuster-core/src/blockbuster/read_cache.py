@@ -135,6 +135,25 @@ class BlockCache:
                 for position in self._positions(region):
                     self._wanted.setdefault(position, []).append(tuple(region))
 
+    def forget(self, regions) -> None:
+        """Take back ``regions`` told to :meth:`expect` that will not be read here after all:
+        drop their buffers and the parts of blocks kept only for them or decoded into them
+        (never handed to a caller, so nothing else reads them)."""
+        with self._lock:
+            for region in map(tuple, regions):
+                self._buffers.pop(_key(region), None)
+                for position in self._positions(region):
+                    wanted = self._wanted.get(position, [])
+                    if region in wanted:
+                        wanted.remove(region)
+                    if not wanted:
+                        self._wanted.pop(position, None)
+                    part = self._blocks.get(position)
+                    if part is not None and (not wanted
+                                             or getattr(part, "buffer", None) == region):
+                        del self._blocks[position]
+                        self._size -= part.nbytes
+
     def read(self, image: ImageView, region: tuple[slice, ...],
              tile: int | None = None) -> np.ndarray:
         """The tile at the spatial ``region``, as ``image.read(region)`` returns it (``tile``:
@@ -320,8 +339,8 @@ class _Part:
         """What to keep of this part of the block within ``bounds`` once the region ``read``
         has been read, for the regions still ``wanted``: the box holding them all; copies of
         each one's strip if this part lives in ``read``'s buffer (handed to the caller)."""
-        if self.buffer != read:
-            return self.cropped(_hull(wanted, bounds), image)
+        if self.buffer != read:  # a part published for one task may hold less than wanted
+            return self.cropped(_intersection(_hull(wanted, bounds), self.box), image)
         boxes = []
         for box in (_intersection(w, bounds) for w in wanted):
             if box not in boxes:
@@ -398,8 +417,9 @@ def plan_block_reads(image: ImageView, grid: TileGrid, *, max_bytes: int, shared
     are read. A ``shared`` cache (threads) is told every read of the run and holds only the
     *frontier*: the blocks decoded for a halo whose own tile comes later, about one row of
     blocks across the band (plus ``tiles_in_flight``), and halo strips. A cache of its own per
-    worker process is not told, keeps blocks least recently used out, and needs about three
-    rows. The band is the widest whose blocks fit in ``max_bytes``; each band edge is decoded
+    worker process is told only the reads of its task and the next
+    (:class:`~blockbuster.shared_blocks.SharedBlockCache`), is not told the tasks other
+    processes run, keeps blocks least recently used out, and needs about three rows. The band is the widest whose blocks fit in ``max_bytes``; each band edge is decoded
     twice. No cache when no block would be read twice (no halo, tiles made of whole blocks),
     when the input has no chunks, or when ``max_bytes`` is 0.
     """

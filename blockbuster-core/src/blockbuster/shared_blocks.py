@@ -10,7 +10,9 @@ hands such chunks on through a run-scoped folder next to the staging area:
 - each worker claims the tasks it runs itself (:meth:`SharedBlockCache.claim_run`), walking
   a lane of consecutive tasks (:func:`lane_walk`: two workers walk a lane from either end
   towards each other), so the task that reads a block whole (its core) mostly runs on the
-  worker that decoded the block for the halo of the task before, and finds it in its own cache;
+  worker that decoded the block for the halo of the task before, and finds it in its own cache,
+  decoded straight into the tile's padded buffer (the cache is told the reads of the task it
+  claims and of the task it will likely claim next);
 - the first worker to need a shared block claims it (an exclusive create), decodes it and
   publishes for each other task that reads *part* of it (a halo strip) that part, with an
   atomic write and rename; a worker that needs a block claimed by another waits for its file
@@ -65,6 +67,7 @@ class SharedBlockCache(BlockCache):
         self.runs = runs or []
         self._walk: list[int] = []  # the order in which this process claims tasks
         self._walked = 0  # how far along it this process has claimed
+        self._told_next: int | None = None  # the task whose reads the cache was told ahead
         self._reading = threading.local()
         self._claimed_here: set[tuple[int, ...]] = set()  # blocks this process decoded first
         self._users: Counter = Counter()  # the parent's: unfinished tasks reading each block
@@ -129,8 +132,30 @@ class SharedBlockCache(BlockCache):
             except FileExistsError:
                 continue
             self._walked = step + 1
+            self._expect_from(task)
             return self.runs[task]
+        self._expect_from(None)
         return []
+
+    def _expect_from(self, task: int | None) -> None:
+        """Tell the cache the reads of the claimed ``task`` and of the task this process will
+        likely claim next (:meth:`_next_task`), so that blocks are decoded straight into the
+        buffers of the tiles that read them whole, and the halo strips the next task reads of
+        this one's blocks are kept. A task told as the next one but claimed by another
+        process is taken back (``task`` ``None``: none is left to claim)."""
+        if self._told_next not in (None, task):
+            self.forget(self._padded(self._told_next))
+        if task is None:
+            self._told_next = None
+            return
+        if self._told_next != task:
+            self.expect(self._padded(task))
+        self._told_next = self._next_task()
+        if self._told_next is not None:
+            self.expect(self._padded(self._told_next))
+
+    def _padded(self, task: int) -> list[tuple[slice, ...]]:
+        return [self.grid.tile(index).padded for index in self.runs[task]]
 
     def read(self, image: ImageView, region: tuple[slice, ...],
              tile: int | None = None) -> np.ndarray:
