@@ -107,7 +107,7 @@ class TimedBatches:
     def segment_batch(self, tiles):
         started = time.perf_counter()
         labels = [(t > 0.5).astype(np.int32) for t in tiles]
-        self.calls.append((started, time.perf_counter()))
+        self.calls.append((started, time.perf_counter(), len(tiles)))
         return labels
 
 
@@ -144,9 +144,30 @@ def test_fn_goes_on_with_the_next_batch_while_the_last_one_is_staged(monkeypatch
     image = np.random.default_rng(0).random((128, 128))  # 64 tiles: 16 a task
     labels = tile_process(image, fn, tile_shape=(16, 16), overlap=0, executor="threads",
                           workers=1, output="mask", compute=True)
-    assert labels.max() > 0 and len(fn.calls) == 64 // fn.batch_size
-    (_, first_end), (second_start, _) = fn.calls[:2]
+    assert labels.max() > 0 and sum(n for _, _, n in fn.calls) == 64
+    assert fn.calls[0][2] == fn.calls[-1][2] == 1  # a task's batches start and end small
+    (_, first_end, _), (second_start, _, _) = fn.calls[:2]
     assert second_start - first_end < 0.3  # staging the first tile takes 0.3 s
+
+
+@pytest.mark.parametrize("n, size", [(64, 16), (100, 16), (16, 16), (7, 2), (3, 16), (1, 16),
+                                     (0, 16), (5, 1), (33, 4)])
+def test_a_task_hands_fn_batches_that_start_and_end_small(n, size):
+    """Batches of a task ramp 1, 2, 4, ... up to the batch size and back down to 1, so the
+    first call waits for one tile's read and the last leaves one tile to stage; every tile
+    comes once, in order, and no batch is larger than ``size``."""
+    from blockbuster.tasks import ramped_batches
+
+    got = ramped_batches(list(range(n)), size)
+    sizes = [len(b) for b in got]
+    assert sum(got, []) == list(range(n)) and all(0 < s <= size for s in sizes)
+    if n:
+        assert sizes[0] == sizes[-1] == 1
+    ramp = [1 << k for k in range((size - 1).bit_length())]
+    if ramp and n >= 2 * sum(ramp) + size:  # room for the whole ramp on both sides
+        assert sizes[:len(ramp)] == ramp and sizes[-len(ramp):] == ramp[::-1]
+        assert max(sizes) > size // 2  # full-sized in the middle, not all small
+        assert len(sizes) <= 2 * len(ramp) + -(-n // size)
 
 
 @pytest.mark.parametrize("tiles, batch, workers, length", [

@@ -196,7 +196,8 @@ def test_keep_going_on_the_cli_lists_the_failed_tiles_shortened(tmp_path, monkey
 
 
 class ShortBatch:
-    """Returns one result for a batch of two: a contract violation, the same on every try."""
+    """Returns one result too few for each batch: a contract violation, the same on every
+    try."""
 
     batch_size = 2
 
@@ -208,13 +209,13 @@ class ShortBatch:
 
     def segment_batch(self, tiles):
         self.calls.write_text(self.calls.read_text() + "x")
-        return [np.ones(tiles[0].shape, np.int32)]
+        return [np.ones(tiles[0].shape, np.int32)] * (len(tiles) - 1)
 
 
 def test_a_contract_violation_is_not_retried(tmp_path):
     calls = tmp_path / "calls"
     calls.write_text("")
-    with pytest.raises(ContractViolationError, match="segment_batch returned 1 results for 2"):
+    with pytest.raises(ContractViolationError, match="segment_batch returned 0 results for 1"):
         tile_process(np.zeros((32, 64)), ShortBatch(calls), tile_shape=(32, 32),
                      executor="serial", retries=2)
     assert calls.read_text() == "x"

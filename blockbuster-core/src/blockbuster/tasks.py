@@ -9,6 +9,7 @@ reads and writes with ``fn`` (:mod:`blockbuster.background`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -84,6 +85,25 @@ def batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def ramped_batches(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive batches of at most ``size`` that start and end small:
+    1, 2, 4, ... up to ``size`` and back down, as evenly as possible between.
+
+    A task's first call of ``fn`` then waits for one tile's read instead of a whole batch's,
+    and once ``fn``'s last call returns only one tile is left to stage, so a GPU model idles
+    for about two tiles, not two batches, where a task starts and ends (0.3 s per task of
+    64 tiles with batches of 16, a fifth of what a small network spends on them).
+    """
+    ramp = [1 << k for k in range((size - 1).bit_length())]  # 1, 2, 4, ... below size
+    while ramp and 2 * sum(ramp) > len(items):
+        ramp.pop()
+    middle = len(items) - 2 * sum(ramp)
+    parts = -(-middle // size)
+    sizes = ramp + [middle // parts + (k < middle % parts) for k in range(parts)] + ramp[::-1]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    return [items[a:b] for a, b in zip(starts, starts[1:]) if b > a]
+
+
 # -- segment ------------------------------------------------------------------------------------
 def segment_task(job: Job, indices: list[int]) -> SegmentResult:
     """Read, segment and stage a run of tiles, retrying reads and ``fn`` on failure.
@@ -95,7 +115,7 @@ def segment_task(job: Job, indices: list[int]) -> SegmentResult:
     """
     result = SegmentResult()
     with Background(pending=job.segmenter.batch_size + MAX_PENDING_WRITES) as io:
-        runs = batches(indices, job.segmenter.batch_size)
+        runs = ramped_batches(indices, job.segmenter.batch_size)
         for tiles, images in io.read_ahead(runs, partial(_read_tiles, job)):
             busy = [(t, image) for t, image in zip(tiles, images)
                     if not _unreadable(job, t, image, result)
