@@ -8,14 +8,17 @@ import itertools
 from collections import Counter
 
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from blockbuster.builtin.segmenters import Watershed
 from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
 from blockbuster.ids import encode
 from blockbuster.merge import tile_edges
 from blockbuster.staging import TileRecord
+from blockbuster.synthetic import touching_disks
 from blockbuster.tiling import TileGrid
 
 
@@ -29,9 +32,9 @@ def cases(draw):
     most_tiles, largest = (3, 5) if ndim == 2 else (2, 3)
     counts = [draw(st.integers(1, most_tiles)) for _ in range(ndim)]
     tiles = [draw(st.integers(1, largest)) for _ in range(ndim)]
-    if mode == "iou":  # one plane per tile along axis 0, several planes, no other thin axis
-        counts[0], tiles[0] = draw(st.integers(2, 3)), 1
-        tiles[1:] = [max(t, 2) for t in tiles[1:]]
+    if mode == "iou":  # one plane per tile along axis 0, several planes, no other thin axis,
+        counts[0], tiles[0] = draw(st.integers(2, 3)), 1  # and faces within the planes
+        counts[1], tiles[1:] = max(counts[1], 2), [max(t, 2) for t in tiles[1:]]
     shape = [n * t - draw(st.integers(0, t - 1)) for n, t in zip(counts, tiles)]
     overlap = [draw(st.integers(0, 2)) for _ in range(ndim)]
     return dict(
@@ -173,8 +176,16 @@ def found_edges(pairs, support, clean):
     return {row: (int(s), int(c)) for row, s, c in zip(rows, support, clean)}
 
 
-@settings(max_examples=60, deadline=None)
+def case(shape, tiles, overlap, mode, connectivity, semantic=False):
+    return dict(grid=TileGrid(shape, tiles, overlap), mode=mode, connectivity=connectivity,
+                noise=True, semantic=semantic, seed=1)
+
+
+@settings(max_examples=100, deadline=None)
 @given(cases())
+@example(case((15, 15), (5, 5), (2, 0), "overlap", 2))
+@example(case((6, 6, 6), (3, 3, 3), (1, 0, 2), "overlap", 3, semantic=True))
+@example(case((3, 6, 6), (1, 3, 3), (0, 1, 2), "iou", 2))
 def test_tile_edges_finds_the_pairs_of_the_rule_pixel_by_pixel(case):
     grid, mode = case["grid"], case["mode"]
     raw = predictions(grid, case["noise"], case["seed"])
@@ -185,3 +196,27 @@ def test_tile_edges_finds_the_pairs_of_the_rule_pixel_by_pixel(case):
         expected = reference_edges(tile, grid, raw, classes, mode, case["connectivity"])
         found = tile_edges(tile, grid, mode, records.__getitem__, case["connectivity"])
         assert found_edges(*found) == expected, f"tile {tile.index} of {grid}"
+
+
+def components(tile):
+    return ndimage.label(tile > 0.5)[0]
+
+
+@pytest.mark.parametrize("fn, overlap", [
+    (components, (6, 6)), (components, (6, 0)),
+    (Watershed(threshold=0.5, min_distance=5, diameter=20), (10, 10)),
+    (Watershed(threshold=0.5, min_distance=5, diameter=20), (0, 10)),
+])
+def test_tile_edges_of_segmenters_follow_the_rule(fn, overlap):
+    """Touching disks cut by tiles, labelled by connected components and by a watershed (which
+    draws boundaries the tiles disagree on, so some pairs are dirty), halos on all axes or one."""
+    image = touching_disks((96, 96), seed=5)
+    grid = TileGrid(image.shape, (32, 32), overlap)
+    raw = {tile.index: fn(image[tile.padded]) for tile in grid}
+    records = staged(grid, raw, None, "overlap")
+    expected = {tile.index: reference_edges(tile, grid, raw, None, "overlap", 2) for tile in grid}
+    dirty = any(s > c for edges in expected.values() for s, c in edges.values())
+    assert dirty == isinstance(fn, Watershed)
+    for tile in grid:
+        found = tile_edges(tile, grid, "overlap", records.__getitem__)
+        assert found_edges(*found) == expected[tile.index]
