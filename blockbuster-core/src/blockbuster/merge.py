@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from blockbuster.faces import face_key, inner_box
+from blockbuster.faces import face_key
 from blockbuster.ids import encode
 from blockbuster.staging import TileRecord
 from blockbuster.tiling import Tile, TileGrid
@@ -132,7 +132,7 @@ def _face_pairs(
     q_labels = theirs.faces[face_key("inner", axis, "lo")].take(q_box)
     if not (a.any() and q_labels.any()):
         return []
-    slab = _widen(p_box, axis, slice(p_box[axis].start, p_box[axis].start + 2))
+    slab = _slab(p_box, axis)
     mine, yours = _placed(slab, p_box, a), _placed(slab, q_box, q_labels)
     classes = _class_slabs(own, theirs, axis, slab, p_box, q_box)
     overlap = mode in ("overlap", "iou") and _seen_by_both(tile, other, grid)
@@ -159,10 +159,27 @@ def _face_pairs(
 
 def _contact(tile: Tile, other: Tile, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """The pixels of ``tile``'s last layer on ``axis`` within one step of ``other``'s first
-    layer on the other axes, and those of ``other``'s first layer near ``tile``'s last."""
-    p_layer, q_layer = inner_box(tile, axis, "hi"), inner_box(other, axis, "lo")
-    return (_intersect(p_layer, _widen(q_layer, axis, p_layer[axis])),
-            _intersect(q_layer, _widen(p_layer, axis, q_layer[axis])))
+    layer on the other axes, and those of ``other``'s first layer near ``tile``'s last: the
+    tiles' last and first pixels along each axis they step along, whole where they do not."""
+    p_box, q_box = [], []
+    for a, (p, q, i, j) in enumerate(zip(tile.core, other.core, tile.position, other.position)):
+        if a == axis or j > i:
+            p_box.append(slice(p.stop - 1, p.stop))
+            q_box.append(slice(q.start, q.start + 1))
+        elif j < i:
+            p_box.append(slice(p.start, p.start + 1))
+            q_box.append(slice(q.stop - 1, q.stop))
+        else:
+            p_box.append(p)
+            q_box.append(q)
+    return tuple(p_box), tuple(q_box)
+
+
+def _slab(p_box: tuple[slice, ...], axis: int) -> tuple[slice, ...]:
+    """The contact's layer and the next one on ``axis``, widened by one pixel on the others,
+    so that every neighbour of a contact pixel across the face lies in it."""
+    return tuple(slice(s.start, s.start + 2) if a == axis else slice(s.start - 1, s.stop + 1)
+                 for a, s in enumerate(p_box))
 
 
 def _placement(box: tuple[slice, ...], frame: tuple[slice, ...]) -> tuple[slice, ...]:
@@ -228,13 +245,6 @@ def _dirty_pixels(mine: np.ndarray, yours: np.ndarray) -> np.ndarray:
     return dirty
 
 
-def _widen(layer, axis, at):
-    """``layer`` widened by one pixel on the other axes, placed at ``at`` along ``axis``."""
-    return tuple(
-        at if a == axis else slice(s.start - 1, s.stop + 1) for a, s in enumerate(layer)
-    )
-
-
 def _disagree(a0, a1, c0, c1) -> np.ndarray:
     known = (a0 != 0) & (a1 != 0) & (c0 != 0) & (c1 != 0)
     return known & ((a0 == a1) != (c0 == c1))
@@ -261,11 +271,6 @@ def _tally(tile: Tile, found) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pairs = np.stack([encode(tile.index, a[first]), b[first]], axis=1)
     support = np.diff(np.append(first, len(a)))
     return pairs, support.astype(np.int64), np.add.reduceat(clean.astype(np.int64), first)
-
-
-def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
-    return None if any(s.stop <= s.start for s in box) else box
 
 
 def connected_groups(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
