@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from blockbuster.faces import Face, face_key, inner_box
+from blockbuster.faces import face_key
 from blockbuster.ids import encode
 from blockbuster.staging import TileRecord
 from blockbuster.tiling import Tile, TileGrid
@@ -62,27 +62,13 @@ def tile_edges(
     if own.count == 0:
         return no_edges()
     found = []
-    across_planes = _stack_axis(grid) if mode == "iou" else None
-    for axis in range(grid.ndim):
-        if tile.position[axis] + 1 >= grid.grid_shape[axis] or axis == across_planes:
-            continue
-        for other in grid.neighbours_after(tile, axis):
-            if across_planes is not None and (
-                    other.position[across_planes] != tile.position[across_planes]):
-                continue  # planes are joined by IoU (blockbuster.stitching), not here
-            theirs = record_of(other.index)
-            if theirs.count:
-                found.extend(
-                    _face_pairs(tile, own, other, theirs, axis, grid, mode, connectivity)
-                )
-    if not found:
-        return no_edges()
-    evidence = np.concatenate(found)
-    pairs, index, support = np.unique(
-        evidence[:, :2], axis=0, return_inverse=True, return_counts=True
-    )
-    clean = np.bincount(index.ravel(), weights=evidence[:, 2], minlength=len(pairs))
-    return pairs, support.astype(np.int64), clean.astype(np.int64)
+    for axis, other in _neighbours_after(tile, grid, mode):
+        theirs = record_of(other.index)
+        if theirs.count:
+            found.extend(
+                _face_pairs(tile, own, other, theirs, axis, grid, mode, connectivity or grid.ndim)
+            )
+    return _tally(tile, found)
 
 
 def no_edges() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,50 +99,127 @@ def kept_pairs(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray) -> np.
     return (clean > 0) | ~contested
 
 
+def _neighbours_after(tile: Tile, grid: TileGrid, mode: str):
+    """``(axis, other)`` for each tile one step after ``tile`` along ``axis`` (and within one
+    step on the other axes) whose face with ``tile`` this merge examines."""
+    across_planes = _stack_axis(grid) if mode == "iou" else None
+    for axis in range(grid.ndim):
+        if tile.position[axis] + 1 >= grid.grid_shape[axis] or axis == across_planes:
+            continue
+        for other in grid.neighbours_after(tile, axis):
+            if across_planes is None or (
+                    other.position[across_planes] == tile.position[across_planes]):
+                yield axis, other  # planes are joined by IoU (blockbuster.stitching), not here
+
+
 def _face_pairs(
     tile: Tile, own: TileRecord, other: Tile, theirs: TileRecord, axis: int, grid: TileGrid,
-    mode: str, connectivity: int | None,
-) -> list[np.ndarray]:
-    mine_inner = own.faces[face_key("inner", axis, "hi")]
-    their_inner = theirs.faces[face_key("inner", axis, "lo")]
-    p_layer = inner_box(tile, axis, "hi")
-    q_layer = inner_box(other, axis, "lo")
-    asks_halo = mode in ("overlap", "iou") and grid.overlap[axis] > 0
-    classes = _class_layers(own, theirs, axis)
-    if asks_halo:
-        mine_outer = own.faces[face_key("outer", axis, "hi")]
-        their_outer = theirs.faces[face_key("outer", axis, "lo")]
-        dirty_p, dirty_q = _dirty_pixels(
-            p_layer, q_layer, axis, mine_inner, mine_outer, their_inner, their_outer
-        )
-    everywhere_seen = asks_halo and _halo_on_every_axis(grid)
-    pairs = []
-    for offset in _offsets(grid.ndim, axis, connectivity or grid.ndim):
-        q_box = _intersect(q_layer, _shift(p_layer, offset))
-        if q_box is None:
-            continue
-        p_box = _shift(q_box, tuple(-o for o in offset))
-        a = mine_inner.take(p_box)
-        b = their_inner.take(q_box)
-        keep = (a != 0) & (b != 0)
+    mode: str, connectivity: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The pixel pairs ``mode`` merges between ``tile``'s last layer on ``axis`` (pixels ``p``)
+    and ``other``'s first (pixels ``q``), as ``(a, b, clean)``: the local label of ``p``, the
+    provisional ID of ``q`` and whether the pair is clean, one array per neighbour offset.
+
+    Only the layers' contact (the pixels within one step of the other layer) is read, and laid
+    into a *slab*: both layers, widened by one pixel on the other axes, 0 beyond the contact.
+    The neighbours of the p pixels at each offset are then a view of the slab.
+    """
+    offsets = _offsets(tile, other, axis, connectivity)
+    if not offsets:
+        return []
+    p_box, q_box = _contact(tile, other, axis)
+    a = own.faces[face_key("inner", axis, "hi")].take(p_box)
+    q_labels = theirs.faces[face_key("inner", axis, "lo")].take(q_box)
+    if not (a.any() and q_labels.any()):
+        return []
+    slab = _slab(p_box, axis)
+    mine, yours = _placed(slab, p_box, a), _placed(slab, q_box, q_labels)
+    classes = _class_slabs(own, theirs, axis, slab, p_box, q_box)
+    overlap = mode in ("overlap", "iou") and _seen_by_both(tile, other, grid)
+    if overlap:  # each tile's prediction at the other's pixels
+        mine[_placement(q_box, slab)] = own.faces[face_key("outer", axis, "hi")].take(q_box)
+        yours[_placement(p_box, slab)] = theirs.faces[face_key("outer", axis, "lo")].take(p_box)
+        dirty = _dirty_pixels(mine, yours)
+    here = _view((0,) * grid.ndim, axis)
+    labelled = a != 0
+    found = []
+    for offset in offsets:
+        there = _view(offset, axis)
+        b = yours[there]
+        keep = labelled & (b != 0)
         if classes is not None:
-            keep &= classes[0].take(p_box) == classes[1].take(q_box)
-        clean = np.ones(a.shape, bool)
-        if asks_halo:
-            agreed = (mine_outer.take(q_box) == a) & (their_outer.take(p_box) == b)
-            clean = ~(dirty_p.take(p_box) | dirty_q.take(q_box))
-            if not everywhere_seen:
-                both = _seen_by_both(tile, other, p_box, q_box)
-                agreed |= ~both
-                clean |= ~both
-            keep &= agreed
+            keep &= classes[0][here] == classes[1][there]
+        if overlap:  # A labels q as p, and C labels p as q
+            keep &= (mine[there] == a) & (yours[here] == b)
         if keep.any():
-            pairs.append(np.stack([
-                encode(tile.index, a[keep]),
-                encode(other.index, b[keep]),
-                clean[keep].astype(np.uint64),
-            ], axis=1))
-    return pairs
+            clean = ~(dirty[here] | dirty[there]) if overlap else np.ones(a.shape, bool)
+            found.append((a[keep], encode(other.index, b[keep]), clean[keep]))
+    return found
+
+
+def _contact(tile: Tile, other: Tile, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The pixels of ``tile``'s last layer on ``axis`` within one step of ``other``'s first
+    layer on the other axes, and those of ``other``'s first layer near ``tile``'s last: the
+    tiles' last and first pixels along each axis they step along, whole where they do not."""
+    p_box, q_box = [], []
+    for a, (p, q, i, j) in enumerate(zip(tile.core, other.core, tile.position, other.position)):
+        if a == axis or j > i:
+            p_box.append(slice(p.stop - 1, p.stop))
+            q_box.append(slice(q.start, q.start + 1))
+        elif j < i:
+            p_box.append(slice(p.start, p.start + 1))
+            q_box.append(slice(q.stop - 1, q.stop))
+        else:
+            p_box.append(p)
+            q_box.append(q)
+    return tuple(p_box), tuple(q_box)
+
+
+def _slab(p_box: tuple[slice, ...], axis: int) -> tuple[slice, ...]:
+    """The contact's layer and the next one on ``axis``, widened by one pixel on the others,
+    so that every neighbour of a contact pixel across the face lies in it."""
+    return tuple(slice(s.start, s.start + 2) if a == axis else slice(s.start - 1, s.stop + 1)
+                 for a, s in enumerate(p_box))
+
+
+def _placement(box: tuple[slice, ...], frame: tuple[slice, ...]) -> tuple[slice, ...]:
+    """Where ``box`` lies in an array over ``frame`` (which contains it)."""
+    return tuple(slice(b.start - f.start, b.stop - f.start) for b, f in zip(box, frame))
+
+
+def _placed(frame: tuple[slice, ...], box: tuple[slice, ...], values: np.ndarray) -> np.ndarray:
+    """An array over ``frame``: ``values`` in ``box``, 0 elsewhere."""
+    placed = np.zeros(tuple(f.stop - f.start for f in frame), values.dtype)
+    placed[_placement(box, frame)] = values
+    return placed
+
+
+def _view(offset: tuple[int, ...], axis: int) -> tuple[slice, ...]:
+    """The part of a slab holding, for each pixel ``p`` of the contact, ``p + offset``."""
+    return tuple(slice(o, o + 1) if a == axis else slice(1 + o, o - 1 or None)
+                 for a, o in enumerate(offset))
+
+
+def _class_slabs(own: TileRecord, theirs: TileRecord, axis: int, slab, p_box, q_box
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each tile's pixel classes over the slab (0 beyond its layer's contact), when the tiles
+    are semantic maps."""
+    mine = own.faces.get(face_key("class", axis, "hi"))
+    if mine is None:
+        return None
+    yours = theirs.faces[face_key("class", axis, "lo")]
+    return _placed(slab, p_box, mine.take(p_box)), _placed(slab, q_box, yours.take(q_box))
+
+
+def _seen_by_both(tile: Tile, other: Tile, grid: TileGrid) -> bool:
+    """Whether each tile predicted the other's pixels next to its own, so the overlap rule can
+    ask both: the tiles lie one after the other only along axes with a halo.
+
+    Along an axis without a halo (e.g. between the planes of per-slice tiles) a tile's window
+    ends at its core, so every pixel pair between the two tiles steps out of both windows and
+    falls back to touch.
+    """
+    return all(o > 0 for o, i, j in zip(grid.overlap, tile.position, other.position) if i != j)
 
 
 def _stack_axis(grid: TileGrid) -> int:
@@ -165,51 +228,21 @@ def _stack_axis(grid: TileGrid) -> int:
     return stack_axis(grid)
 
 
-def _class_layers(own: TileRecord, theirs: TileRecord, axis: int) -> tuple[Face, Face] | None:
-    """The pixel classes on both sides of the face, when the tiles are semantic maps."""
-    mine = own.faces.get(face_key("class", axis, "hi"))
-    return None if mine is None else (mine, theirs.faces[face_key("class", axis, "lo")])
-
-
-def _dirty_pixels(p_layer, q_layer, axis, mine_inner, mine_outer, their_inner, their_outer):
-    """Pixels next to a neighbour pair that one tile labels alike and the other does not.
+def _dirty_pixels(mine: np.ndarray, yours: np.ndarray) -> np.ndarray:
+    """Pixels of a slab in a face-neighbour pair that one tile labels alike and the other not.
 
     Connected components never disagree so; a boundary drawn a pixel apart by two tiles does.
-    Returns two :class:`Face` masks over the p layer (tile A's) and the q layer (tile C's).
+    ``mine`` and ``yours`` are the two tiles' labels over the slab, 0 where unknown: the pairs
+    within each layer and those straight across the face are compared at once.
     """
-    p_box = _intersect(p_layer, _widen(q_layer, axis, p_layer))
-    q_box = _intersect(q_layer, _widen(p_layer, axis, q_layer))
-    p_mask = Face(_origin(p_layer), np.zeros(mine_inner.labels.shape, bool))
-    q_mask = Face(_origin(q_layer), np.zeros(their_inner.labels.shape, bool))
-    views = {}
-    for name, box, mask, mine, theirs in (
-        ("p", p_box, p_mask, mine_inner, their_outer),
-        ("q", q_box, q_mask, mine_outer, their_inner),
-    ):
-        if box is None:
-            continue
-        a, c = mine.take(box), theirs.take(box)
-        views[name] = (box, a, c)
-        _mark(mask, box, _layer_disagreements(a, c, axis))
-    if "p" in views and "q" in views:
-        _mark_across(views["p"], views["q"], axis, p_mask, q_mask)
-    return p_mask, q_mask
-
-
-def _widen(layer, axis, at):
-    """``layer`` widened by one pixel on the other axes, moved onto ``at`` along ``axis``."""
-    return tuple(
-        at[a] if a == axis else slice(s.start - 1, s.stop + 1) for a, s in enumerate(layer)
-    )
-
-
-def _origin(box):
-    return tuple(s.start for s in box)
-
-
-def _mark(mask: Face, box, dirty: np.ndarray) -> None:
-    region = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, mask.origin))
-    mask.labels[region] |= dirty
+    dirty = np.zeros(mine.shape, bool)
+    for j in range(mine.ndim):
+        lo = tuple(slice(None, -1) if d == j else slice(None) for d in range(mine.ndim))
+        hi = tuple(slice(1, None) if d == j else slice(None) for d in range(mine.ndim))
+        d = _disagree(mine[lo], mine[hi], yours[lo], yours[hi])
+        dirty[lo] |= d
+        dirty[hi] |= d
+    return dirty
 
 
 def _disagree(a0, a1, c0, c1) -> np.ndarray:
@@ -217,73 +250,27 @@ def _disagree(a0, a1, c0, c1) -> np.ndarray:
     return known & ((a0 == a1) != (c0 == c1))
 
 
-def _layer_disagreements(a: np.ndarray, c: np.ndarray, axis: int) -> np.ndarray:
-    """Pixels of a layer with a face neighbour (along the layer) the two tiles disagree on."""
-    dirty = np.zeros(a.shape, bool)
-    for j in range(a.ndim):
-        if j == axis or a.shape[j] < 2:
-            continue
-        lo = tuple(slice(None, -1) if d == j else slice(None) for d in range(a.ndim))
-        hi = tuple(slice(1, None) if d == j else slice(None) for d in range(a.ndim))
-        d = _disagree(a[lo], a[hi], c[lo], c[hi])
-        dirty[lo] |= d
-        dirty[hi] |= d
-    return dirty
-
-
-def _mark_across(p_view, q_view, axis, p_mask: Face, q_mask: Face) -> None:
-    """Disagreements between a pixel and its face neighbour straight across the face."""
-    (p_box, pa, pc), (q_box, qa, qc) = p_view, q_view
-    step = tuple(1 if d == axis else 0 for d in range(len(p_box)))
-    across = _intersect(_shift(p_box, step), q_box)
-    if across is None:
-        return
-    back = _shift(across, tuple(-s for s in step))
-    p_sel = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(back, p_box))
-    q_sel = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(across, q_box))
-    d = _disagree(pa[p_sel], qa[q_sel], pc[p_sel], qc[q_sel])
-    _mark(p_mask, back, d)
-    _mark(q_mask, across, d)
-
-
-def _offsets(ndim: int, axis: int, connectivity: int):
-    """Neighbour offsets across a face on ``axis``: +1 on it, -1/0/+1 on the others, with at
-    most ``connectivity`` non-zero entries."""
-    ranges = [(1,) if a == axis else (-1, 0, 1) for a in range(ndim)]
+def _offsets(tile: Tile, other: Tile, axis: int, connectivity: int) -> list[tuple[int, ...]]:
+    """Offsets from a pixel of ``tile`` to its neighbours in ``other`` across the face on
+    ``axis``: +1 on it, the tiles' own step where they differ on another axis, -1/0/+1 where
+    they do not, with at most ``connectivity`` non-zero entries."""
+    ranges = [(j - i,) if a == axis or i != j else (-1, 0, 1)
+              for a, (i, j) in enumerate(zip(tile.position, other.position))]
     return [o for o in itertools.product(*ranges) if sum(map(bool, o)) <= connectivity]
 
 
-def _halo_on_every_axis(grid: TileGrid) -> bool:
-    """Whether each tile's window reaches one pixel past its core wherever another tile
-    lies: then every neighbour pair across a face is seen by both tiles, and
-    :func:`_seen_by_both` need not be asked."""
-    return all(o > 0 or g == 1 for o, g in zip(grid.overlap, grid.grid_shape))
-
-
-def _seen_by_both(tile: Tile, other: Tile, p_box: tuple[slice, ...],
-                  q_box: tuple[slice, ...]) -> np.ndarray:
-    """Which pixel pairs (``p`` in ``tile``, ``q`` in ``other``) both tiles predicted.
-
-    The overlap rule needs each tile's prediction at the other's pixel: ``q`` inside ``tile``'s
-    padded window and ``p`` inside ``other``'s. A pair that steps out of a window (along an
-    axis without a halo, e.g. between the planes of per-slice tiles) falls back to touch.
-    """
-    mask = np.ones(tuple(q.stop - q.start for q in q_box), bool)
-    for axis, (p, q, mine, theirs) in enumerate(zip(p_box, q_box, tile.padded, other.padded)):
-        step = np.arange(q.stop - q.start)
-        inside = ((mine.start <= q.start + step) & (q.start + step < mine.stop)
-                  & (theirs.start <= p.start + step) & (p.start + step < theirs.stop))
-        mask &= inside.reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
-    return mask
-
-
-def _shift(box: tuple[slice, ...], offset: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, offset))
-
-
-def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
-    return None if any(s.stop <= s.start for s in box) else box
+def _tally(tile: Tile, found) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pairs, support, clean)`` of the pixel pairs ``found`` (``(a, b, clean)`` arrays):
+    the distinct label pairs in order, and how many pixel pairs (clean ones) back each."""
+    if not found:
+        return no_edges()
+    a, b, clean = (np.concatenate(column) for column in zip(*found))
+    order = np.lexsort((b, a))
+    a, b, clean = a[order], b[order], clean[order]
+    first = np.flatnonzero(np.concatenate([[True], (a[1:] != a[:-1]) | (b[1:] != b[:-1])]))
+    pairs = np.stack([encode(tile.index, a[first]), b[first]], axis=1)
+    support = np.diff(np.append(first, len(a)))
+    return pairs, support.astype(np.int64), np.add.reduceat(clean.astype(np.int64), first)
 
 
 def connected_groups(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
