@@ -6,7 +6,7 @@
 set -u
 out=${1:?usage: on_device.sh OUT_DIR [WHEELS_DIR]}
 wheels=${2:-bench/results/whl}
-mkdir -p "$out/main" "$out/cpsam"
+mkdir -p "$out/main" "$out/cpsam" "$out/large"
 install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
               --upgrade --target "$1" "${@:2}"; }
 install /tmp/site "$wheels"/*.whl || exit 3
@@ -20,8 +20,13 @@ PYTHONPATH=/tmp/site:$src timeout "${MAIN_TIMEOUT:-300}" python3 bench/gpu/bench
   --workers "${WORKERS:-2,4}" --process-workers "${PROCESS_WORKERS:-4}" --out "$out/main" \
   > "$out/log.txt" 2>&1
 echo "main bench: exit $?" >> "$out/log.txt"
+# 16384²: 256 tiles, several tasks on the one default worker, so the GPU's idle time where a
+# task ends and the next starts (ramped batches) shows; the default row only
+PYTHONPATH=/tmp/site:$src timeout "${LARGE_TIMEOUT:-120}" python3 bench/gpu/bench_gpu.py \
+  --size 16384 --cases cpnet,unet --workers "" --out "$out/large" > "$out/log-large.txt" 2>&1
+echo "large bench: exit $?" >> "$out/log-large.txt"
 # Cellpose-SAM needs cellpose 4: its own folder first on the path
 PYTHONPATH=/tmp/site4:/tmp/site:$src timeout "${CPSAM_TIMEOUT:-150}" python3 \
   bench/gpu/bench_gpu.py --cases cpsam --workers 2 --out "$out/cpsam" > "$out/log-cpsam.txt" 2>&1
 echo "cpsam bench: exit $?" >> "$out/log-cpsam.txt"
-tail -n 25 "$out/log.txt" "$out/log-cpsam.txt"
+tail -n 25 "$out/log.txt" "$out/log-large.txt" "$out/log-cpsam.txt"
