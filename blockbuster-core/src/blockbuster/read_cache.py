@@ -419,9 +419,10 @@ def plan_block_reads(image: ImageView, grid: TileGrid, *, max_bytes: int, shared
     blocks across the band (plus ``tiles_in_flight``), and halo strips. A cache of its own per
     worker process is told only the reads of its task and the next
     (:class:`~blockbuster.shared_blocks.SharedBlockCache`), is not told the tasks other
-    processes run, keeps blocks least recently used out, and needs about three rows. The band is the widest whose blocks fit in ``max_bytes``; each band edge is decoded
-    twice. No cache when no block would be read twice (no halo, tiles made of whole blocks),
-    when the input has no chunks, or when ``max_bytes`` is 0.
+    processes run, keeps blocks least recently used out, and needs about three rows. The band
+    is the widest whose blocks fit in ``max_bytes``; each band edge is decoded twice. No cache
+    when no block would be read twice (no halo, tiles made of whole blocks), when the input
+    has no chunks, or when ``max_bytes`` is 0.
     """
     row_major = list(range(len(grid)))
     blocks = block_shape(image.chunks, grid.tile_shape)

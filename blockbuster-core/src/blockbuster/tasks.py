@@ -101,7 +101,7 @@ def ramped_batches(items: list, size: int) -> list[list]:
     parts = -(-middle // size)
     sizes = ramp + [middle // parts + (k < middle % parts) for k in range(parts)] + ramp[::-1]
     starts = list(itertools.accumulate(sizes, initial=0))
-    return [items[a:b] for a, b in zip(starts, starts[1:]) if b > a]
+    return [items[a:b] for a, b in zip(starts, starts[1:])]
 
 
 # -- segment ------------------------------------------------------------------------------------
