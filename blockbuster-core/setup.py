@@ -9,6 +9,6 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension(f"blockbuster.{name}", [f"src/blockbuster/{name}.c"],
-              depends=["src/blockbuster/_buffer_kinds.h"])
+              depends=["src/blockbuster/_buffer_kinds.h", "src/blockbuster/_kernel_module.h"])
     for name in ("_runkernels", "_labelkernels")
 ])

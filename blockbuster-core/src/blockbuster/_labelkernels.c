@@ -26,6 +26,7 @@
 #define MAX_DIMS 64
 
 #include "_buffer_kinds.h"
+#include "_kernel_module.h"
 
 /* A buffer taken from an argument; released by release(). */
 typedef struct {
@@ -368,21 +369,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* No module state, and the kernels touch only their arguments: safe without a GIL too. */
-static PyModuleDef_Slot slots[] = {
-#ifdef Py_GIL_DISABLED
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_labelkernels",
+KERNEL_MODULE(_labelkernels,
     "The per-pixel loops of a tile's labels, in C (see _labelkernels.c): renumber numbers "
-    "labels in order of first appearance, apply_lut maps them through a lookup table.",
-    0, methods, slots, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__labelkernels(void) {
-    return PyModuleDef_Init(&module);
-}
+    "labels in order of first appearance, apply_lut maps them through a lookup table.", methods)

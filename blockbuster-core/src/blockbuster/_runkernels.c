@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "_buffer_kinds.h"
+#include "_kernel_module.h"
 
 /* One buffer argument, held from PyObject_GetBuffer until PyBuffer_Release. */
 typedef struct {
@@ -401,22 +402,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* No module state, and the kernels touch only their arguments: safe without a GIL too. */
-static PyModuleDef_Slot slots[] = {
-#ifdef Py_GIL_DISABLED
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_runkernels",
+KERNEL_MODULE(_runkernels,
     "The per-run reductions of blockbuster.intensity, in C (see _runkernels.c). Values: "
     "bool, int8, uint8, int16, uint16 (integer_runs); those and int32, uint32, int64, uint64, "
-    "float32, float64 (float_runs, deviation_runs).",
-    0, methods, slots, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__runkernels(void) {
-    return PyModuleDef_Init(&module);
-}
+    "float32, float64 (float_runs, deviation_runs).", methods)
