@@ -6,7 +6,7 @@
 set -u
 out=${1:?usage: on_device.sh OUT_DIR [WHEELS_DIR]}
 wheels=${2:-bench/results/whl}
-mkdir -p "$out/main" "$out/cpsam" "$out/large"
+mkdir -p "$out/main" "$out/io1" "$out/cpsam" "$out/large"
 install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
               --upgrade --target "$1" "${@:2}"; }
 install /tmp/site "$wheels"/*.whl || exit 3
@@ -17,9 +17,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
   > "$out/nvidia-smi.csv" 2>&1
 git log -1 --format='%h %s' > "$out/commit.txt" 2>&1 || true
 PYTHONPATH=/tmp/site:$src timeout "${MAIN_TIMEOUT:-300}" python3 bench/gpu/bench_gpu.py \
-  --workers "${WORKERS:-2,4}" --process-workers "${PROCESS_WORKERS:-4}" --out "$out/main" \
+  --workers "${WORKERS:-2,4}" --process-workers "${PROCESS_WORKERS:-}" --out "$out/main" \
   > "$out/log.txt" 2>&1
 echo "main bench: exit $?" >> "$out/log.txt"
+# the same networks' default row with one reader and one stager per worker (as before the
+# io threads of blockbuster.tasks.io_threads): the A/B of reading and staging on more cores
+BLOCKBUSTER_IO_THREADS=1 PYTHONPATH=/tmp/site:$src timeout "${IO1_TIMEOUT:-90}" python3 \
+  bench/gpu/bench_gpu.py --cases cpnet,unet --workers "" --out "$out/io1" > "$out/log-io1.txt" 2>&1
+echo "io1 bench: exit $?" >> "$out/log-io1.txt"
 # 16384²: 256 tiles, several tasks on the one default worker, so the GPU's idle time where a
 # task ends and the next starts (ramped batches) shows; the default row only
 PYTHONPATH=/tmp/site:$src timeout "${LARGE_TIMEOUT:-120}" python3 bench/gpu/bench_gpu.py \
@@ -29,4 +34,4 @@ echo "large bench: exit $?" >> "$out/log-large.txt"
 PYTHONPATH=/tmp/site4:/tmp/site:$src timeout "${CPSAM_TIMEOUT:-150}" python3 \
   bench/gpu/bench_gpu.py --cases cpsam --workers 2 --out "$out/cpsam" > "$out/log-cpsam.txt" 2>&1
 echo "cpsam bench: exit $?" >> "$out/log-cpsam.txt"
-tail -n 25 "$out/log.txt" "$out/log-large.txt" "$out/log-cpsam.txt"
+tail -n 25 "$out/log.txt" "$out/log-io1.txt" "$out/log-large.txt" "$out/log-cpsam.txt"

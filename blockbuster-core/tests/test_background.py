@@ -199,3 +199,102 @@ def test_the_relabel_pass_cuts_its_runs_for_its_workers_not_for_fn_batches():
     job = SimpleNamespace(segmenter=SimpleNamespace(batch_size=16))
     assert [len(r) for r in _runs(list(range(64)), job, 2, batch=1)] == [8] * 8
     assert [len(r) for r in _runs(list(range(64)), job, 2)] == [32] * 2
+
+
+def test_each_reads_its_items_side_by_side_in_order():
+    """With ``threads=3`` the three reads of a batch run at once (each waits at a barrier for
+    the other two: one after another they would time out) and come back in order."""
+    together = threading.Barrier(3, timeout=5)
+
+    def read(item):
+        together.wait()
+        return item * 10
+
+    with Background(threads=3) as io:
+        assert io.each(read, [0, 1, 2]) == [0, 10, 20]
+        assert io.each(lambda item: item + 1, [5]) == [6]
+
+
+def test_writes_run_side_by_side_with_several_threads():
+    together = threading.Barrier(3, timeout=5)
+    with Background(pending=1, threads=3) as io:  # pending is raised to the threads
+        for _ in range(3):
+            io.write(together.wait)
+    assert io.pending == 3
+
+
+class BatchBlobs:
+    """A GPU-like segmenter: batches of 4 tiles, instance labels of bright blobs (objects cut by
+    tile borders, touching ones kept apart by their own IDs)."""
+
+    batch_size = 4
+
+    def __call__(self, tile):
+        return self.segment_batch([tile])[0]
+
+    def segment_batch(self, tiles):
+        from scipy import ndimage
+
+        return [ndimage.label(t > 0.6)[0] for t in tiles]
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_a_gpu_model_read_and_staged_on_several_threads_gives_the_same_labels(
+        monkeypatch, tmp_path, executor):
+    """Reading the next batch side by side and staging several tiles at once
+    (``BLOCKBUSTER_IO_THREADS=4``) writes the same bytes as one thread each, and those equal
+    the whole image's labels up to renumbering."""
+    import zarr
+    from scipy import ndimage
+
+    from blockbuster import tile_process
+    from blockbuster.testing import assert_same_labels
+
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.random((192, 160)), 2)
+    image = (image - image.min()) / (image.max() - image.min())
+    source = tmp_path / "image.zarr"
+    zarr.create_array(str(source), shape=image.shape, chunks=(32, 32), dtype=image.dtype)[...] = image
+    written = {}
+    for threads in ("1", "4"):
+        monkeypatch.setenv("BLOCKBUSTER_IO_THREADS", threads)
+        out = tmp_path / f"labels-{threads}.zarr"
+        tile_process(str(source), BatchBlobs(), tile_shape=(32, 32), overlap=4,
+                     executor=executor, workers=2, write_to=out)
+        written[threads] = zarr.open_array(str(out), mode="r")[...]
+    np.testing.assert_array_equal(written["1"], written["4"])
+    assert_same_labels(ndimage.label(image > 0.6)[0], written["4"])
+
+
+@pytest.mark.parametrize("cores, workers, batch, expected", [
+    (16, 1, 16, 4),  # one worker per GPU on 16 cores: capped at MAX_IO_THREADS
+    (16, 8, 16, 2),  # eight workers share the cores
+    (2, 1, 16, 2),   # this development machine: one per core
+    (2, 4, 16, 1),   # more workers than cores: one each still
+    (16, 1, 1, 1),   # a plain fn: one worker per core already
+])
+def test_io_threads_follow_the_cores_of_a_gpu_worker(monkeypatch, cores, workers,
+                                                              batch, expected):
+    from types import SimpleNamespace
+
+    from blockbuster import tasks
+    from blockbuster.worker import WorkerInfo
+
+    monkeypatch.delenv("BLOCKBUSTER_IO_THREADS", raising=False)
+    monkeypatch.setattr(tasks, "usable_cores", lambda: cores)
+    monkeypatch.setattr(tasks, "current_worker", lambda: WorkerInfo(0, workers))
+    job = SimpleNamespace(segmenter=SimpleNamespace(batch_size=batch,
+                                                    needs=SimpleNamespace(workers=None)))
+    assert tasks.io_threads(job) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "four", "-2", "1.5"])
+def test_a_bad_io_threads_setting_names_the_variable_and_the_fix(monkeypatch, value):
+    from types import SimpleNamespace
+
+    from blockbuster import tasks
+    from blockbuster.errors import InvalidParameterError
+
+    monkeypatch.setenv("BLOCKBUSTER_IO_THREADS", value)
+    with pytest.raises(InvalidParameterError, match="BLOCKBUSTER_IO_THREADS=.*e.g. 4"):
+        tasks.io_threads(SimpleNamespace())
