@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster.builtin.zarr_chunks import ChunkFiles
 from blockbuster.errors import InvalidParameterError, OutputExistsError
 from blockbuster.hookspecs import hookimpl
 from blockbuster.stores import Location
@@ -58,6 +59,7 @@ class ZarrLabelsWriter(Writer):
 
     overwrite: bool = False
     _array: Any = None
+    _chunk_files: ChunkFiles | None = None
     source: dict[str, Any] | None = None  # the run's axes and physical metadata (set_source)
 
     @property
@@ -106,9 +108,14 @@ class ZarrLabelsWriter(Writer):
         node.attrs[ATTRS_KEY] = json.loads(json.dumps(attrs))
 
     def write(self, region: tuple[slice, ...], labels: np.ndarray) -> None:
+        """Write a tile's labels (none if all zero); whole chunks of a local array straight
+        to their files (:mod:`blockbuster.builtin.zarr_chunks`), anything else through zarr."""
         if self._array is None:
-            self._array = open_for_tile_writes(self.array_path)
-        if labels.any():
+            array = open_for_tile_writes(self.array_path)
+            self._chunk_files, self._array = ChunkFiles.of(array), array
+        if not labels.any():
+            return
+        if self._chunk_files is None or not self._chunk_files.write(region, labels):
             self._array[region] = labels
 
     def open(self):
@@ -128,7 +135,7 @@ class ZarrLabelsWriter(Writer):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_array"] = None
+        state["_array"] = state["_chunk_files"] = None
         return state
 
 

@@ -1,0 +1,99 @@
+"""Whole chunks written straight to their files are the bytes zarr itself would write."""
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from blockbuster.builtin.zarr_chunks import ChunkFiles
+from blockbuster.testing import store_digest
+
+SHAPE, CHUNKS = (100, 90), (32, 40)  # edge chunks on both axes
+# regions of whole chunks: one chunk, a row of three (the last at the edge), 2 x 2 at the corner
+REGIONS = [(slice(0, 32), slice(0, 40)), (slice(32, 64), slice(0, 90)),
+           (slice(64, 100), slice(40, 90))]
+
+
+def labels_for(region, dtype):
+    rng = np.random.default_rng(region[0].start * 7 + region[1].start)
+    shape = tuple(s.stop - s.start for s in region)
+    blobs = np.repeat(np.repeat(rng.integers(0, 50, (shape[0], -(-shape[1] // 5))), 1, 0), 5, 1)
+    return blobs[:, : shape[1]].astype(dtype)
+
+
+@pytest.mark.parametrize("zarr_format, compressors, dtype", [
+    (3, (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),), np.uint32),  # the default
+    (3, (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),), np.uint64),
+    (3, (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),), np.uint16),
+    (3, None, np.uint32),  # no compressor
+    (2, "auto", np.uint32),  # what the v2 writer asks for
+    (2, None, np.uint64),
+])
+def test_chunk_files_are_the_bytes_zarr_writes(tmp_path, zarr_format, compressors, dtype):
+    made = {}
+    for how in ("zarr", "files"):
+        array = zarr.create_array(str(tmp_path / f"{how}.zarr"), shape=SHAPE, chunks=CHUNKS,
+                                  dtype=dtype, fill_value=0, zarr_format=zarr_format,
+                                  compressors=compressors)
+        files = ChunkFiles.of(array)
+        assert files is not None
+        for region in REGIONS:
+            labels = labels_for(region, dtype)
+            if how == "zarr":
+                array[region] = labels
+            else:
+                assert files.write(region, labels)
+        made[how] = array
+    assert store_digest(tmp_path / "files.zarr") == store_digest(tmp_path / "zarr.zarr")
+    back = zarr.open_array(str(tmp_path / "files.zarr"), mode="r")[...]
+    np.testing.assert_array_equal(back, made["zarr"][...])
+    for region in REGIONS:
+        np.testing.assert_array_equal(back[region], labels_for(region, dtype))
+
+
+@pytest.mark.parametrize("region", [
+    (slice(16, 48), slice(0, 40)),   # starts inside a chunk
+    (slice(0, 20), slice(0, 40)),    # ends inside a chunk that is not the last
+    (slice(64, 99), slice(0, 40)),   # ends inside the last chunk, short of the array's edge
+])
+def test_a_region_not_made_of_whole_chunks_is_left_to_zarr(tmp_path, region):
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=SHAPE, chunks=CHUNKS,
+                              dtype=np.uint32, fill_value=0, compressors=None)
+    files = ChunkFiles.of(array)
+    assert not files.write(region, labels_for(region, np.uint32))
+    assert not any((tmp_path / "a.zarr" / "c").rglob("*"))  # nothing written
+
+
+def test_arrays_zarr_must_write_are_refused(tmp_path):
+    sharded = zarr.create_array(str(tmp_path / "s.zarr"), shape=SHAPE, chunks=(16, 20),
+                                shards=CHUNKS, dtype=np.uint32, fill_value=0)
+    zstd = zarr.create_array(str(tmp_path / "z.zarr"), shape=SHAPE, chunks=CHUNKS,
+                             dtype=np.uint32, compressors=(ZstdCodec(),))
+    in_memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS,
+                                  dtype=np.uint32)
+    filtered = zarr.create_array(str(tmp_path / "f.zarr"), shape=SHAPE, chunks=CHUNKS,
+                                 dtype=np.uint32, zarr_format=2, filters=[_delta()])
+    assert [ChunkFiles.of(a) for a in (sharded, zstd, in_memory, filtered)] == [None] * 4
+
+
+def _delta():
+    from numcodecs import Delta
+
+    return Delta(dtype="<u4")
+
+
+def test_a_run_writes_the_same_output_as_zarr_would(tmp_path, monkeypatch):
+    """End to end: the labels of a run whose output chunks go straight to their files are the
+    same bytes as those of a run where zarr writes every chunk."""
+    from scipy import ndimage
+
+    from blockbuster import tile_process
+    from blockbuster.builtin import zarr_writer
+
+    image = ndimage.gaussian_filter(np.random.default_rng(5).random((150, 130)), 2)
+    fn = lambda tile: ndimage.label(tile > 0.5)[0]  # noqa: E731
+    tile_process(image, fn, tile_shape=(32, 32), overlap=4, write_to=tmp_path / "files.zarr")
+    monkeypatch.setattr(zarr_writer.ChunkFiles, "of", classmethod(lambda cls, array: None))
+    tile_process(image, fn, tile_shape=(32, 32), overlap=4, write_to=tmp_path / "zarr.zarr")
+    assert store_digest(tmp_path / "files.zarr") == store_digest(tmp_path / "zarr.zarr")
+    assert zarr.open_array(str(tmp_path / "files.zarr"), mode="r")[...].max() > 10
