@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 from blockbuster.builtin.zarr_chunks import ChunkFiles
 from blockbuster.testing import store_digest
@@ -26,6 +26,9 @@ def labels_for(region, dtype):
     (3, (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),), np.uint64),
     (3, (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),), np.uint16),
     (3, None, np.uint32),  # no compressor
+    (3, (ZstdCodec(level=0),), np.uint16),  # zarr's default for v3 images
+    (3, (ZstdCodec(level=3, checksum=True),), np.uint32),
+    (3, (GzipCodec(level=5),), np.uint8),
     (2, "auto", np.uint32),  # what the v2 writer asks for
     (2, None, np.uint64),
 ])
@@ -64,22 +67,54 @@ def test_a_region_not_made_of_whole_chunks_is_left_to_zarr(tmp_path, region):
     assert not any((tmp_path / "a.zarr" / "c").rglob("*"))  # nothing written
 
 
-def test_arrays_zarr_must_write_are_refused(tmp_path):
-    sharded = zarr.create_array(str(tmp_path / "s.zarr"), shape=SHAPE, chunks=(16, 20),
-                                shards=CHUNKS, dtype=np.uint32, fill_value=0)
-    zstd = zarr.create_array(str(tmp_path / "z.zarr"), shape=SHAPE, chunks=CHUNKS,
-                             dtype=np.uint32, compressors=(ZstdCodec(),))
-    in_memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS,
-                                  dtype=np.uint32)
-    filtered = zarr.create_array(str(tmp_path / "f.zarr"), shape=SHAPE, chunks=CHUNKS,
-                                 dtype=np.uint32, zarr_format=2, filters=[_delta()])
-    assert [ChunkFiles.of(a) for a in (sharded, zstd, in_memory, filtered)] == [None] * 4
+def test_arrays_zarr_must_read_and_write_are_refused(tmp_path):
+    def made(name, **options):
+        return zarr.create_array(str(tmp_path / name), shape=SHAPE, dtype=np.uint32,
+                                 **{"chunks": CHUNKS, **options})
+
+    refused = [
+        made("sharded.zarr", chunks=(16, 20), shards=CHUNKS),
+        made("transposed.zarr", filters=[TransposeCodec(order=(1, 0))]),
+        made("checksummed.zarr", compressors=[ZstdCodec(), Crc32cCodec()]),
+        made("big-endian.zarr", serializer=BytesCodec(endian="big")),
+        made("filtered-v2.zarr", zarr_format=2, filters=[_delta()]),
+        made("fortran-v2.zarr", zarr_format=2, order="F"),
+        zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS,
+                          dtype=np.uint32),
+    ]
+    assert [ChunkFiles.of(array) for array in refused] == [None] * len(refused)
 
 
 def _delta():
     from numcodecs import Delta
 
     return Delta(dtype="<u4")
+
+
+@pytest.mark.parametrize("zarr_format, compressors", [
+    (3, "auto"), (3, (BloscCodec(cname="lz4", shuffle="bitshuffle"),)), (3, None),
+    (2, "auto")])
+def test_chunk_files_read_what_zarr_reads(tmp_path, zarr_format, compressors):
+    """Regions across chunk borders, at the edges, over chunks never written (the fill value),
+    into a view of a larger buffer (not contiguous) and into a contiguous one."""
+    array = zarr.create_array(str(tmp_path / "image.zarr"), shape=SHAPE, chunks=CHUNKS,
+                              dtype=np.uint16, fill_value=7, zarr_format=zarr_format,
+                              compressors=compressors)
+    values = np.random.default_rng(1).integers(0, 60000, SHAPE).astype(np.uint16)
+    array[:64, :] = values[:64]  # rows 64-99 stay unwritten: no chunk files there
+    expected = array[...]
+    assert (expected[64:] == 7).all()
+    files = ChunkFiles.of(array)
+    for region in [(slice(0, 100), slice(0, 90)), (slice(10, 70), slice(35, 85)),
+                   (slice(32, 64), slice(40, 80)), (slice(96, 100), slice(80, 90)),
+                   (slice(5, 6), slice(0, 90))]:
+        shape = tuple(r.stop - r.start for r in region)
+        contiguous = np.zeros(shape, np.uint16)
+        larger = np.zeros((shape[0] + 3, shape[1] + 5), np.uint16)
+        for out in (contiguous, larger[1:-2, 2:-3]):
+            assert files.read_into(region, out)
+            np.testing.assert_array_equal(out, expected[region])
+    assert not files.read_into((slice(0, 10, 2), slice(0, 90)), contiguous)  # zarr's to read
 
 
 def test_a_run_writes_the_same_output_as_zarr_would(tmp_path, monkeypatch):

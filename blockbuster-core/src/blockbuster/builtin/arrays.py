@@ -38,8 +38,13 @@ def pick_reader(source: Any) -> str | None:
     return None
 
 
+_UNKNOWN = object()
+
+
 class ArrayReader(BaseReader):
     """Reads regions of any array-like supporting numpy slicing (numpy, zarr, dask)."""
+
+    _chunk_files: Any = _UNKNOWN  # a zarr array's ChunkFiles (None: read through zarr)
 
     def __init__(self, array: Any, *, source: str | None = None, axes: Sequence[str] | None = None,
                  physical: dict[str, Any] | None = None):
@@ -59,7 +64,14 @@ class ArrayReader(BaseReader):
 
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
         """Decode ``region`` of a zarr array into ``out`` (a view of the caller's buffer),
-        without the output array of zarr's own that :meth:`read` copies from."""
+        without the output array of zarr's own that :meth:`read` copies from: from the chunk
+        files themselves where it can (:mod:`blockbuster.builtin.zarr_chunks`)."""
+        if self._chunk_files is _UNKNOWN:
+            from blockbuster.builtin.zarr_chunks import ChunkFiles
+
+            self._chunk_files = ChunkFiles.of(self.array)
+        if self._chunk_files is not None and self._chunk_files.read_into(region, out):
+            return
         from zarr.core.buffer.cpu import NDBuffer
 
         self.array.get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
