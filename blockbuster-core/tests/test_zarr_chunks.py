@@ -114,7 +114,9 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, zarr_format, compressors):
         for out in (contiguous, larger[1:-2, 2:-3]):
             assert files.read_into(region, out)
             np.testing.assert_array_equal(out, expected[region])
-    assert not files.read_into((slice(0, 10, 2), slice(0, 90)), contiguous)  # zarr's to read
+        np.testing.assert_array_equal(files.read(region), expected[region])
+    stepped = (slice(0, 10, 2), slice(0, 90))  # zarr's to read
+    assert not files.read_into(stepped, contiguous) and files.read(stepped) is None
 
 
 def test_a_run_writes_the_same_output_as_zarr_would(tmp_path, monkeypatch):

@@ -66,15 +66,21 @@ class ArrayReader(BaseReader):
         """Decode ``region`` of a zarr array into ``out`` (a view of the caller's buffer),
         without the output array of zarr's own that :meth:`read` copies from: from the chunk
         files themselves where it can (:mod:`blockbuster.builtin.zarr_chunks`)."""
-        if self._chunk_files is _UNKNOWN:
-            from blockbuster.builtin.zarr_chunks import ChunkFiles
-
-            self._chunk_files = ChunkFiles.of(self.array)
-        if self._chunk_files is not None and self._chunk_files.read_into(region, out):
+        files = self._files()
+        if files is not None and files.read_into(region, out):
             return
         from zarr.core.buffer.cpu import NDBuffer
 
         self.array.get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+
+    def _files(self):
+        """The zarr array's :class:`~blockbuster.builtin.zarr_chunks.ChunkFiles`, ``None``
+        where zarr reads it (and for other arrays)."""
+        if self._chunk_files is _UNKNOWN:
+            from blockbuster.builtin.zarr_chunks import ChunkFiles
+
+            self._chunk_files = ChunkFiles.of(self.array) if self.reads_into else None
+        return self._chunk_files
 
     def metadata(self) -> dict[str, Any]:
         """The physical metadata given (``physical``): scale, units... per axis."""
@@ -83,6 +89,10 @@ class ArrayReader(BaseReader):
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The voxels of ``region``, never a view of the caller's numpy array: a user function
         that writes into its tile (``tile -= tile.mean()``) must not change the input."""
+        files = self._files()
+        block = files.read(region) if files is not None else None
+        if block is not None:
+            return block
         block = self.array[region]
         if hasattr(block, "compute"):
             block = block.compute()

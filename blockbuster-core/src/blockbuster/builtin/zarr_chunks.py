@@ -52,6 +52,14 @@ class ChunkFiles:
         return cls(array, Path(array.store.root) / array.path, compressor)
 
     # -- reading ----------------------------------------------------------------------------
+    def read(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """``region`` in a new array; ``None`` where :meth:`read_into` would read nothing."""
+        if not self._plain(region):
+            return None
+        out = np.empty([r.stop - r.start for r in region], self.dtype)
+        self.read_into(region, out)
+        return out
+
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> bool:
         """Decode ``region`` into ``out``; a chunk without a file reads as the fill value, as
         in zarr. ``False`` (nothing read) unless ``region`` is one slice per axis, without
