@@ -138,19 +138,26 @@ def test_global_transform_old_axes_and_bioformats2raw(tmp_path):
 
 
 def test_reader_reads_only_the_chunks_of_a_region(tmp_path, monkeypatch):
+    import itertools
+
+    from blockbuster.builtin.zarr_chunks import ChunkFiles
+
     path, _ = make(tmp_path, "3d", "0.5", levels=1)
     reader = OmeZarrReader(path)
-    array = reader._source()
+    chunks = reader._source().chunks
     seen = []
-    original = type(array).__getitem__
+    original = ChunkFiles._read_chunk
 
-    def spy(self, key):
-        seen.append(key)
-        return original(self, key)
+    def spy(self, position, region, out):
+        seen.append(position)
+        return original(self, position, region, out)
 
-    monkeypatch.setattr(type(array), "__getitem__", spy)
-    reader.read((slice(0, 2), slice(0, 8), slice(0, 8)))
-    assert seen == [(slice(0, 2), slice(0, 8), slice(0, 8))]
+    monkeypatch.setattr(ChunkFiles, "_read_chunk", spy)
+    region = (slice(0, 2), slice(0, 8), slice(0, 8))
+    reader.read(region)
+    under = itertools.product(*(range(r.start // c, -(-r.stop // c))
+                                for r, c in zip(region, chunks)))
+    assert sorted(seen) == sorted(under) and seen
 
 
 # -- writer ---------------------------------------------------------------------------------

@@ -134,3 +134,44 @@ def test_a_run_writes_the_same_output_as_zarr_would(tmp_path, monkeypatch):
     tile_process(image, fn, tile_shape=(32, 32), overlap=4, write_to=tmp_path / "zarr.zarr")
     assert store_digest(tmp_path / "files.zarr") == store_digest(tmp_path / "zarr.zarr")
     assert zarr.open_array(str(tmp_path / "files.zarr"), mode="r")[...].max() > 10
+
+
+def test_selections_with_indices_and_open_slices_read_as_numpy_indexes(tmp_path):
+    """What the format readers ask for: a channel picked by index, open slices, negative
+    indices; anything else (steps, lists, booleans) is zarr's to read."""
+    shape = (3, 50, 45)
+    array = zarr.create_array(str(tmp_path / "cyx.zarr"), shape=shape, chunks=(1, 16, 20),
+                              dtype=np.float32)
+    values = np.random.default_rng(2).random(shape, dtype=np.float32)
+    array[...] = values
+    files = ChunkFiles.of(array)
+    for selection in [(1, slice(None), slice(None)), (-1, slice(5, 40), slice(None, 30)),
+                      (slice(None), slice(10, 11), slice(40, 99)), (0, 49, slice(None)),
+                      (slice(1, 3), slice(30, 20), slice(None))]:
+        got = files.read(selection)
+        assert got.shape == values[selection].shape
+        np.testing.assert_array_equal(got, values[selection])
+    for selection in [(True, slice(None), slice(None)), ([0, 2], slice(None), slice(None)),
+                      (0, slice(None, None, 2), slice(None)), (3, slice(None), slice(None)),
+                      (slice(None), slice(None))]:
+        assert files.read(selection) is None
+
+
+def test_an_ome_zarr_channel_is_read_from_its_chunk_files(tmp_path, monkeypatch):
+    """The OME-Zarr reader's tiles come from the chunk files, equal to zarr's own reads."""
+    from blockbuster.builtin import zarr_chunks
+    from blockbuster.builtin.ome_zarr import OmeZarrReader
+
+    ome_zarr = pytest.importorskip("ome_zarr.writer")
+    image = np.random.default_rng(4).integers(0, 999, (2, 64, 80)).astype(np.uint16)
+    root = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w")
+    ome_zarr.write_image(image, root, axes="cyx", scaler=None,
+                         storage_options={"chunks": (1, 32, 32)})
+    reads = []
+    real = zarr_chunks.ChunkFiles.read_into
+    monkeypatch.setattr(zarr_chunks.ChunkFiles, "read_into",
+                        lambda self, region, out: reads.append(region) or real(self, region, out))
+    reader = OmeZarrReader(tmp_path / "image.ome.zarr", channel=1)
+    tile = reader.read((slice(10, 50), slice(20, 80)))
+    np.testing.assert_array_equal(tile, image[1, 10:50, 20:80])
+    assert reads  # not zarr's indexing

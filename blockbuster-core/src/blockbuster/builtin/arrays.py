@@ -79,7 +79,7 @@ class ArrayReader(BaseReader):
         if self._chunk_files is _UNKNOWN:
             from blockbuster.builtin.zarr_chunks import ChunkFiles
 
-            self._chunk_files = ChunkFiles.of(self.array) if self.reads_into else None
+            self._chunk_files = ChunkFiles.of(self.array)
         return self._chunk_files
 
     def metadata(self) -> dict[str, Any]:

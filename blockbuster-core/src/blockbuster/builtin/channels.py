@@ -23,7 +23,19 @@ class ChannelSelectingReader(BaseReader):
         raise NotImplementedError
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._source()[self._stored(region)])
+        """``region`` of the stored array: from its chunk files where it is a local zarr array
+        (:mod:`blockbuster.builtin.zarr_chunks`), else through its own indexing."""
+        stored = self._stored(region)
+        files = self._chunk_files()
+        block = files.read(stored) if files is not None else None
+        return block if block is not None else np.asarray(self._source()[stored])
+
+    def _chunk_files(self):
+        if "_files" not in self.__dict__:  # once per process: the source opens lazily too
+            from blockbuster.builtin.zarr_chunks import ChunkFiles
+
+            self._files = ChunkFiles.of(self._source())
+        return self._files
 
     def unreadable_chunks(self, region: tuple[slice, ...]) -> list[str]:
         """The stored chunks under ``region`` that fail to read (zarr-backed sources)."""

@@ -38,12 +38,14 @@ class ChunkFiles:
 
     @classmethod
     def of(cls, array: Any) -> ChunkFiles | None:
-        """The chunk files of ``array``, or ``None`` where zarr must read and write it: not in
-        a local store, or chunks not stored as plain C-order bytes with at most one
+        """The chunk files of ``array``, or ``None`` where zarr must read and write it: not a
+        zarr array in a local store, or chunks not stored as plain C-order bytes with at most one
         compressor."""
+        import zarr
         from zarr.storage import LocalStore
 
-        if not isinstance(array.store, LocalStore) or array.dtype.byteorder == ">":
+        if (not isinstance(array, zarr.Array) or not isinstance(array.store, LocalStore)
+                or array.dtype.byteorder == ">"):
             return None
         compressor = (_v3_compressor(array.metadata) if array.metadata.zarr_format == 3
                       else _v2_compressor(array.metadata))
@@ -52,13 +54,17 @@ class ChunkFiles:
         return cls(array, Path(array.store.root) / array.path, compressor)
 
     # -- reading ----------------------------------------------------------------------------
-    def read(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` in a new array; ``None`` where :meth:`read_into` would read nothing."""
-        if not self._plain(region):
+    def read(self, selection: tuple) -> np.ndarray | None:
+        """``array[selection]`` in a new array, for a selection of one slice (without a step)
+        or index per axis, as numpy gives it (the indexed axes dropped); ``None`` for any
+        other selection, which zarr reads."""
+        region = _region_of(selection, self.shape)
+        if region is None:
             return None
         out = np.empty([r.stop - r.start for r in region], self.dtype)
         self.read_into(region, out)
-        return out
+        return out.reshape([r.stop - r.start for r, s in zip(region, selection)
+                            if isinstance(s, slice)])
 
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> bool:
         """Decode ``region`` into ``out``; a chunk without a file reads as the fill value, as
@@ -141,6 +147,23 @@ class ChunkFiles:
 
     def _key(self, position: tuple[int, ...]) -> str:
         return self.metadata.encode_chunk_key(position)
+
+
+def _region_of(selection: tuple, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The box ``selection`` (slices without steps, and indices) reads, or ``None``."""
+    if not isinstance(selection, tuple) or len(selection) != len(shape):
+        return None
+    region = []
+    for item, size in zip(selection, shape):
+        if isinstance(item, slice) and item.step in (None, 1):
+            start, stop, _ = item.indices(size)
+            region.append(slice(start, max(start, stop)))
+        elif (isinstance(item, int | np.integer) and not isinstance(item, bool)
+              and -size <= item < size):
+            region.append(slice(item % size, item % size + 1))
+        else:
+            return None
+    return tuple(region)
 
 
 def _shifted(region: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
