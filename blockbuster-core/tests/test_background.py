@@ -254,7 +254,8 @@ def test_a_gpu_model_read_and_staged_on_several_threads_gives_the_same_labels(
     image = ndimage.gaussian_filter(rng.random((192, 160)), 2)
     image = (image - image.min()) / (image.max() - image.min())
     source = tmp_path / "image.zarr"
-    zarr.create_array(str(source), shape=image.shape, chunks=(32, 32), dtype=image.dtype)[...] = image
+    stored = zarr.create_array(str(source), shape=image.shape, chunks=(32, 32), dtype=image.dtype)
+    stored[...] = image
     written = {}
     for threads in ("1", "4"):
         monkeypatch.setenv("BLOCKBUSTER_IO_THREADS", threads)
