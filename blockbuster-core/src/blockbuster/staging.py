@@ -40,7 +40,7 @@ from blockbuster.errors import StageMismatchError
 from blockbuster.faces import Face
 from blockbuster.faults import write_failure
 from blockbuster.ids import local_dtype
-from blockbuster.stores import is_url, local_if_file_url
+from blockbuster.stores import is_url, local_if_file_url, write_atomically
 from blockbuster.tiling import Tile, TileGrid
 
 RECORD_CACHE = 512  # records kept per worker during the merge (each is a few face layers)
@@ -114,14 +114,14 @@ class Stage:
         try:
             if record.count:
                 labels = np.ascontiguousarray(local, dtype=local_dtype(record.count))
-                _write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
+                write_atomically(self._path(tile.index, ".labels"), _codec().encode(labels))
             rows = self._path(tile.index, ".stats")
             if statistics is None:
                 rows.unlink(missing_ok=True)  # an earlier try's rows would not match these labels
             else:
-                _write_atomically(rows, pickle.dumps(statistics,
+                write_atomically(rows, pickle.dumps(statistics,
                                                      protocol=pickle.HIGHEST_PROTOCOL))
-            _write_atomically(self._path(tile.index, ".pickle"),
+            write_atomically(self._path(tile.index, ".pickle"),
                               pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as error:
             raise write_failure(error, self.root / "tiles",
@@ -207,17 +207,6 @@ def _codec():
     from numcodecs import Blosc
 
     return Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` whole or not at all (a failed write leaves no partial file behind)."""
-    partial = path.with_suffix(path.suffix + ".partial")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _differences(previous: str, current: str) -> list[str]:

@@ -41,6 +41,18 @@ def is_url(where: Any) -> bool:
     return bool(match) and match.group(1).lower() != "file"
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write the local file ``path`` whole or not at all (a failed write leaves no partial
+    file behind)."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def local_if_file_url(where: Any) -> Any:
     """A ``file://`` URL as a plain local path; anything else unchanged."""
     if isinstance(where, str) and where.lower().startswith("file://"):

@@ -38,13 +38,8 @@ def pick_reader(source: Any) -> str | None:
     return None
 
 
-_UNKNOWN = object()
-
-
 class ArrayReader(BaseReader):
     """Reads regions of any array-like supporting numpy slicing (numpy, zarr, dask)."""
-
-    _chunk_files: Any = _UNKNOWN  # a zarr array's ChunkFiles (None: read through zarr)
 
     def __init__(self, array: Any, *, source: str | None = None, axes: Sequence[str] | None = None,
                  physical: dict[str, Any] | None = None):
@@ -76,7 +71,7 @@ class ArrayReader(BaseReader):
     def _files(self):
         """The zarr array's :class:`~blockbuster.builtin.zarr_chunks.ChunkFiles`, ``None``
         where zarr reads it (and for other arrays)."""
-        if self._chunk_files is _UNKNOWN:
+        if "_chunk_files" not in self.__dict__:
             from blockbuster.builtin.zarr_chunks import ChunkFiles
 
             self._chunk_files = ChunkFiles.of(self.array)

@@ -14,12 +14,12 @@ zarr: :meth:`ChunkFiles.of` returns ``None`` for them.
 from __future__ import annotations
 
 import itertools
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from blockbuster.stores import write_atomically
 
 BLOSC_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -130,7 +130,9 @@ class ChunkFiles:
             piece = whole
         data = np.ascontiguousarray(piece, self.dtype)
         encoded = self.compressor.encode(data) if self.compressor is not None else data.tobytes()
-        _write_atomically(self.folder / self._key(position), encoded)
+        path = self.folder / self._key(position)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, encoded)
 
     # -- where chunks are -------------------------------------------------------------------
     def _positions(self, region: tuple[slice, ...]) -> itertools.product:
@@ -207,16 +209,3 @@ def _v2_compressor(metadata) -> Any | None | bool:
     if metadata.filters or metadata.order != "C":
         return False
     return metadata.compressor
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` whole or not at all, as zarr's local store does."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(partial, "wb") as file:
-            file.write(data)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
