@@ -63,6 +63,16 @@ def test_renumbering_follows_first_appearance_in_c_order(labels):
     assert numbered.dtype.kind == "u" and np.iinfo(numbered.dtype).max >= len(present)
 
 
+@pytest.mark.parametrize("labels", [np.int32(66144), np.uint64(2**40), np.int8(0)])
+def test_a_single_label_is_numbered_too(labels):
+    """A 0-d array (hypothesis found one too sparse for the table, which fastremap refused)."""
+    numbered, present = renumber_in_order(np.asarray(labels))
+    expected, expected_present = reference_renumber(np.asarray(labels))
+    assert numbered.shape == ()
+    np.testing.assert_array_equal(numbered, expected)
+    np.testing.assert_array_equal(present, expected_present)
+
+
 def test_labels_too_sparse_for_a_table_are_numbered_the_same_way():
     """A function returning global IDs (huge, few): numbered through the hash map, same order."""
     labels = np.zeros((4, 5), np.uint64)

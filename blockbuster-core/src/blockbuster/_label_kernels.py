@@ -54,12 +54,14 @@ def _renumber_sparse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     map. fastremap walks the memory, which is C order except for a Fortran-ordered array."""
     import fastremap
 
+    shape = labels.shape
     if labels.flags.f_contiguous and not labels.flags.c_contiguous:
         labels = np.ascontiguousarray(labels)
-    numbered, remap = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+    numbered, remap = fastremap.renumber(np.atleast_1d(labels), preserve_zero=True,
+                                         in_place=False)  # fastremap refuses a 0-d array
     remap.pop(0, None)
     present = np.array(sorted(remap.items()), dtype=np.int64).reshape(-1, 2)
-    return numbered.astype(local_dtype(len(present)), copy=False), present
+    return numbered.reshape(shape).astype(local_dtype(len(present)), copy=False), present
 
 
 def _native(labels: np.ndarray) -> np.ndarray:
