@@ -120,9 +120,9 @@ class Stage:
                 rows.unlink(missing_ok=True)  # an earlier try's rows would not match these labels
             else:
                 write_atomically(rows, pickle.dumps(statistics,
-                                                     protocol=pickle.HIGHEST_PROTOCOL))
+                                                    protocol=pickle.HIGHEST_PROTOCOL))
             write_atomically(self._path(tile.index, ".pickle"),
-                              pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+                             pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as error:
             raise write_failure(error, self.root / "tiles",
                                 f"the staged labels of tile {tile.index} at {tile.bounds()}"
