@@ -30,9 +30,10 @@ example: install-core
 	$(PY) examples/make_example_image.py examples/data/nuclei.zarr
 	$(VENV)/bin/blockbuster run examples/nuclei.toml --progress
 
-## test: install every package and run the whole suite, build the docs strictly, then run
+## test: install every package, lint, run the whole suite, build the docs strictly, then run
 ## the cellpose backend's tests again against Cellpose 4 in its own environment
 test: install-all
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(MAKE) test-cellpose4

@@ -73,8 +73,8 @@ def run_case(image: str, workers: int, executor: str, overlap: int | None = 0) -
     ``overlap=None`` leaves it to blockbuster (the default halo)."""
     warm_imports()
     from blockbuster import tile_process
-    from blockbuster.memory import peak_rss_mb
     from blockbuster.builtin.segmenters import Threshold
+    from blockbuster.memory import peak_rss_mb
 
     with tempfile.TemporaryDirectory() as tmp:
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -82,8 +82,8 @@ def run_case(image: str, workers: int, executor: str, overlap: int | None = 0) -
                                 overlap=overlap, executor=executor, workers=workers,
                                 write_to=Path(tmp) / "labels.zarr", return_stats=True)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
-            "merge": "overlap" if overlap != 0 else "touch",
+    return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn,
+            "objects": stats.n_objects, "merge": "overlap" if overlap != 0 else "touch",
             "stages_s": stats.stage_seconds, "peak_rss_mb": peak_rss_mb(),
             "peak_rss_worker_mb": stats.worker_peak_rss_mb, "tiles": stats.n_tiles}
 

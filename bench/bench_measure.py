@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_core import TILE, THRESHOLD, in_child, warm_imports  # noqa: E402
+from bench_core import THRESHOLD, TILE, in_child, warm_imports  # noqa: E402
 from reporting import synthetic_nuclei  # noqa: E402
 
 CASES = {"no table": {}, "table": {"table": True},
@@ -88,8 +88,8 @@ def run_case(image: str, options: dict) -> dict:
                                 workers=1, write_to=Path(tmp) / "labels.zarr",
                                 return_stats=True, **options)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return {"wall_s": wall, "cpu_s": cpu, "objects": stats.n_objects, "stages_s": stats.stage_seconds,
-            "peak_rss_mb": peak_rss_mb(), "tiles": stats.n_tiles}
+    return {"wall_s": wall, "cpu_s": cpu, "objects": stats.n_objects,
+            "stages_s": stats.stage_seconds, "peak_rss_mb": peak_rss_mb(), "tiles": stats.n_tiles}
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import THRESHOLD, build_image, in_child, met  # noqa: E402
 
-
 DENSE_TILE = 2048
 
 
@@ -89,11 +88,10 @@ def dense(sides: list[int], data: Path, out: Path) -> None:
 
 def many_tiles(side: int, tile: int, executor: str, workers: int) -> dict:
     """Run in a child: tile_process over side² with tile² tiles; per-tile overhead."""
-    import numpy as np
 
     from blockbuster import tile_process
-    from blockbuster.memory import peak_rss_mb
     from blockbuster.builtin.segmenters import Threshold
+    from blockbuster.memory import peak_rss_mb
     from blockbuster.synthetic import nuclei
 
     image = nuclei((side, side), density=0.003, seed=3)

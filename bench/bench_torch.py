@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 import torch
-from blockbuster.plugins.torch import torch_fn
 from torch import nn
+
+from blockbuster.plugins.torch import torch_fn
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

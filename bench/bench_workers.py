@@ -84,8 +84,8 @@ def run_case(image: str, name: str, executor: str, workers: int) -> dict:
     long-running process starts once)."""
     import numpy as np
     import zarr
-
     from bench_core import warm_imports
+
     from blockbuster import tile_process
 
     warm_imports()

@@ -51,6 +51,7 @@ def timed(call) -> tuple[object, dict]:
 
 def agreement_and_time() -> dict:
     import numpy as np
+
     from blockbuster import tile_process
     from blockbuster.metrics import match_objects
     from blockbuster.plugins.cellpose import cellpose_fn
@@ -78,6 +79,7 @@ def agreement_and_time() -> dict:
 def stock_network_time() -> dict:
     """Seconds of one 512² image with a randomly initialised stock-width network (warm)."""
     import numpy as np
+
     from blockbuster.plugins.cellpose import cellpose_fn
 
     with tempfile.TemporaryDirectory() as tmp:

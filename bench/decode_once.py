@@ -74,8 +74,8 @@ def run_case(image: str, overlap, workers: int, executor: str, counted: bool = F
         time.sleep(0.2)  # the fork server reaps its finished workers
         cpu = cpu_seconds() - cpu0
         reads = log.reads()
-    return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn, "objects": stats.n_objects,
-            "segment_s": stats.stage_seconds["segment"],
+    return {"wall_s": wall, "cpu_s": cpu, "in_fn_s": stats.seconds_in_fn,
+            "objects": stats.n_objects, "segment_s": stats.stage_seconds["segment"],
             "decodes_per_chunk": sum(reads.values()) / n_chunks if counted else None,
             "most_decodes": max(reads.values()) if counted else None, "tiles": stats.n_tiles}
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from blockbuster.memory import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
@@ -142,8 +143,9 @@ def make_image(case: Case) -> np.ndarray:
 def touching_cells(shape: tuple[int, ...]) -> np.ndarray:
     """A grid of touching disks of ``CELL_DIAMETER``, blurred and noisy like the images the tiny
     Cellpose model was trained on; a stack repeats the cells with new noise in every plane."""
-    from blockbuster.synthetic import touching_disks
     from scipy import ndimage
+
+    from blockbuster.synthetic import touching_disks
 
     disks = touching_disks(shape[-2:], radius=CELL_DIAMETER // 2, spacing=CELL_DIAMETER, seed=4)
     cells = ndimage.gaussian_filter(disks, 1.0) * 0.8 + 0.1
@@ -197,8 +199,8 @@ def real_nuclei_mosaic(side: int) -> np.ndarray:
 
 
 def segmenter(case: Case, image: np.ndarray):
-    from blockbuster.sampling import otsu_threshold, sample_blocks
     from blockbuster.builtin.segmenters import Threshold, Watershed
+    from blockbuster.sampling import otsu_threshold, sample_blocks
 
     if case.kind == "watershed":
         return Watershed(threshold=0.5, min_distance=5, diameter=20)
@@ -266,10 +268,10 @@ def run_blockbuster(case: Case, image, fn, workdir: Path, merge: str | None = No
     if not isinstance(image, np.ndarray):  # an on-disk case (its warm-up gets a corner)
         with tempfile.TemporaryDirectory(dir=workdir) as out:
             t0 = time.perf_counter()
-            result, stats = tile_process(str(workdir / ON_DISK_IMAGE), fn, tile_shape=case.tile_shape,
-                                         overlap=case.halo, merge=merge, executor="threads",
-                                         workers=WORKERS, write_to=Path(out) / "labels.zarr",
-                                         return_stats=True)
+            result, stats = tile_process(str(workdir / ON_DISK_IMAGE), fn,
+                                         tile_shape=case.tile_shape, overlap=case.halo,
+                                         merge=merge, executor="threads", workers=WORKERS,
+                                         write_to=Path(out) / "labels.zarr", return_stats=True)
             wall = time.perf_counter() - t0
             peak = peak_rss_mb()  # the run's, before its labels are read for the comparison
             labels = result.compute()

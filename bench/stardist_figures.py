@@ -88,6 +88,7 @@ def mosaic():
 
 def agreement() -> list[dict]:
     import numpy as np
+
     from blockbuster import tile_process
     from blockbuster.metrics import match_objects
     from blockbuster.plugins.stardist import stardist_fn

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent / "images"
 
 def main() -> None:
     import napari
+
     from blockbuster.synthetic import nuclei, write_image
     from blockbuster_napari import RunWidget
 

@@ -101,7 +101,8 @@ MUTATIONS = [
              "        parser.print_help()\n        return 2\n",
              "        parser.print_help()\n        return 0\n",
              (CORE_TESTS + "test_config_wiring.py",)),
-    Mutation("3", "Threshold.prepare is a no-op (each tile its own Otsu)", CORE + "builtin/segmenters.py",
+    Mutation("3", "Threshold.prepare is a no-op (each tile its own Otsu)",
+             CORE + "builtin/segmenters.py",
              "        if self.threshold is not None:\n            return self\n"
              "        return replace(self, threshold=otsu_threshold(sample_blocks(image)))\n",
              "        return self\n",

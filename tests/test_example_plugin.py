@@ -23,10 +23,12 @@ PACKAGE = ROOT / "examples" / "blockbuster-blur"
 def fresh_venv(path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     python = path / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip()
     parent = site.getsitepackages()[0]
-    Path(purelib, "_blockbuster_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
+    Path(purelib, "_blockbuster_parent.pth").write_text(
+        f"import site; site.addsitedir({parent!r})\n")
     return python
 
 
@@ -94,5 +96,6 @@ def test_example_backend_is_discovered_and_runs_by_name(tmp_path, editable):
     assert result.returncode == 0, result.stderr
     labels = zarr.open_array(str(tmp_path / "labels.zarr"))[:]
     assert labels.max() == 2  # two rectangles, each one object across many tiles
-    fingerprint = json.loads(zarr.open_array(str(tmp_path / "labels.zarr")).attrs["blockbuster"]["fingerprint"])
+    attrs = zarr.open_array(str(tmp_path / "labels.zarr")).attrs
+    fingerprint = json.loads(attrs["blockbuster"]["fingerprint"])
     assert fingerprint["overlap"] == [7, 7]  # the default halo the backend asked for

@@ -35,8 +35,8 @@ def fake_tensorflow(n_gpus: int):
 def test_every_backend_spreads_the_workers_of_a_run_over_the_gpus(monkeypatch):
     from blockbuster.plugins.cellpose._device import select_device
     from blockbuster.plugins.stardist import _tensorflow
-    from blockbuster.worker import current_worker as torch_worker
     from blockbuster.plugins.torch._device import resolve_device
+    from blockbuster.worker import current_worker as torch_worker
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

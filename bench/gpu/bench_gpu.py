@@ -69,6 +69,7 @@ TARGET_OUTSIDE = 0.10
 def make_image(path: Path, side: int, chunk: int) -> np.ndarray:
     """A uint16 nuclei image of ``side``² (a 2048² synthetic block tiled), saved as zarr."""
     import zarr
+
     from blockbuster.synthetic import nuclei
 
     block = nuclei((min(side, 2048),) * 2, seed=1)
@@ -120,6 +121,7 @@ def foreground_shift(logits) -> float:
 def build_case(name: str, tiny: bool, device: str, folder: Path, image: np.ndarray):
     """(segmenter, halo) of a case; random networks shifted to find some foreground."""
     import torch
+
     from blockbuster.plugins.torch import torch_fn
 
     torch.manual_seed(0)
@@ -144,8 +146,9 @@ def build_case(name: str, tiny: bool, device: str, folder: Path, image: np.ndarr
                       threshold=0.5, halo=halo, pad_multiple=4 if tiny else 16)
         return fn, halo
     if name == "cellpose":
-        from blockbuster.plugins.cellpose import cellpose_fn
         from cellpose.resnet_torch import CPnet
+
+        from blockbuster.plugins.cellpose import cellpose_fn
 
         weights = folder / "random_cpnet"
         nbase = [2, 8, 16, 32, 64] if tiny else [2, 32, 64, 128, 256]
@@ -165,6 +168,7 @@ def build_case(name: str, tiny: bool, device: str, folder: Path, image: np.ndarr
 def cpsam_case(device: str, folder: Path):
     """Cellpose-SAM (cellpose 4) with weights that find blobs (the full ViT-L still runs)."""
     import torch
+
     from blockbuster.plugins.cellpose import cellpose_fn
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blockbuster-cellpose" / "tests"))
@@ -384,6 +388,7 @@ def whole_run(fn, image: np.ndarray, cuda: bool,
               max_side: int | None = None) -> tuple[dict, np.ndarray | None]:
     """The segmenter on the whole image, or on the largest square crop that fits."""
     import torch
+
     from blockbuster.pixelmaps import whole_image_objects
 
     side = min(image.shape[0], max_side or image.shape[0])

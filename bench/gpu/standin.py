@@ -55,6 +55,7 @@ def run(size: int, tile: int, gpu_ms: float, halo: int, folder: Path,
     """One run with the segmenter's one worker; ``workers=1`` makes every pass, not just the
     segment stage, run on that one worker (as before the passes after it had their own)."""
     import zarr
+
     from blockbuster import tile_process
 
     source = folder / "image.zarr"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo_models
+
 from blockbuster import tile_process
 from blockbuster.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.bioimageio import bioimageio_fn
 from blockbuster.testing import assert_same_labels, check_segmenter
-
-import zoo_models
 
 
 def blobs_on_the_left(shape=(160, 224), seed=3) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo_models
+
 from blockbuster.downloads import offline_mode
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.plugins.bioimageio import _packages, bioimageio_fn
 from blockbuster.testing import assert_same_labels, serve_files
-
-import zoo_models
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+
 from blockbuster import tile_process
 from blockbuster.cli import main
 from blockbuster.registry import Registry

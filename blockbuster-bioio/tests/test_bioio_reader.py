@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from blockbuster.cli import main
 from blockbuster.errors import BackendNotInstalledError, ImageReadError, InvalidParameterError
 from blockbuster.plugins.bioio import BioioReader
@@ -149,6 +150,7 @@ def test_plain_zarr_stays_with_the_core_when_the_ome_zarr_plugin_is_missing(tmp_
                                                                             monkeypatch):
     """A plain zarr path would otherwise be claimed to say `[ome-zarr]` is missing."""
     import zarr
+
     from blockbuster.plugins.bioio import _formats
 
     installed = _formats.version

@@ -133,8 +133,9 @@ def train(
 
 def evaluate(weights: Path, *, n_images: int = 4, seed: int = 1000) -> float:
     """Return the mean AP@0.5 of the tiny network on fresh synthetic 512x512 images."""
-    from blockbuster.plugins.cellpose import cellpose_fn
     from cellpose import metrics
+
+    from blockbuster.plugins.cellpose import cellpose_fn
 
     fn = cellpose_fn(str(weights))
     aps = []

@@ -17,6 +17,7 @@ import inspect
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.errors import BackendOptionError, ModelNotFoundError
 from blockbuster.metrics import match_objects
@@ -177,8 +178,9 @@ def test_cpsam_offline_switch_refuses(sam_server, tmp_path, monkeypatch):
 def test_models_cli_lists_cellpose4_names_and_pulls_cpsam(sam_server, tmp_path, capsys):
     import json
 
-    from blockbuster.cli import main
     from cellpose import models
+
+    from blockbuster.cli import main
 
     assert main(["models", "--json"]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["cellpose"]}

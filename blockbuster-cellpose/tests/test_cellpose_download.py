@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.plugins.cellpose import cellpose_fn

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.cellpose import GPUUnavailableWarning, cellpose_fn, model_cache

@@ -15,6 +15,7 @@ import warnings
 import cloudpickle
 import numpy as np
 import pytest
+
 from blockbuster import Needs, WorkerInfo
 from blockbuster.errors import (
     BackendOptionError,

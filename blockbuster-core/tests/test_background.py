@@ -1,4 +1,5 @@
-"""Reads ahead and writes behind: order kept, the next read overlaps the work, writes are durable."""
+"""Reads ahead and writes behind: order kept, the next read overlaps the work, writes are
+durable."""
 
 import threading
 import time
@@ -94,7 +95,8 @@ def test_a_write_runs_while_a_slow_read_is_under_way():
 
 
 class TimedBatches:
-    """A batch segmenter (a threshold mask, 2 tiles per call) recording when each call starts/ends."""
+    """A batch segmenter (a threshold mask, 2 tiles per call) recording when each call starts
+    and ends."""
 
     batch_size = 2
 

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import zarr
 from blockbuster import __version__
 from blockbuster.cli import main
 from blockbuster.config import load_config
-from blockbuster.errors import ConfigError
+from blockbuster.errors import ConfigError, UnknownBackendError
 from blockbuster.synthetic import nuclei
 
 CONFIG = """
@@ -73,7 +72,7 @@ def test_errors_are_one_line_with_exit_1(job, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("blockbuster: error: unknown segmenter 'treshold'")
     assert "\n" not in err and "Traceback" not in err
-    with pytest.raises(Exception):
+    with pytest.raises(UnknownBackendError, match="treshold"):  # --debug: the error itself
         main(["--debug", "run", str(job)])
 
 

@@ -2,15 +2,15 @@
 
 from unittest import mock
 
-import blockbuster.tasks
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
+import blockbuster.tasks
 from blockbuster import tile_process
 from blockbuster.builtin.segmenters import Watershed
 from blockbuster.metrics import match_objects
 from blockbuster.synthetic import touching_disks
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")

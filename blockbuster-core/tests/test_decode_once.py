@@ -14,14 +14,13 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from blockbuster import tile_process
+from blockbuster import shared_blocks, tile_process
+from blockbuster.builtin.arrays import ArrayReader
+from blockbuster.builtin.executors import ProcessExecutor
 from blockbuster.errors import TileFunctionError
 from blockbuster.image import ImageView
 from blockbuster.read_cache import BlockCache, plan_block_reads
-from blockbuster import shared_blocks
-from blockbuster.builtin.executors import ProcessExecutor
 from blockbuster.shared_blocks import SharedBlockCache, lane_walk
-from blockbuster.builtin.arrays import ArrayReader
 from blockbuster.synthetic import nuclei
 from blockbuster.testing import ChunkReadLog, assert_same_labels, counting_zarr
 from blockbuster.tiling import TileGrid

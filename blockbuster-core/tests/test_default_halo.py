@@ -50,9 +50,9 @@ def test_blob_volume_is_exact_by_default():
     assert_same_labels(face_connected(mask), tiled)
 
 
-def _grid(overlap=None, needs=Needs(), shape=(8, 32, 32), tiles=(1, 16, 16), **options):
+def _grid(overlap=None, needs=None, shape=(8, 32, 32), tiles=(1, 16, 16), **options):
     image = ImageView.open(Registry().open_image(np.zeros(shape, np.uint8)))
-    return plan_tiling(image, tiles, overlap, needs, 1, None, **options)
+    return plan_tiling(image, tiles, overlap, needs or Needs(), 1, None, **options)
 
 
 def test_default_halo_skips_per_slice_axes_and_follows_the_alignment():

@@ -8,8 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from scipy import ndimage
 from skimage.segmentation import expand_labels as expand_whole
 

@@ -6,12 +6,13 @@ import warnings
 import numpy as np
 import pytest
 import zarr
+from scipy import ndimage
+
 from blockbuster import tile_process
-from blockbuster.cli import main
 from blockbuster.builtin.ome_zarr import OmeZarrReader
+from blockbuster.cli import main
 from blockbuster.synthetic import write_image
 from blockbuster.testing import assert_same_labels
-from scipy import ndimage
 
 pytest.importorskip("ome_zarr")
 

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import zarr
+from scipy import ndimage
+
 from blockbuster import tile_process
 from blockbuster.builtin.ome_zarr import OmeZarrLabelsWriter, OmeZarrReader, downsample_block
 from blockbuster.errors import ImageReadError, InvalidParameterError, OutputExistsError
@@ -14,7 +16,6 @@ from blockbuster.image import ImageView
 from blockbuster.registry import Registry
 from blockbuster.synthetic import write_image
 from blockbuster.testing import assert_same_labels
-from scipy import ndimage
 
 VERSIONS = ["0.4", "0.5"]
 UM = "micrometer"

@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
 from blockbuster import tile_process
 from blockbuster.errors import InvalidParameterError, OptionalDependencyError
 from blockbuster.image import ImageView
 from blockbuster.readers import BaseReader
 from blockbuster.table import combine, read_table, tile_statistics, write_table
 from blockbuster.tiling import TileGrid
-from scipy import ndimage
-from skimage.measure import regionprops_table
 
 pd = pytest.importorskip("pandas")
 

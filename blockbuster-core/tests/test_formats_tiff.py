@@ -8,12 +8,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from blockbuster import tile_process
-from blockbuster.errors import ImageReadError, InvalidParameterError
 from blockbuster.builtin.tiff import TiffReader, is_tiff_path
+from blockbuster.errors import ImageReadError, InvalidParameterError
 from blockbuster.registry import Registry
 from blockbuster.testing import assert_same_labels
-from scipy import ndimage
 
 tifffile = pytest.importorskip("tifffile")
 

@@ -6,8 +6,7 @@ their name, and the GIL is released."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from blockbuster import _labelkernels
 from blockbuster._label_kernels import apply_lut, renumber_in_order

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from blockbuster.memory import _malloc_trim, peak_rss_bytes, rss_bytes
 
 MiB = 2**20

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import pytest
 import zarr
+
 from blockbuster.backend import (
     checked_options,
     gpu_of_worker,

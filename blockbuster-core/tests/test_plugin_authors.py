@@ -6,15 +6,16 @@ the processes executor."""
 import subprocess
 import sys
 import textwrap
-import tomllib
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import zarr
 
 from blockbuster import hookimpl, tile_process
+from blockbuster.builtin.executors import check_main_guard
 from blockbuster.cli import main
 from blockbuster.errors import (
     BackendBlockedError,
@@ -26,7 +27,6 @@ from blockbuster.errors import (
     TileFunctionError,
     UnknownBackendError,
 )
-from blockbuster.builtin.executors import check_main_guard
 from blockbuster.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings, strategies as st
+from scipy import ndimage
+
 from blockbuster import tile_process
 from blockbuster.cli import main
 from blockbuster.errors import (
@@ -15,9 +18,6 @@ from blockbuster.errors import (
     NotTwoDimensionalError,
     OptionalDependencyError,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import ndimage
 
 shapely = pytest.importorskip("shapely")
 gpd = pytest.importorskip("geopandas")

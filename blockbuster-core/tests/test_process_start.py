@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import cloudpickle
+
 from blockbuster.builtin.executors import WORKER_MODULES, pickled_modules
 from blockbuster.builtin.segmenters import Threshold
 from blockbuster.tiling import TileGrid

@@ -184,7 +184,8 @@ def test_discovery_imports_no_heavy_library():
     import subprocess
 
     code = ("import sys; from blockbuster.registry import Registry; r = Registry(); "
-            "r.names('segmenter'); heavy = {'torch', 'tensorflow', 'cellpose', 'stardist', 'bioimageio'}; "
+            "r.names('segmenter'); "
+            "heavy = {'torch', 'tensorflow', 'cellpose', 'stardist', 'bioimageio'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,13 +4,13 @@ rule (most overlap, ties to the smallest id, 0 without a parent), the table and 
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings, strategies as st
+from scipy import ndimage
+
 from blockbuster.cli import main
 from blockbuster.errors import InvalidParameterError
 from blockbuster.relations import COLUMNS, PAIR_COLUMNS, relate
 from blockbuster.table import read_table
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import ndimage
 
 pd = pytest.importorskip("pandas")
 
@@ -127,7 +127,8 @@ def test_shapes_must_match():
 
 
 def test_float_images_are_refused_with_what_to_give():
-    with pytest.raises(InvalidParameterError, match=r"parents .*float64 values, not integer labels"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"parents .*float64 values, not integer labels"):
         relate(np.zeros((4, 5), np.uint8), np.zeros((4, 5)))
 
 

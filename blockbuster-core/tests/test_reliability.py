@@ -1,6 +1,5 @@
 """Resume after a crash, retries, keep_going and skipping empty tiles."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from blockbuster import tile_process
+from blockbuster.builtin.segmenters import Threshold
 from blockbuster.errors import StageMismatchError, TileFunctionError, TilesFailedError
-from blockbuster.builtin.segmenters import Threshold, Watershed
 from blockbuster.synthetic import touching_disks
 from blockbuster.testing import store_digest
 
@@ -59,13 +57,15 @@ def test_a_tile_failing_after_retries_stops_the_run_naming_it(tmp_path):
     assert "tile 6 at [64:128, 32:64]" in str(error.value)
     assert "GPU fell off the bus" in str(error.value) and "Traceback" in str(error.value)
     assert (tmp_path / "broken.calls").read_text() == "2"  # first try + 1 retry
-    assert len(list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle"))) == 6  # kept for resume
+    kept = list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle"))
+    assert len(kept) == 6  # kept for resume
 
 
 def test_keep_going_finishes_the_rest_then_resume_reruns_only_the_failed(tmp_path):
     out = tmp_path / "out.zarr"
     fn = flaky(tmp_path)
-    with pytest.raises(TilesFailedError, match=r"(?s)1 of 15 tiles failed.*tile 6 at \[64:128, 32:64\]"):
+    with pytest.raises(TilesFailedError,
+                       match=r"(?s)1 of 15 tiles failed.*tile 6 at \[64:128, 32:64\]"):
         tile_process(IMAGE, fn, tile_shape=(64, 32), overlap=0, executor="threads", workers=2,
                      keep_going=True, retries=0, write_to=out)
     assert len(list((tmp_path / "out.zarr.stage" / "tiles").glob("*.pickle"))) == 14
@@ -79,7 +79,8 @@ def test_keep_going_finishes_the_rest_then_resume_reruns_only_the_failed(tmp_pat
 
 
 def crash_then_fix(tmp_path, out):
-    """A run into ``out`` that stops at a failing tile, leaving its stage; then the cause is fixed."""
+    """A run into ``out`` that stops at a failing tile, leaving its stage; then the cause is
+    fixed."""
     with pytest.raises(TileFunctionError):
         tile_process(IMAGE, flaky(tmp_path), tile_shape=(64, 32), overlap=0, write_to=out,
                      executor="serial", retries=0)

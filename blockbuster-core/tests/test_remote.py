@@ -19,8 +19,12 @@ import zarr
 
 from blockbuster import tile_process
 from blockbuster.cli import main
-from blockbuster.errors import (OutputLockedError, ReadOnlyStoreError, StoreAccessError,
-                                StoreNotInstalledError)
+from blockbuster.errors import (
+    OutputLockedError,
+    ReadOnlyStoreError,
+    StoreAccessError,
+    StoreNotInstalledError,
+)
 from blockbuster.lock import lock_output
 from blockbuster.stores import Location
 from blockbuster.synthetic import write_image
@@ -208,7 +212,8 @@ def test_unknown_scheme_and_missing_package_name_what_to_install():
 
 def test_missing_bucket_and_refused_credentials_name_the_url(tmp_path, s3, bucket):
     image = np.zeros((32, 32), np.float32)
-    with pytest.raises(StoreAccessError, match=r"s3://no-such-bucket/labels.zarr(.lock)?: the bucket "
+    with pytest.raises(StoreAccessError,
+                       match=r"s3://no-such-bucket/labels.zarr(.lock)?: the bucket "
                                                r"'no-such-bucket' does not exist.*bucket name"):
         tile_process(image, "threshold", write_to="s3://no-such-bucket/labels.zarr",
                      storage_options=s3.storage_options, stage_dir=tmp_path)

@@ -9,8 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from blockbuster import _runkernels
 from blockbuster._intensity_kernels import deviation_runs, float_runs, integer_runs

@@ -5,6 +5,8 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from blockbuster import tile_process
 from blockbuster.builtin.segmenters import Watershed
 from blockbuster.errors import InvalidParameterError, OutputExistsError
@@ -14,7 +16,6 @@ from blockbuster.segmenter import Needs
 from blockbuster.splitting import watershed_split
 from blockbuster.synthetic import nuclei, touching_disks
 from blockbuster.testing import assert_same_labels
-from scipy import ndimage
 
 MIN_DISTANCE = 5
 

@@ -11,6 +11,7 @@ from blockbuster import tile_process
 from blockbuster.table import read_table
 from blockbuster_napari import RunWidget
 
+
 @pytest.fixture
 def notifications():
     from napari.utils.notifications import notification_manager

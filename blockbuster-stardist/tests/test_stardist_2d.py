@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.stardist import Intensities, stardist_fn
@@ -182,6 +183,7 @@ def test_tensorflow_threads_follow_worker_count(tiny_2d):
 def test_config_selects_stardist_by_name(tiny_2d, mosaic_2d, tmp_path):
     """`blockbuster run CONFIG` with [segmenter] name = "stardist" and a model option."""
     import zarr
+
     from blockbuster.cli import main
 
     crop = mosaic_2d[:512, :900]

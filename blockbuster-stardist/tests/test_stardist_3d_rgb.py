@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.metrics import match_objects
 from blockbuster.plugins.stardist import stardist_fn

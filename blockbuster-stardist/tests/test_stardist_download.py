@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from blockbuster import tile_process
 from blockbuster.errors import ModelNotFoundError
 from blockbuster.plugins.stardist import stardist_fn

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from blockbuster.errors import BackendOptionError, InvalidParameterError, ModelNotFoundError
 from blockbuster.plugins.stardist import Intensities, Percentiles, StarDistSegmenter, stardist_fn
 

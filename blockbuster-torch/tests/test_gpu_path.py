@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from blockbuster.errors import InvalidParameterError
 from blockbuster.plugins.torch import _gpu, torch_fn
 from blockbuster.plugins.torch._segmenter import _check_batch_size

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torchnets
+from torch import nn
+
 from blockbuster import tile_process
 from blockbuster.errors import PixelMapWarning
 from blockbuster.metrics import match_objects
 from blockbuster.pixelmaps import label_map, whole_image_objects
 from blockbuster.plugins.torch import torch_fn
 from blockbuster.testing import assert_same_labels
-from torch import nn
 
 UNET = {"output": "semantic", "pad_multiple": 4, "halo": 24}
 

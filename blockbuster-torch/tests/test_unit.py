@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchnets
+from torch import nn
+
 from blockbuster import Needs
 from blockbuster.backend import threads_per_worker
 from blockbuster.errors import (
@@ -25,7 +27,6 @@ from blockbuster.plugins.torch._loading import _MODEL_CACHE
 from blockbuster.plugins.torch._tiles import batches, padded_shape, prepare_tile
 from blockbuster.testing import check_segmenter
 from blockbuster.worker import WorkerInfo as Worker
-from torch import nn
 
 
 class Identity(nn.Module):
@@ -301,7 +302,8 @@ def test_unknown_option_is_a_backend_option_error_listing_valid_ones():
 
 
 def test_an_option_of_the_wrong_type_is_one_typed_error_naming_it():
-    with pytest.raises(BackendOptionError, match=r"batch_size='eight' should be int or one of 'auto' or None, not str"):
+    with pytest.raises(BackendOptionError, match=r"batch_size='eight' should be int or one of "
+                                                 r"'auto' or None, not str"):
         torch_fn(Identity(), batch_size="eight")
     with pytest.raises(BackendOptionError, match=r"threshold='high' should be float"):
         torch_fn(Identity(), threshold="high")

@@ -142,7 +142,8 @@ def outer_faces(
         inside = tuple(
             slice(max(b.start, p.start), min(b.stop, p.stop)) for b, p in zip(box, tile.padded)
         )
-        source = tuple(slice(i.start - p.start, i.stop - p.start) for i, p in zip(inside, tile.padded))
+        source = tuple(slice(i.start - p.start, i.stop - p.start)
+                       for i, p in zip(inside, tile.padded))
         target = tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inside, box))
         layer[target] = to_local(raw[source], present)
         faces[face_key("outer", axis, side)] = Face(tuple(b.start for b in box), layer)

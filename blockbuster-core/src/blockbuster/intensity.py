@@ -11,12 +11,12 @@ take the min/max, and the standard deviation uses Chan et al.'s parallel update
 squares).
 
 Percentiles need every value of an object. An object that lies in one tile (most do) gets its
-percentiles in that tile's relabel task (which reads the tile again); the tiles write the values of each object that spans several
-tiles (known from the merge, before the relabel pass) to a spill file in the run's staging
-area, as ``(label, value, count)`` runs, and the parent merges the runs of those objects a
-batch of labels at a time (about :data:`SPILL_BATCH_BYTES` each). Exact; the parent holds one
-batch, whose size is bounded below only by the distinct values of one object (at most 65,536 per
-channel for 16-bit images).
+percentiles in that tile's relabel task (which reads the tile again); the tiles write the
+values of each object that spans several tiles (known from the merge, before the relabel pass)
+to a spill file in the run's staging area, as ``(label, value, count)`` runs, and the parent
+merges the runs of those objects a batch of labels at a time (about :data:`SPILL_BATCH_BYTES`
+each). Exact; the parent holds one batch, whose size is bounded below only by the distinct
+values of one object (at most 65,536 per channel for 16-bit images).
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ def combine_intensity(parts: list[TileIntensity], inverse: np.ndarray, order: np
     k, channels = len(ids), parts[0].sum.shape[1]
     columns: dict[str, np.ndarray] = {}
     for c in range(channels):
-        def stacked(name):  # one figure of one channel at a time: the parent stays small
-            return np.concatenate([getattr(p, name)[:, c] for p in parts])
+        def stacked(name, c=c):  # one figure of one channel at a time: the parent stays small
+            return _channel_column(parts, name, c)
 
         suffix = f"_c{c}" if channels > 1 else ""
         part_sum = stacked("sum")
@@ -276,6 +276,11 @@ def combine_intensity(parts: list[TileIntensity], inverse: np.ndarray, order: np
     if qs:
         columns.update(_percentile_columns(parts, inverse, ids, qs, channels))
     return columns
+
+
+def _channel_column(parts: list[TileIntensity], name: str, c: int) -> np.ndarray:
+    """Figure ``name`` of channel ``c`` of every part, concatenated."""
+    return np.concatenate([getattr(p, name)[:, c] for p in parts])
 
 
 def _percentile_columns(parts: list[TileIntensity], inverse: np.ndarray, ids: np.ndarray,

@@ -51,6 +51,7 @@ from blockbuster.lock import OutputLock, holding, lock_output
 from blockbuster.memory import release_free_memory
 from blockbuster.merge import kept_pairs, no_edges
 from blockbuster.mergelog import merge_log_table, resolve_merge_log_path
+from blockbuster.pixelmaps import resolve_output
 from blockbuster.planning import (
     check_retries,
     one_segmenter,
@@ -58,17 +59,15 @@ from blockbuster.planning import (
     resolve_merge,
     resolve_table_path,
 )
-from blockbuster.pixelmaps import resolve_output
 from blockbuster.progress import Listener, Progress
 from blockbuster.read_cache import BlockReads, block_cache_bytes, plan_block_reads
 from blockbuster.relabel import Relabeling
 from blockbuster.segmenter import Segmenter
 from blockbuster.shared_blocks import SharedBlockCache
 from blockbuster.staging import Stage, stage_root
+from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.stores import is_url, local_if_file_url
 from blockbuster.table import combine, require_table_packages, write_table
-from blockbuster.tiling import Tile
-from blockbuster.stitching import PlaneJoins, check_iou_threshold, plane_joins
 from blockbuster.tasks import (
     Job,
     batches,
@@ -78,13 +77,14 @@ from blockbuster.tasks import (
     segment_claimed_task,
     segment_task,
 )
-from blockbuster.worker import usable_cores
+from blockbuster.tiling import Tile
 from blockbuster.verify import (
     DEFAULT_THRESHOLD,
     VerifyReport,
     check_verify_options,
     verify_seams,
 )
+from blockbuster.worker import usable_cores
 
 
 @dataclass

@@ -14,7 +14,6 @@ from blockbuster.merge import MERGE_MODES
 from blockbuster.stores import is_url
 from blockbuster.tiling import TileGrid, auto_tile_shape, validate_overlap, validate_tile_shape
 
-
 DEFAULT_HALO = 1  # the least halo with which the overlap rule makes connected components exact
 
 

@@ -29,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import InvalidParameterError, NotTwoDimensionalError, \
-    OptionalDependencyError
+from blockbuster.errors import (
+    InvalidParameterError,
+    NotTwoDimensionalError,
+    OptionalDependencyError,
+)
 from blockbuster.stores import Location
 from blockbuster.tilewise import label_grid, map_tiles, open_labels, resolve_workers
 

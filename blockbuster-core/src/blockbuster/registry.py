@@ -25,8 +25,8 @@ from blockbuster.errors import (
     BackendBlockedError,
     BackendBrokenError,
     BackendNotInstalledError,
-    ImageReadError,
     BlockbusterError,
+    ImageReadError,
     InvalidParameterError,
     PluginContractError,
     UnknownBackendError,
@@ -150,10 +150,13 @@ class Registry:
         self.failures: list[PluginFailure] = []
         self.blocked = set(block)
         self.skipped: list[PluginFailure] = []  # entry points left out by ``block``
-        self.autoload = autoload if autoload is not None else not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        if autoload is None:
+            autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        self.autoload = autoload
         self._sources: dict[int, tuple[str, str, str]] = {}
         for module in BUILTIN_PLUGINS:
-            self._register(importlib.import_module(module), module, "blockbuster-core", _core_version())
+            self._register(importlib.import_module(module), module, "blockbuster-core",
+                           _core_version())
         if self.autoload:
             self._load_entry_points()
         for plugin in plugins:
@@ -175,7 +178,8 @@ class Registry:
         for ep, dist, version in installed_entry_points(ENTRY_POINT_GROUP):
             if ep.name in self.blocked or dist in self.blocked:
                 blocked_by = ep.name if ep.name in self.blocked else dist
-                self.skipped.append(PluginFailure(ep.name, dist, version, f"blocked as {blocked_by!r}"))
+                self.skipped.append(
+                    PluginFailure(ep.name, dist, version, f"blocked as {blocked_by!r}"))
                 continue
             if self.pm.has_plugin(ep.name):
                 continue
@@ -366,7 +370,8 @@ def _may_provide(plugin: PluginFailure, kind: str, name: str) -> bool:
     """
     dist = plugin.distribution.lower().replace("_", "-")
     known = KNOWN_PACKAGES.get((kind, name), "").split("[")[0]
-    return name in (plugin.name, dist.removeprefix("blockbuster-")) or (bool(known) and known == dist)
+    own_names = (plugin.name, dist.removeprefix("blockbuster-"))
+    return name in own_names or (bool(known) and known == dist)
 
 
 def _fulfils(made: Any, members: tuple[str, ...], backend: Backend, base: str) -> Any:

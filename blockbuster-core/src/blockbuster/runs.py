@@ -4,8 +4,9 @@ A segmented tile is mostly long stretches of one label along its last axis. Cut 
 runs (one pass over the tile), every per-object figure of the table becomes a reduction over
 the runs, about twenty times fewer than the voxels: a run's voxel count and coordinate sums
 follow from its start and length alone, and an image's sum, minimum and maximum over each run
-are one pass over the tile (:func:`blockbuster.intensity.tile_intensity`). The per-object figures then add the runs up
-(:meth:`LabelRuns.total`, :meth:`LabelRuns.least`, :meth:`LabelRuns.greatest`).
+are one pass over the tile (:func:`blockbuster.intensity.tile_intensity`). The per-object
+figures then add the runs up (:meth:`LabelRuns.total`, :meth:`LabelRuns.least`,
+:meth:`LabelRuns.greatest`).
 
 Runs break at every change of label and at the start of every row, so a run never leaves its
 row; background runs (label 0) are cut too, and dropped from every result.

@@ -16,8 +16,9 @@ def sample_blocks(image, *, max_voxels: int = 2**22, block: int = 256) -> np.nda
     """Flattened values of up to ``max_voxels`` voxels from evenly spread blocks of ``image``.
 
     ``image`` is a reader (anything with ``shape`` and ``read(region)``, the reader contract)
-    or an array with numpy slicing (zarr, dask or numpy). Blocks of side ``block`` (whole axes when shorter) are taken on a regular grid of
-    positions, so the sample is deterministic and covers the whole image.
+    or an array with numpy slicing (zarr, dask or numpy). Blocks of side ``block`` (whole axes
+    when shorter) are taken on a regular grid of positions, so the sample is deterministic and
+    covers the whole image.
     """
     shape = tuple(int(s) for s in image.shape)
     sides = [min(s, block) for s in shape]

@@ -3,8 +3,8 @@
 :func:`tile_statistics` measures each tile core (its runs of equal labels, one pass over the
 tile: :mod:`blockbuster.runs`); the parent gathers the small partial results (O(objects in the
 tile) each) and :func:`combine` merges them: voxel counts and coordinate sums add up, bounding
-boxes take the min of starts and the max of stops, the tiles an object spans are collected. :func:`write_table` saves CSV or
-Parquet from the suffix.
+boxes take the min of starts and the max of stops, the tiles an object spans are collected.
+:func:`write_table` saves CSV or Parquet from the suffix.
 
 Columns of the table (axes ``z, y, x`` for 3D, ``y, x`` for 2D; ``axis<i>`` beyond 5 axes):
 

@@ -25,7 +25,6 @@ from blockbuster.errors import (
     InvalidParameterError,
     TileFunctionError,
 )
-from blockbuster.faults import read_failure, retrying, write_failure
 from blockbuster.faces import (
     check_label_budget,
     class_faces,
@@ -33,15 +32,16 @@ from blockbuster.faces import (
     local_labels,
     outer_faces,
 )
+from blockbuster.faults import read_failure, retrying, write_failure
 from blockbuster.image import ImageView
 from blockbuster.intensity import IntensityRequest, add_percentiles, channels_first
 from blockbuster.merge import tile_edges
 from blockbuster.pixelmaps import split_label
 from blockbuster.read_cache import BlockCache
 from blockbuster.relabel import TileTable
+from blockbuster.runs import LabelRuns
 from blockbuster.segmenter import Segmenter
 from blockbuster.staging import Stage, TileRecord
-from blockbuster.runs import LabelRuns
 from blockbuster.table import TileStatistics, tile_statistics
 from blockbuster.tiling import Tile, TileGrid, span
 from blockbuster.worker import current_worker, usable_cores

@@ -120,7 +120,8 @@ class ArrayReader(BaseReader):
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.source or type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
+        source = self.source or type(self.array).__name__
+        return f"{type(self).__name__}({source}, shape={self.shape}, dtype={self.dtype})"
 
 
 def unreadable_zarr_chunks(array: Any, region: tuple, where: str | None) -> list[str]:

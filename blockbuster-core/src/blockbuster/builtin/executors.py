@@ -84,7 +84,8 @@ class _FuturesPool(Pool):
 
     def map_unordered(self, task, items):
         items = iter(items)
-        pending = {self.executor.submit(self.call, task, item) for item in itertools.islice(items, self.window)}
+        pending = {self.executor.submit(self.call, task, item)
+                   for item in itertools.islice(items, self.window)}
         try:
             while pending:
                 done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)

@@ -1,4 +1,7 @@
-"""Namespace for backend packages: ``blockbuster-cellpose`` ships ``blockbuster.plugins.cellpose``."""
+"""Namespace for backend packages.
+
+``blockbuster-cellpose`` ships ``blockbuster.plugins.cellpose``.
+"""
 
 from pkgutil import extend_path
 

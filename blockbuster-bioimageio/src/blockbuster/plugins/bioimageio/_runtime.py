@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+
 from blockbuster.backend import image_sample
 from blockbuster.errors import InvalidParameterError, UnsupportedModelError
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
 from blockbuster import Needs, current_worker
 from blockbuster.backend import declared_options, gpu_of_worker, threads_per_worker
 from blockbuster.errors import InvalidParameterError

@@ -57,8 +57,9 @@ def extra_for(path: str | os.PathLike) -> Extra | None:
 
 def plugin_for(path: str | os.PathLike) -> Any | None:
     """bioio's plugin entry for ``path`` (``None`` when no installed plugin reads it)."""
-    from bioio import BioImage
     from bioio_base.exceptions import UnsupportedFileFormatError
+
+    from bioio import BioImage
 
     try:
         return BioImage.determine_plugin(str(path), use_plugin_cache=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from blockbuster import Needs
 from blockbuster.backend import checked_options, image_percentiles
 from blockbuster.errors import BackendOptionError, InvalidParameterError

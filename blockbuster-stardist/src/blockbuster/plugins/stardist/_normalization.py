@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from blockbuster.backend import DEFAULT_SAMPLE_VOXELS
-from blockbuster.backend import image_percentiles as whole_image_percentiles
+
+from blockbuster.backend import DEFAULT_SAMPLE_VOXELS, image_percentiles as whole_image_percentiles
 from blockbuster.errors import InvalidParameterError
 
 Scope = Literal["global", "tile"]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from blockbuster import Needs
 from blockbuster.backend import checked_options
 from blockbuster.errors import InvalidParameterError

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from blockbuster.errors import InvalidParameterError, TileFunctionError
 from blockbuster.splitting import watershed_split
 

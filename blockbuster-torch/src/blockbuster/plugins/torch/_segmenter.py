@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
+
 from blockbuster import Needs, current_worker
 from blockbuster.backend import declared_options, image_percentiles
 from blockbuster.errors import InvalidParameterError, TileFunctionError

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from blockbuster.errors import BackendOptionError, InvalidParameterError
 
 NORMALIZE_MODES = ("dtype", "percentile")
