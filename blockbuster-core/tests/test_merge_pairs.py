@@ -9,14 +9,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 from scipy import ndimage
 
 from blockbuster.builtin.segmenters import Watershed
 from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
 from blockbuster.ids import encode
-from blockbuster.merge import tile_edges
+from blockbuster.merge import first_axis_apart, tile_edges
 from blockbuster.staging import TileRecord
 from blockbuster.synthetic import touching_disks
 from blockbuster.tiling import TileGrid
@@ -146,6 +145,8 @@ def reference_edges(tile, grid, raw, classes, mode, connectivity):
         for other in grid.neighbours_after(tile, axis):
             if stack is not None and other.position[stack] != tile.position[stack]:
                 continue
+            if first_axis_apart(tile, other) != axis:  # each pair of tiles once
+                continue
             theirs = Prediction(other, raw[other.index])
             q_layer = layer(other, axis, other.core[axis].start)
             if halo:
@@ -220,3 +221,26 @@ def test_tile_edges_of_segmenters_follow_the_rule(fn, overlap):
     for tile in grid:
         found = tile_edges(tile, grid, "overlap", records.__getitem__)
         assert found_edges(*found) == expected[tile.index]
+
+
+@pytest.mark.parametrize("shape, tiles", [((9, 10), (3, 4)), ((5, 6, 7), (2, 3, 3))])
+def test_each_pixel_pair_across_tiles_is_counted_once(shape, tiles):
+    """One object filling the image: the support of all pairs together is the number of
+    neighbour pixel pairs (full connectivity) whose pixels lie in different tiles, diagonal
+    pairs at the corners where several tiles meet included, each once."""
+    grid = TileGrid(shape, tiles, (0,) * len(shape))
+    raw = {tile.index: np.ones(tile.padded_shape, np.int32) for tile in grid}
+    records = staged(grid, raw, None, "touch")
+    total = sum(int(tile_edges(tile, grid, "touch", records.__getitem__, len(shape))[1].sum())
+                for tile in grid)
+    owner = np.zeros(shape, np.int64)
+    for tile in grid:
+        owner[tile.core] = tile.index
+    across = 0
+    for offset in itertools.product((-1, 0, 1), repeat=len(shape)):
+        if offset <= (0,) * len(shape):
+            continue  # each unordered neighbour pair once
+        here = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(offset, shape))
+        there = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip(offset, shape))
+        across += np.count_nonzero(owner[here] != owner[there])
+    assert total == across
