@@ -254,7 +254,7 @@ MUTATIONS = [
              "    if not job.keep_going:\n        raise image",
              "    if True:\n        raise image",
              (CORE_TESTS + "test_faults.py",)),
-    Mutation("17", "faults: a failed stage write leaves its partial file", CORE + "staging.py",
+    Mutation("17", "faults: a failed stage write leaves its partial file", CORE + "stores.py",
              "    except BaseException:\n        partial.unlink(missing_ok=True)\n        raise",
              "    except BaseException:\n        raise",
              (CORE_TESTS + "test_faults.py",)),
@@ -366,6 +366,12 @@ MUTATIONS = [
              "                       axes=axes, physical=physical)",
              "                       axes=axes)",
              (CORE_TESTS + "test_postprocess.py",)),
+    Mutation("20", "merge examines a diagonal neighbour once per axis (corner support doubled)",
+             CORE + "merge.py",
+             "            if first_axis_apart(tile, other) != axis:\n                continue\n",
+             "",
+             (CORE_TESTS + "test_merge_pairs.py::test_each_pixel_pair_across_tiles_is_counted_once",
+              CORE_TESTS + "test_merge_log.py")),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks
