@@ -124,6 +124,8 @@ def test_a_label_outside_the_table_is_named(call, message):
                                     np.empty(3, np.uint8)), ValueError, "one item per label"),
     (lambda: _labelkernels.renumber(np.zeros(2, np.int32), np.zeros(1, np.uint32),
                                     np.empty(2, np.uint64)), TypeError, "out: must be uint8"),
+    (lambda: _labelkernels.renumber(np.zeros(2, np.int32), np.zeros(0, np.uint32),
+                                    np.empty(2, np.uint8)), ValueError, "entry for label 0"),
     (lambda: _labelkernels.apply_lut(np.zeros(2, np.int32), np.zeros(1, np.uint16),
                                      np.empty(2, np.uint32)), TypeError, "out's dtype uint32"),
     (lambda: _labelkernels.apply_lut(np.zeros(2, np.int32), np.zeros(1, np.uint16),

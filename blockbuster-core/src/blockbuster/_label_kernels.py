@@ -4,8 +4,10 @@ mapping them through a lookup table.
 The loops are C (``_labelkernels.c``, compiled when blockbuster-core is installed). They read
 the labels in place whatever their strides (a tile's core cut out of its padded window is not
 copied first), release the GIL, and write straight into an output of the dtype asked for.
-On a 1024² core of ~700 nuclei: renumbering 2.3 ms against fastremap's 2.8 ms, the lookup
-0.5 ms against numpy's ``take`` 2.1 ms.
+Numbering looks a label up only where it differs from the pixel before (labels come in runs
+along a row). On a 1024² core of ~700 nuclei cut from its padded window: renumbering 1.8 ms
+(2.9 ms with a lookup per pixel) against fastremap's 2.6 ms on a contiguous copy; the lookup
+0.5 ms against numpy's ``take`` 2.1 ms (a branch-free lookup per pixel is faster there).
 """
 
 from __future__ import annotations
