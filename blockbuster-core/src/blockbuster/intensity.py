@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +259,8 @@ def combine_intensity(parts: list[TileIntensity], inverse: np.ndarray, order: np
     k, channels = len(ids), parts[0].sum.shape[1]
     columns: dict[str, np.ndarray] = {}
     for c in range(channels):
-        def stacked(name, c=c):  # one figure of one channel at a time: the parent stays small
-            return _channel_column(parts, name, c)
-
+        # one figure of one channel at a time: the parent stays small
+        stacked = partial(_channel_column, parts, c=c)
         suffix = f"_c{c}" if channels > 1 else ""
         part_sum = stacked("sum")
         total_sum = np.bincount(inverse, weights=part_sum, minlength=k)
