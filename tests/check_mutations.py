@@ -367,11 +367,10 @@ MUTATIONS = [
              "                       axes=axes)",
              (CORE_TESTS + "test_postprocess.py",)),
     Mutation("20", "merge examines a diagonal neighbour once per axis (corner support doubled)",
-             CORE + "merge.py",
-             "            if first_axis_apart(tile, other) != axis:\n                continue\n",
-             "",
+             CORE + "tiling.py",
+             "[p] if a < axis else [p + 1] if a == axis", "[p + 1] if a == axis",
              (CORE_TESTS + "test_merge_pairs.py::test_each_pixel_pair_across_tiles_is_counted_once",
-              CORE_TESTS + "test_merge_log.py")),
+              CORE_TESTS + "test_merge_log.py", CORE_TESTS + "test_tiling.py")),
 ]
 # Issue 13 item 7 (Cellpose 4 in CI) changes how tests run, not code a bug can be put in.
 # Not listed: "keep &= agreed | ~both" -> "keep &= agreed" survives every test, and looks

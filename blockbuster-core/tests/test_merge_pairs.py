@@ -15,7 +15,7 @@ from scipy import ndimage
 from blockbuster.builtin.segmenters import Watershed
 from blockbuster.faces import class_faces, inner_faces, local_labels, outer_faces
 from blockbuster.ids import encode
-from blockbuster.merge import first_axis_apart, tile_edges
+from blockbuster.merge import tile_edges
 from blockbuster.staging import TileRecord
 from blockbuster.synthetic import touching_disks
 from blockbuster.tiling import TileGrid
@@ -144,8 +144,6 @@ def reference_edges(tile, grid, raw, classes, mode, connectivity):
         p_layer = layer(tile, axis, tile.core[axis].stop - 1)
         for other in grid.neighbours_after(tile, axis):
             if stack is not None and other.position[stack] != tile.position[stack]:
-                continue
-            if first_axis_apart(tile, other) != axis:  # each pair of tiles once
                 continue
             theirs = Prediction(other, raw[other.index])
             q_layer = layer(other, axis, other.core[axis].start)

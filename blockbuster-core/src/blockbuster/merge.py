@@ -103,25 +103,17 @@ def _neighbours_after(tile: Tile, grid: TileGrid, mode: str):
     """``(axis, other)`` for each tile one step after ``tile`` along ``axis`` (and within one
     step on the other axes) whose face with ``tile`` this merge examines.
 
-    Each pair of tiles is examined once, on the first axis the two differ on: a diagonal
-    neighbour is one step after along several axes, and its corner pixel pairs would otherwise
-    be counted once per axis (doubling their support, or tripling it at a 3D corner).
+    Each pair of tiles is examined once (:meth:`TileGrid.neighbours_after` finds a diagonal
+    neighbour along the first axis it differs on), so the pixel pairs at a corner count once.
     """
     across_planes = _stack_axis(grid) if mode == "iou" else None
     for axis in range(grid.ndim):
         if tile.position[axis] + 1 >= grid.grid_shape[axis] or axis == across_planes:
             continue
         for other in grid.neighbours_after(tile, axis):
-            if first_axis_apart(tile, other) != axis:
-                continue
             if across_planes is None or (
                     other.position[across_planes] == tile.position[across_planes]):
                 yield axis, other  # planes are joined by IoU (blockbuster.stitching), not here
-
-
-def first_axis_apart(tile: Tile, other: Tile) -> int:
-    """The first axis on which two different tiles' grid positions differ."""
-    return next(a for a, (i, j) in enumerate(zip(tile.position, other.position)) if i != j)
 
 
 def _face_pairs(

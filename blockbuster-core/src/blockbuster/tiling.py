@@ -89,9 +89,15 @@ class TileGrid:
         return Tile(index, position, core, padded)
 
     def neighbours_after(self, tile: Tile, axis: int) -> list[Tile]:
-        """Tiles one step after ``tile`` along ``axis`` and within one step on the other axes."""
+        """Tiles one step after ``tile`` along ``axis``, level with it on the axes before
+        ``axis`` and within one step on the axes after.
+
+        Over all axes these are the tiles within one step of ``tile`` that come after it in C
+        order, each once: a diagonal neighbour is found along the first axis it differs on.
+        """
         ranges = [
-            [p + 1] if a == axis else [p - 1, p, p + 1] for a, p in enumerate(tile.position)
+            [p] if a < axis else [p + 1] if a == axis else [p - 1, p, p + 1]
+            for a, p in enumerate(tile.position)
         ]
         return [
             self.tile(self.index(pos))
