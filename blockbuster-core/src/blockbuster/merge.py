@@ -100,11 +100,11 @@ def kept_pairs(pairs: np.ndarray, support: np.ndarray, clean: np.ndarray) -> np.
 
 
 def _neighbours_after(tile: Tile, grid: TileGrid, mode: str):
-    """``(axis, other)`` for each tile one step after ``tile`` along ``axis`` (and within one
-    step on the other axes) whose face with ``tile`` this merge examines.
+    """``(axis, other)`` for each tile :meth:`TileGrid.neighbours_after` finds one step after
+    ``tile`` along ``axis`` whose face with ``tile`` this merge examines.
 
-    Each pair of tiles is examined once (:meth:`TileGrid.neighbours_after` finds a diagonal
-    neighbour along the first axis it differs on), so the pixel pairs at a corner count once.
+    Each pair of tiles is examined once (a diagonal neighbour is found along the first axis it
+    differs on), so the pixel pairs at a corner count once.
     """
     across_planes = _stack_axis(grid) if mode == "iou" else None
     for axis in range(grid.ndim):
